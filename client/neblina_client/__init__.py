@@ -1,0 +1,60 @@
+"""Python client for Neblina: differentially private queries over a REST API.
+
+Quickstart (URL and token from ``NEBLINA_URL``/``NEBLINA_TOKEN`` or ``.neblina/local.env``)::
+
+    from neblina_client import Client
+
+    with Client(dataset="PENGUIN") as client:
+        sql = "SELECT COUNT(*) AS n FROM df"
+        print(client.sql.cost(sql, epsilon=1.0, delta=1e-5))
+        print(client.sql.query(sql, epsilon=1.0, delta=1e-5).result)
+        print(client.budget().remaining)
+"""
+
+from ._client import SQL, Client
+from ._exceptions import (
+    AuthenticationError,
+    BudgetExhaustedError,
+    ConfigurationError,
+    EngineError,
+    InvalidRequestError,
+    NeblinaConnectionError,
+    NeblinaError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    QueryConflictError,
+    QueryInProgressError,
+    RateLimitedError,
+    ServerError,
+)
+from ._tables import decode_table, encode_table
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
+from ._version import __version__
+
+__all__ = [
+    "SQL",
+    "ArchivedQuery",
+    "AuthenticationError",
+    "Budget",
+    "BudgetExhaustedError",
+    "Client",
+    "ConfigurationError",
+    "Cost",
+    "DatasetInfo",
+    "EngineError",
+    "InvalidRequestError",
+    "NeblinaConnectionError",
+    "NeblinaError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "QueryConflictError",
+    "QueryInProgressError",
+    "QueryResult",
+    "RateLimitedError",
+    "ServerError",
+    "__version__",
+    "decode_table",
+    "encode_table",
+]

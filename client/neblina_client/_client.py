@@ -1,0 +1,316 @@
+"""The HTTP client: one method per route of the v1 API, with retries."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import pandas as pd
+
+from ._config import load_settings
+from ._decode import (
+    parse_archived_query,
+    parse_budget,
+    parse_cost,
+    parse_dataset,
+    parse_query_result,
+)
+from ._exceptions import NeblinaConnectionError, NeblinaError, error_for_status
+from ._retry import Backoff, is_retryable, parse_retry_after
+from ._tables import decode_table
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
+from ._version import __version__
+
+T = TypeVar("T")
+
+# What a caller may pass as ε or δ. A float goes out as a JSON number (its shortest repr,
+# so 0.1 is sent as 0.1), a Decimal or str as a decimal string, so nothing is rounded.
+Amount = float | int | str | Decimal
+
+SMARTNOISE_SQL = "smartnoise_sql"
+HISTORY_PAGE_SIZE = 100  # the server's maximum
+
+
+class Client:
+    """A connection to a Neblina server, working on one dataset.
+
+    ``url``, ``token`` and ``dataset`` default to ``NEBLINA_URL``, ``NEBLINA_TOKEN`` and
+    ``NEBLINA_DATASET`` from the environment, then from ``.neblina/local.env`` in the
+    current directory or a parent; the dataset finally defaults to ``PENGUIN``.
+
+    Failed requests are retried ``max_retries`` times (connection errors, timeouts, 5xx,
+    429 and ``query_in_progress``) with exponential backoff. Every retry of a query carries
+    the same ``query_id``, so the server charges it at most once.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        dataset: str | None = None,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        settings = load_settings(url, token, dataset)
+        self.url = settings.url
+        self.dataset = settings.dataset
+        self.max_retries = max_retries
+        self.sql = SQL(self)
+        self._token = settings.token
+        self._backoff = Backoff()
+        self._sleep: Callable[[float], None] = time.sleep
+        self._http = httpx.Client(
+            base_url=settings.url,
+            headers={
+                "Authorization": f"Bearer {settings.token}",
+                "Accept": "application/json",
+                "User-Agent": f"neblina-client/{__version__}",
+            },
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"Client(url={self.url!r}, dataset={self.dataset!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying connections."""
+        self._http.close()
+
+    def datasets(self) -> list[DatasetInfo]:
+        """The datasets the caller holds a grant on."""
+        body = self._request("GET", "/v1/datasets")
+        return _parse(lambda b: [parse_dataset(item) for item in b["datasets"]], body)
+
+    def metadata(self) -> dict[str, Any]:
+        """The dataset's public metadata (Lomas format)."""
+        body = self._request("GET", self._dataset_path("metadata"))
+        return _parse(lambda b: dict(b["metadata"]), body)
+
+    def dummy(self, rows: int = 100, seed: int = 42) -> pd.DataFrame:
+        """Fake rows with the dataset's schema, generated from the metadata only (free)."""
+        body = self._request(
+            "GET", self._dataset_path("dummy"), params={"rows": rows, "seed": seed}
+        )
+        return _parse(lambda b: decode_table(b["table"]), body)
+
+    def budget(self) -> Budget:
+        """The caller's grant on the dataset: initial, spent and remaining."""
+        body = self._request("GET", self._dataset_path("budget"))
+        return _parse(parse_budget, body)
+
+    def history(self, limit: int | None = None) -> list[ArchivedQuery]:
+        """The caller's archived queries on the dataset, newest first (at most ``limit``)."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        queries: list[ArchivedQuery] = []
+        cursor: str | None = None
+        while limit is None or len(queries) < limit:
+            page_size = HISTORY_PAGE_SIZE if limit is None else limit - len(queries)
+            params: dict[str, Any] = {"limit": min(page_size, HISTORY_PAGE_SIZE)}
+            if cursor is not None:
+                params["cursor"] = cursor
+            body = self._request("GET", self._dataset_path("queries"), params=params)
+            page = _parse(lambda b: [parse_archived_query(item) for item in b["queries"]], body)
+            next_cursor = body.get("next_cursor")
+            queries.extend(page)
+            if next_cursor is None:
+                break
+            if next_cursor == cursor:
+                raise NeblinaError("the server repeated a page cursor", code="invalid_response")
+            cursor = str(next_cursor)
+        return queries[:limit] if limit is not None else queries
+
+    def result(self, query_id: str) -> ArchivedQuery:
+        """One archived query, with its released result."""
+        path = self._dataset_path("queries", query_id)
+        body = self._request("GET", path)
+        return _parse(parse_archived_query, body)
+
+    def _dataset_path(self, *parts: str) -> str:
+        segments = ("v1", "datasets", self.dataset, *parts)
+        return "/" + "/".join(quote(segment, safe="") for segment in segments)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Send a request, retrying what may succeed later; the decoded JSON body."""
+        for retry in range(self.max_retries + 1):
+            last = retry == self.max_retries
+            try:
+                response = self._http.request(method, path, params=params, json=json)
+            except httpx.TransportError as exc:
+                if last:
+                    raise NeblinaConnectionError(
+                        self._scrub(f"{method} {path} failed: {type(exc).__name__}: {exc}")
+                    ) from exc
+                self._sleep(self._backoff.delay(retry))
+                continue
+            if response.is_success:
+                return self._json(response)
+            error = self._error(response)
+            if last or not is_retryable(response.status_code, error.code):
+                raise error
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            self._sleep(self._backoff.delay(retry, retry_after))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise NeblinaError(
+                f"expected a JSON body, got {_snippet(response)!r}",
+                status_code=response.status_code,
+                code="invalid_response",
+            ) from None
+
+    def _error(self, response: httpx.Response) -> NeblinaError:
+        """The exception for an error response, whatever its body."""
+        code: str | None = None
+        message = ""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            if isinstance(body.get("error"), str):
+                code = body["error"]
+            # API Gateway's own errors say {"message": ...} (or "Message") and no code.
+            text = body.get("message", body.get("Message"))
+            message = text if isinstance(text, str) else ""
+        else:
+            message = _snippet(response)
+        message = self._scrub(message or response.reason_phrase or "no detail")
+        return error_for_status(
+            response.status_code,
+            code,
+            message,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the token, should a proxy ever echo it."""
+        return text.replace(self._token, "[token]") if self._token else text
+
+
+class SQL:
+    """SmartNoise SQL queries on the client's dataset (``client.sql``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def cost(
+        self,
+        query: str,
+        epsilon: Amount,
+        delta: Amount,
+        mechanisms: Mapping[str, str] | None = None,
+    ) -> Cost:
+        """The price of ``query``, computed from the metadata only; debits nothing."""
+        body = _sql_body(query, epsilon, delta, mechanisms)
+        response = self._client._request("POST", self._client._dataset_path("cost"), json=body)
+        return _parse(lambda b: parse_cost(b["cost"]), response)
+
+    def query(
+        self,
+        query: str,
+        epsilon: Amount,
+        delta: Amount,
+        mechanisms: Mapping[str, str] | None = None,
+        *,
+        postprocess: bool = True,
+        dummy: bool = False,
+        query_id: str | None = None,
+        dummy_rows: int = 100,
+        dummy_seed: int = 42,
+    ) -> QueryResult:
+        """Run ``query`` under DP and debit its cost (nothing with ``dummy=True``).
+
+        The query is sent with ``query_id`` (a new UUID unless given). Sending the same id
+        and payload again returns the stored answer without a second charge, which is how
+        every retry is made; errors carry the id in ``query_id``.
+        """
+        query_id = query_id if query_id is not None else uuid.uuid4().hex
+        body = _sql_body(query, epsilon, delta, mechanisms)
+        body.update(query_id=query_id, postprocess=postprocess, dummy=dummy)
+        if dummy:
+            body.update(dummy_rows=dummy_rows, dummy_seed=dummy_seed)
+        try:
+            response = self._client._request(
+                "POST", self._client._dataset_path("queries"), json=body
+            )
+            return _parse(parse_query_result, response)
+        except NeblinaError as error:
+            error.query_id = query_id
+            raise
+
+
+def _sql_body(
+    query: str, epsilon: Amount, delta: Amount, mechanisms: Mapping[str, str] | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "engine": SMARTNOISE_SQL,
+        "query": query,
+        "epsilon": _amount("epsilon", epsilon),
+        "delta": _amount("delta", delta),
+    }
+    if mechanisms is not None:
+        body["mechanisms"] = dict(mechanisms)
+    return body
+
+
+def _amount(name: str, value: Amount) -> float | int | str:
+    """ε or δ as sent: floats and ints as JSON numbers, Decimals and strings as strings."""
+    if isinstance(value, bool) or not isinstance(value, (float, int, str, Decimal)):
+        raise TypeError(f"{name} must be a float, int, str or Decimal, got {value!r}")
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{name} must be finite, got {value}")
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _parse(parser: Callable[[Any], T], body: Any) -> T:
+    """``parser(body)``, with a malformed response body reported as a NeblinaError."""
+    try:
+        return parser(body)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise NeblinaError(
+            f"unexpected response from the server: {type(exc).__name__}: {exc}",
+            code="invalid_response",
+        ) from exc
+
+
+def _snippet(response: httpx.Response, size: int = 200) -> str:
+    text = response.text.strip()
+    return text if len(text) <= size else text[:size] + "..."

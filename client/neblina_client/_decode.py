@@ -1,0 +1,98 @@
+"""Response bodies to client values. Malformed input raises KeyError, TypeError or ValueError."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import pandas as pd
+
+from ._tables import decode_table
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
+
+
+def parse_decimal(value: Any) -> Decimal:
+    """An exact decimal from a decimal string (or, leniently, a JSON number)."""
+    if isinstance(value, bool):
+        raise TypeError(f"expected a decimal, got {value!r}")
+    if isinstance(value, float):
+        value = repr(value)  # the shortest string that reads back to this float
+    if not isinstance(value, (str, int)):
+        raise TypeError(f"expected a decimal, got {value!r}")
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"expected a decimal, got {value!r}") from None
+    if not number.is_finite():
+        raise ValueError(f"expected a finite decimal, got {value!r}")
+    return number
+
+
+def parse_cost(data: Mapping[str, Any]) -> Cost:
+    """A ``{"epsilon": "...", "delta": "..."}`` object."""
+    return Cost(epsilon=parse_decimal(data["epsilon"]), delta=parse_decimal(data["delta"]))
+
+
+def parse_datetime(value: str) -> datetime:
+    """An ISO 8601 timestamp (``Z`` accepted for UTC)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 string, got {value!r}")
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    return datetime.fromisoformat(value)
+
+
+def parse_budget(data: Mapping[str, Any]) -> Budget:
+    """The body of ``GET .../budget``."""
+    return Budget(
+        initial=parse_cost(data["initial"]),
+        spent=parse_cost(data["spent"]),
+        remaining=parse_cost(data["remaining"]),
+    )
+
+
+def parse_dataset(data: Mapping[str, Any]) -> DatasetInfo:
+    """One entry of ``GET /v1/datasets``."""
+    rows = data.get("rows")
+    return DatasetInfo(
+        name=str(data["name"]),
+        description=str(data.get("description") or ""),
+        rows=None if rows is None else int(rows),
+    )
+
+
+def parse_query_result(data: Mapping[str, Any]) -> QueryResult:
+    """The body of ``POST .../queries``."""
+    return QueryResult(
+        query_id=str(data["query_id"]),
+        dataset=str(data["dataset"]),
+        engine=str(data["engine"]),
+        cost=parse_cost(data["cost"]),
+        result=_optional_table(data.get("result")),
+        dummy=bool(data.get("dummy", False)),
+        replayed=bool(data.get("replayed", False)),
+        created_at=parse_datetime(data["created_at"]),
+    )
+
+
+def parse_archived_query(data: Mapping[str, Any]) -> ArchivedQuery:
+    """One archive record."""
+    finished_at = data.get("finished_at")
+    return ArchivedQuery(
+        query_id=str(data["query_id"]),
+        dataset=str(data["dataset"]),
+        engine=str(data["engine"]),
+        state=str(data["state"]),
+        request=dict(data.get("request") or {}),
+        cost=parse_cost(data["cost"]),
+        created_at=parse_datetime(data["created_at"]),
+        finished_at=None if finished_at is None else parse_datetime(finished_at),
+        result=_optional_table(data.get("result")),
+        error=None if data.get("error") is None else dict(data["error"]),
+    )
+
+
+def _optional_table(value: Any) -> pd.DataFrame | None:
+    return None if value is None else decode_table(value)

@@ -1,0 +1,104 @@
+"""Values returned by the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
+from typing import Any
+
+import pandas as pd
+
+# Sums of privacy amounts must be exact: a wide context, and an error rather than rounding.
+_EXACT = Context(prec=1000, traps=[Inexact, InvalidOperation, Overflow])
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A privacy amount (ε, δ) as exact decimals: the cost of a query or part of a grant.
+
+    ``a <= b`` holds when both ε and δ of ``a`` are at most those of ``b`` (a partial order:
+    neither ``a <= b`` nor ``b <= a`` may hold). Sum a list with
+    ``sum(costs, Cost.zero())``.
+    """
+
+    epsilon: Decimal
+    delta: Decimal
+
+    @classmethod
+    def zero(cls) -> Cost:
+        """The zero amount."""
+        return cls(epsilon=Decimal(0), delta=Decimal(0))
+
+    def __add__(self, other: object) -> Cost:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(
+            epsilon=_EXACT.add(self.epsilon, other.epsilon),
+            delta=_EXACT.add(self.delta, other.delta),
+        )
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return self.epsilon <= other.epsilon and self.delta <= other.delta
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A grant on one dataset; ``remaining == initial - spent`` exactly."""
+
+    initial: Cost
+    spent: Cost
+    remaining: Cost
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset the caller holds a grant on."""
+
+    name: str
+    description: str
+    rows: int | None
+
+
+# Classes holding a DataFrame compare by identity (eq=False): DataFrame equality is
+# element-wise and has no truth value.
+
+
+@dataclass(frozen=True, eq=False)
+class QueryResult:
+    """The answer to ``sql.query``: a DP release (or a dummy run) and what it cost.
+
+    ``replayed`` is true when the server returned the stored answer of an earlier request
+    with the same ``query_id`` (nothing was charged again).
+    """
+
+    query_id: str
+    dataset: str
+    engine: str
+    cost: Cost
+    result: pd.DataFrame | None
+    dummy: bool
+    replayed: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, eq=False)
+class ArchivedQuery:
+    """A query from the caller's archive.
+
+    ``state`` is ``running``, ``done`` (``result`` set), ``failed`` (after the data was read:
+    the cost stands, ``error`` set) or ``refunded`` (failed before: the cost was returned).
+    """
+
+    query_id: str
+    dataset: str
+    engine: str
+    state: str
+    request: dict[str, Any]
+    cost: Cost
+    created_at: datetime
+    finished_at: datetime | None
+    result: pd.DataFrame | None
+    error: dict[str, Any] | None
