@@ -1,0 +1,61 @@
+"""Configuration, read once from the environment into a frozen object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment."""
+
+    region: str
+    endpoint_url: str | None
+    table_prefix: str
+    bucket: str
+    store: str
+    max_body_bytes: int
+    max_dummy_rows: int
+    max_query_chars: int
+    query_lease_seconds: int
+    dataset_cache_entries: int
+    max_epsilon_per_query: Decimal
+    max_delta_per_query: Decimal
+    log_level: str
+
+    def table_name(self, kind: str) -> str:
+        """Physical name of one of the tables (users, tokens, datasets, grants, queries)."""
+        return f"{self.table_prefix}{kind}"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def from_environ() -> Settings:
+    """Build settings from the current environment (no caching)."""
+    return Settings(
+        region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
+        table_prefix=os.environ.get("NEBLINA_TABLE_PREFIX", "neblina-"),
+        bucket=os.environ.get("NEBLINA_BUCKET", "neblina-datasets"),
+        store=os.environ.get("NEBLINA_STORE", "dynamodb"),
+        max_body_bytes=_int("NEBLINA_MAX_BODY_BYTES", 64 * 1024),
+        max_dummy_rows=_int("NEBLINA_MAX_DUMMY_ROWS", 100_000),
+        max_query_chars=_int("NEBLINA_MAX_QUERY_CHARS", 10_000),
+        query_lease_seconds=_int("NEBLINA_QUERY_LEASE_SECONDS", 900),
+        dataset_cache_entries=_int("NEBLINA_DATASET_CACHE_ENTRIES", 4),
+        max_epsilon_per_query=Decimal(os.environ.get("NEBLINA_MAX_EPSILON_PER_QUERY", "100")),
+        max_delta_per_query=Decimal(os.environ.get("NEBLINA_MAX_DELTA_PER_QUERY", "0.5")),
+        log_level=os.environ.get("NEBLINA_LOG_LEVEL", "INFO"),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return from_environ()

@@ -1,0 +1,227 @@
+"""Loading private datasets (S3, http(s), local path), cached across warm requests.
+
+A loaded frame is cached under ``(dataset name, source version)``, where the version is the
+S3 ETag and VersionId, the HTTP ETag/Last-Modified, or the file's mtime and size. Each
+request asks the source for its version (one cheap HEAD/stat), so a replaced object is
+reloaded, while an unchanged one is never read twice. Engines hang their own derived objects
+(SmartNoise readers, ...) on the cached entry, so those are reused and evicted with it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from chalicelib.config import Settings
+from chalicelib.dummy import make_dummy
+from chalicelib.models import Dataset
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+HTTP_TIMEOUT_SECONDS = 30
+
+
+class DatasetUnavailable(Exception):
+    """The source could not be read. Raised before any engine has seen the data."""
+
+
+@dataclass
+class LoadedDataset:
+    """A frame ready for the engines, plus their derived objects (memoized per entry)."""
+
+    name: str
+    version: str
+    metadata: dict[str, Any]
+    frame: pd.DataFrame
+    is_dummy: bool = False
+    _derived: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def derived(self, key: str, build: Callable[[LoadedDataset], T]) -> T:
+        """The engine object ``key`` built on this frame, built once."""
+        with self._lock:
+            if key not in self._derived:
+                self._derived[key] = build(self)
+            value: T = self._derived[key]
+            return value
+
+
+@lru_cache(maxsize=1)
+def _s3_client(endpoint_url: str | None, region: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an ``s3://bucket/key`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def source_format(source: str, declared: str | None = None) -> str:
+    """``csv`` or ``parquet``, from the declared format or the file extension."""
+    if declared:
+        return declared
+    path = urlparse(source).path.lower()
+    return "parquet" if path.endswith((".parquet", ".pq")) else "csv"
+
+
+def _local_path(source: str) -> str:
+    parsed = urlparse(source)
+    return parsed.path if parsed.scheme == "file" else source
+
+
+def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
+    """Keep the declared columns, in declared order, with dtypes that match the metadata."""
+    columns = metadata["columns"]
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise DatasetUnavailable(f"source lacks declared columns: {', '.join(missing)}")
+    out = {}
+    for name, spec in columns.items():
+        series = frame[name]
+        kind = spec["type"]
+        if kind == "int":
+            precision = "Int32" if spec.get("precision") == 32 else "Int64"
+            series = pd.to_numeric(series, errors="coerce").astype(precision)
+            if not series.isna().any():
+                series = series.astype(precision.lower())
+        elif kind == "float":
+            dtype = "float32" if spec.get("precision") == 32 else "float64"
+            series = pd.to_numeric(series, errors="coerce").astype(dtype)
+        elif kind == "boolean":
+            series = series.astype("boolean")
+        elif kind == "datetime":
+            series = pd.to_datetime(series, errors="coerce")
+        else:
+            series = series.astype(object).where(series.notna(), None)
+        out[name] = series
+    return pd.DataFrame(out)
+
+
+class DatasetLoader:
+    """Reads datasets from their sources, with a small LRU cache of loaded frames."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._cache: OrderedDict[tuple[str, str], LoadedDataset] = OrderedDict()
+        self._dummy_cache: OrderedDict[tuple[str, str, int, int], LoadedDataset] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        self.reads = 0  # how many times a source was actually read (tests and benchmarks)
+
+    # versions ---------------------------------------------------------------------
+    def version(self, dataset: Dataset) -> str:
+        """A string that changes whenever the source's content changes."""
+        source = dataset.source
+        scheme = urlparse(source).scheme
+        try:
+            if scheme == "s3":
+                bucket, key = split_s3_uri(source)
+                head = _s3_client(self._settings.endpoint_url, self._settings.region).head_object(
+                    Bucket=bucket, Key=key
+                )
+                return f"{head.get('ETag', '')}:{head.get('VersionId', '')}"
+            if scheme in ("http", "https"):
+                request = urllib.request.Request(source, method="HEAD")  # noqa: S310
+                with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310
+                    etag = response.headers.get("ETag") or ""
+                    modified = response.headers.get("Last-Modified") or ""
+                    return f"{etag}:{modified}"
+            stat = os.stat(_local_path(source))
+            return f"{stat.st_mtime_ns}:{stat.st_size}"
+        except Exception as exc:
+            log.warning("dataset %s: cannot read source version: %s", dataset.name, exc)
+            raise DatasetUnavailable("dataset source unavailable") from exc
+
+    # loading ----------------------------------------------------------------------
+    def _read_bytes(self, source: str) -> bytes:
+        scheme = urlparse(source).scheme
+        if scheme == "s3":
+            bucket, key = split_s3_uri(source)
+            client = _s3_client(self._settings.endpoint_url, self._settings.region)
+            body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return body
+        if scheme in ("http", "https"):
+            with urllib.request.urlopen(source, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310
+                data: bytes = response.read()
+                return data
+        with open(_local_path(source), "rb") as handle:
+            return handle.read()
+
+    def _read_frame(self, dataset: Dataset) -> pd.DataFrame:
+        raw = self._read_bytes(dataset.source)
+        self.reads += 1
+        if source_format(dataset.source, dataset.source_format) == "parquet":
+            frame = pd.read_parquet(io.BytesIO(raw), engine="fastparquet")
+        else:
+            frame = pd.read_csv(io.BytesIO(raw))
+        return coerce_types(frame, dataset.metadata)
+
+    def load(self, dataset: Dataset) -> LoadedDataset:
+        """The dataset's frame, from the cache when its source has not changed."""
+        version = self.version(dataset)
+        key = (dataset.name, version)
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                return entry
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # one reader per (dataset, version); others wait for it
+            with self._lock:
+                entry = self._cache.get(key)
+                if entry is not None:
+                    return entry
+            try:
+                frame = self._read_frame(dataset)
+            except DatasetUnavailable:
+                raise
+            except Exception as exc:
+                log.warning("dataset %s: cannot load source: %s", dataset.name, exc)
+                raise DatasetUnavailable("dataset source unavailable") from exc
+            entry = LoadedDataset(dataset.name, version, dataset.metadata, frame)
+            with self._lock:
+                for old in [k for k in self._cache if k[0] == dataset.name]:
+                    del self._cache[old]  # an older version of the same dataset
+                self._cache[key] = entry
+                while len(self._cache) > self._settings.dataset_cache_entries:
+                    self._cache.popitem(last=False)
+                self._key_locks.pop(key, None)
+            return entry
+
+    def dummy(self, dataset: Dataset, rows: int, seed: int) -> LoadedDataset:
+        """A dummy frame for the dataset (metadata only), cached per (metadata, rows, seed)."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(
+            json.dumps(dataset.metadata, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        key = (dataset.name, digest, rows, seed)
+        with self._lock:
+            entry = self._dummy_cache.get(key)
+            if entry is not None:
+                self._dummy_cache.move_to_end(key)
+                return entry
+        frame = make_dummy(dataset.metadata, rows, seed)
+        entry = LoadedDataset(dataset.name, digest, dataset.metadata, frame, is_dummy=True)
+        with self._lock:
+            self._dummy_cache[key] = entry
+            while len(self._dummy_cache) > 16:
+                self._dummy_cache.popitem(last=False)
+        return entry

@@ -1,0 +1,218 @@
+"""SmartNoise SQL engine.
+
+- Tables: a query names the table ``df`` (as Lomas users write) or the dataset's own name;
+  both resolve to the same rows (a SQLite view).
+- Cost: SmartNoise's ``get_privacy_cost`` over a reader that holds **no rows** and refuses to
+  execute anything, so pricing a query cannot read the private data.
+- Readers: the frame is copied into an in-memory SQLite database once per loaded dataset
+  version and reused by every later request (SmartNoise's own ``from_df`` copies it on
+  each call). One lock per database serialises use of its single connection.
+- Results: no re-runs. A mechanism runs once per request; whatever it releases is the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+from snsql import Privacy
+from snsql.metadata import Metadata
+from snsql.sql._mechanisms.base import Mechanism
+from snsql.sql.privacy import Mechanisms, Stat
+from snsql.sql.private_reader import PrivateReader
+from snsql.sql.reader.base import SqlReader
+from snsql.sql.reader.engine import Engine as SnEngine
+from snsql.sql.reader.pandas import PandasReader
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import StaticPool
+
+from chalicelib import validation
+from chalicelib.datasets import LoadedDataset
+from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
+from chalicelib.metadata import IDENTIFIER, to_smartnoise
+from chalicelib.models import Dataset, PrivacyCost, format_decimal, to_decimal
+from chalicelib.tables import frame_to_table
+
+log = logging.getLogger(__name__)
+
+NAME = "smartnoise_sql"
+FIELDS = {"engine", "query_id", "query", "epsilon", "delta", "mechanisms", "postprocess"}
+DUMMY_FIELDS = {"dummy", "dummy_rows", "dummy_seed"}
+STATS = {stat.name: stat for stat in Stat}
+MECHANISMS = {m.name: m for m in Mechanism}
+
+# Messages of these kinds come from the parser/validator and describe the query, not data.
+_QUERY_PROBLEMS = re.compile(
+    r"Bad token|mismatched input|extraneous input|no viable alternative|Column cannot be found|"
+    r"No metadata available|not included in GROUP BY|subqueries|Unsupported|not supported|"
+    r"cannot be|Unable to",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class SqlRequest:
+    """A validated SmartNoise SQL request."""
+
+    query: str
+    epsilon: Any
+    delta: Any
+    mechanisms: tuple[tuple[str, str], ...]
+    postprocess: bool
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "epsilon": format_decimal(self.epsilon),
+            "delta": format_decimal(self.delta),
+            "mechanisms": dict(self.mechanisms),
+            "postprocess": self.postprocess,
+        }
+
+    def privacy(self) -> Privacy:
+        mechanisms = Mechanisms()
+        for stat, mechanism in self.mechanisms:
+            mechanisms.map[STATS[stat]] = MECHANISMS[mechanism]
+        return Privacy(
+            epsilon=float(self.epsilon), delta=float(self.delta), mechanisms=mechanisms
+        )
+
+
+def _table_names(dataset_name: str) -> list[str]:
+    names = ["df"]
+    if dataset_name != "df" and IDENTIFIER.match(dataset_name):
+        names.append(dataset_name)
+    return names
+
+
+@lru_cache(maxsize=64)
+def _metadata(name: str, metadata_json: str) -> Metadata:
+    return Metadata.from_(to_smartnoise(json.loads(metadata_json), _table_names(name)))
+
+
+def metadata_for(name: str, metadata: dict[str, Any]) -> Metadata:
+    """SmartNoise metadata of a dataset (cached per metadata content)."""
+    return _metadata(name, json.dumps(metadata, sort_keys=True, default=str))
+
+
+class MetadataOnlyReader(SqlReader):  # type: ignore[misc]
+    """A reader with no rows that refuses to run any SQL: pricing can never read data."""
+
+    ENGINE = SnEngine.PANDAS
+
+    def __init__(self, metadata: Metadata) -> None:
+        super().__init__(self.ENGINE)
+        self.metadata = metadata
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the metadata-only reader cannot execute queries")
+
+
+class CachedSqliteReader(PandasReader):  # type: ignore[misc]
+    """SmartNoise's pandas reader over one SQLite copy of the frame, built once and reused."""
+
+    def __init__(self, frame: pd.DataFrame, metadata: Metadata, table_names: list[str]) -> None:
+        SqlReader.__init__(self, SnEngine.PANDAS)
+        self.metadata = metadata
+        self.table_names = ["df"]
+        engine = create_engine(
+            "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+        frame.to_sql("df", engine, index=False)
+        with engine.begin() as connection:
+            for alias in table_names:
+                if alias != "df":
+                    connection.execute(text(f'CREATE VIEW "{alias}" AS SELECT * FROM df'))
+        self.db_engine = engine
+        self._lock = threading.Lock()
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return super().execute(query, *args, **kwargs)
+
+
+def _classify(exc: Exception) -> Exception:
+    message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+    if isinstance(exc, ValueError) and _QUERY_PROBLEMS.search(message):
+        return InvalidQuery(message)
+    return EngineRefused(message)
+
+
+class SmartnoiseSqlEngine:
+    """The SmartNoise SQL engine (see the module docstring)."""
+
+    name = NAME
+
+    def parse(self, body: dict[str, Any]) -> SqlRequest:
+        validation.refuse_unknown(body, FIELDS | DUMMY_FIELDS)
+        query = body.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidRequest("query must be a non-empty SQL string")
+        from chalicelib.config import get_settings
+
+        if len(query) > get_settings().max_query_chars:
+            raise InvalidRequest(
+                f"query is longer than {get_settings().max_query_chars} characters"
+            )
+        raw_mechanisms = body.get("mechanisms") or {}
+        if not isinstance(raw_mechanisms, dict):
+            raise InvalidRequest("mechanisms must be an object {stat: mechanism}")
+        for stat, mechanism in raw_mechanisms.items():
+            if stat not in STATS:
+                raise InvalidRequest(
+                    f"mechanisms: unknown stat {stat!r} (expected one of {', '.join(STATS)})"
+                )
+            if mechanism not in MECHANISMS:
+                raise InvalidRequest(
+                    f"mechanisms: unknown mechanism {mechanism!r} for {stat} "
+                    f"(expected one of {', '.join(MECHANISMS)})"
+                )
+        return SqlRequest(
+            query=query.strip(),
+            epsilon=validation.epsilon(body.get("epsilon")),
+            delta=validation.delta(body.get("delta")),
+            mechanisms=tuple(sorted(raw_mechanisms.items())),
+            postprocess=validation.boolean(body.get("postprocess"), "postprocess", True),
+        )
+
+    def cost(self, dataset: Dataset, request: SqlRequest) -> PrivacyCost:  # type: ignore[override]
+        metadata = metadata_for(dataset.name, dataset.metadata)
+        try:
+            reader = PrivateReader(
+                MetadataOnlyReader(metadata), metadata, privacy=request.privacy()
+            )
+            epsilon, delta = reader.get_privacy_cost(request.query)
+        except Exception as exc:
+            raise _classify(exc) from exc
+        return PrivacyCost(epsilon=to_decimal(float(epsilon)), delta=to_decimal(float(delta)))
+
+    def _reader(self, loaded: LoadedDataset) -> CachedSqliteReader:
+        metadata = metadata_for(loaded.name, loaded.metadata)
+        return loaded.derived(
+            NAME,
+            lambda ld: CachedSqliteReader(ld.frame, metadata, _table_names(ld.name)),
+        )
+
+    def execute(self, loaded: LoadedDataset, request: SqlRequest) -> dict[str, Any]:  # type: ignore[override]
+        reader = PrivateReader(
+            self._reader(loaded),
+            metadata_for(loaded.name, loaded.metadata),
+            privacy=request.privacy(),
+        )
+        if request.postprocess:
+            frame = reader.execute_df(request.query)
+        else:
+            # Raw noisy sub-aggregates; materialise the lazy iterator exactly once.
+            rows = [list(row) for row in reader.execute(request.query, postprocess=False)]
+            width = len(rows[0]) if rows else 0
+            frame = pd.DataFrame(rows, columns=[f"res_{i}" for i in range(width)])
+        return frame_to_table(frame)
+
+
+ENGINE = SmartnoiseSqlEngine()

@@ -1,0 +1,159 @@
+"""The error hierarchy of the server: each error has an HTTP status and a stable code.
+
+Errors are mapped to HTTP in exactly one place (``app.py``). Messages of errors raised after
+private data has been read must be fixed strings (see :class:`EngineFailed`).
+"""
+
+from __future__ import annotations
+
+
+class NeblinaError(Exception):
+    """Base class: an error the API reports as ``{"error": code, "message": message}``."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for this error."""
+        return {}
+
+
+class InvalidRequest(NeblinaError):
+    """The request is malformed (body, field, parameter)."""
+
+    status_code = 400
+    code = "invalid_request"
+
+
+class InvalidQuery(NeblinaError):
+    """The query was rejected from the query text and the metadata alone."""
+
+    status_code = 400
+    code = "invalid_query"
+
+
+class Unauthorized(NeblinaError):
+    """No token, or a token that does not exist."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(NeblinaError):
+    """The token is revoked or expired, or its user is disabled."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class NoGrant(NeblinaError):
+    """The caller holds no grant on the dataset."""
+
+    status_code = 403
+    code = "no_grant"
+
+
+class NotFound(NeblinaError):
+    """Unknown route."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class DatasetNotFound(NotFound):
+    """Unknown dataset."""
+
+    code = "dataset_not_found"
+
+
+class QueryNotFound(NotFound):
+    """Unknown query id, or one owned by another user."""
+
+    code = "query_not_found"
+
+
+class Conflict(NeblinaError):
+    """Base for 409 answers."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class BudgetExhausted(Conflict):
+    """The query costs more than what remains of the grant."""
+
+    code = "budget_exhausted"
+
+
+class QueryIdConflict(Conflict):
+    """The query id is already used by a different payload (or another user)."""
+
+    code = "query_id_conflict"
+
+
+class QueryInProgress(Conflict):
+    """The same query id is still running; the client may retry later."""
+
+    code = "query_in_progress"
+
+
+class QueryFailed(Conflict):
+    """The same query id failed after the data was read; its cost stands."""
+
+    code = "query_failed"
+
+
+class PayloadTooLarge(NeblinaError):
+    """The request body is over the configured limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class EngineRefused(NeblinaError):
+    """The DP engine refused the query before any private data was read.
+
+    The message may come from the engine: it was computed from the query and the metadata
+    only, so it cannot reveal anything about the data.
+    """
+
+    status_code = 422
+    code = "engine_error"
+
+
+class EngineFailed(EngineRefused):
+    """The engine failed after private data was read: the message is fixed."""
+
+    FIXED_MESSAGE = (
+        "the engine failed while running the query on the private data; "
+        "the cost of the query stands (details are logged under its query_id)"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.FIXED_MESSAGE)
+
+
+class RateLimited(NeblinaError):
+    """Too many requests."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class InternalError(NeblinaError):
+    """Anything unexpected; reported without detail."""
+
+
+class StorageUnavailable(InternalError):
+    """The storage backend failed; reported as a generic 500."""

@@ -1,0 +1,143 @@
+"""Serve the Chalice app locally, as ``chalice local`` does, plus API Gateway's gateway responses.
+
+``chalice local`` runs the same app and the same authorizer, but answers gateway-level
+failures (no token, unknown route, authorizer deny) with API Gateway's default bodies. In
+the cloud, Terraform configures *gateway responses* so those failures use Neblina's error
+shape ``{"error", "message"}``; this launcher applies the same mapping, so clients and tests
+see identical answers locally and on AWS:
+
+==========================  ======  ==================================================
+gateway event               status  body
+==========================  ======  ==================================================
+no/invalid token            401     ``unauthorized``, "missing or invalid API token"
+authorizer Deny             403     the authorizer's context ``error`` and ``message``
+unknown route               404     ``not_found``
+==========================  ======  ==================================================
+
+Usage: ``python localstack/apiserver.py --port 8000`` (prints ``api ready on URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+UNAUTHORIZED_BODY = {"error": "unauthorized", "message": "missing or invalid API token"}
+NOT_FOUND_BODY = {"error": "not_found", "message": "no such route"}
+
+
+def _body(document: dict[str, str]) -> bytes:
+    return json.dumps(document).encode()
+
+
+def build_server(host: str, port: int) -> Any:
+    """A chalice LocalDevServer for ``app.py`` with Neblina's gateway responses."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from chalice.config import Config
+    from chalice.local import (
+        ChaliceRequestHandler,
+        ForbiddenError,
+        LocalDevServer,
+        LocalGateway,
+        LocalGatewayAuthorizer,
+        NotAuthorizedError,
+    )
+
+    import app as app_module
+
+    class GatewayAuthorizer(LocalGatewayAuthorizer):  # type: ignore[misc]
+        def authorize(self, raw_path: str, lambda_event: Any, lambda_context: Any) -> Any:
+            headers = {"x-amzn-ErrorType": "UnauthorizedException"}
+            try:
+                return super().authorize(raw_path, lambda_event, lambda_context)
+            except NotAuthorizedError:
+                raise NotAuthorizedError(headers, _body(UNAUTHORIZED_BODY)) from None
+            except ForbiddenError:
+                raise  # handled by the gateway below (it knows the authorizer's context)
+            except Exception as exc:
+                if str(exc) == "Unauthorized":  # API Gateway's contract for TOKEN authorizers
+                    raise NotAuthorizedError(headers, _body(UNAUTHORIZED_BODY)) from None
+                raise
+
+        def _check_can_invoke_view_function(self, arn: str, auth_result: Any) -> bool:
+            allowed = bool(super()._check_can_invoke_view_function(arn, auth_result))
+            if not allowed:
+                context = auth_result.get("context") or {}
+                body = {
+                    "error": str(context.get("error", "forbidden")),
+                    "message": str(context.get("message", "access denied")),
+                }
+                raise ForbiddenError({"x-amzn-ErrorType": "AccessDeniedException"}, _body(body))
+            return True
+
+    class Gateway(LocalGateway):  # type: ignore[misc]
+        def __init__(self, app_object: Any, config: Any) -> None:
+            super().__init__(app_object, config)
+            self._authorizer = GatewayAuthorizer(app_object)
+
+        def handle_request(self, method: str, path: str, headers: Any, body: Any) -> Any:
+            try:
+                self.event_converter.create_lambda_event(
+                    method=method, path=path, headers=headers, body=body
+                )
+            except ValueError:
+                raise ForbiddenError({}, _body(NOT_FOUND_BODY)) from None
+            return super().handle_request(method, path, headers, body)
+
+    class Handler(ChaliceRequestHandler):  # type: ignore[misc]
+        def __init__(self, request: Any, client_address: Any, server: Any, app_object: Any,
+                     config: Any) -> None:
+            self._gateway_for = (app_object, config)
+            super().__init__(request, client_address, server, app_object=app_object, config=config)
+
+        def setup(self) -> None:
+            super().setup()
+            self.local_gateway = Gateway(*self._gateway_for)
+
+        def _send_error_response(self, error: Any) -> None:
+            code = error.CODE
+            if error.body == _body(NOT_FOUND_BODY):
+                code = 404
+            headers = {"Content-Type": "application/json"}
+            self._send_http_response(code, headers, error.body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # quiet: the demo prints its own progress
+
+    config = Config.create(lambda_timeout=900, lambda_memory_size=3008)
+    return LocalDevServer(app_module.app, config, host, port, handler_cls=Handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    try:
+        server = build_server(args.host, args.port)
+    except OSError as exc:
+        print(f"api: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    host, port = server.server.server_address[:2]
+    print(f"api ready on http://{host}:{port}", flush=True)
+    server.server.serve_forever()
+    server.server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

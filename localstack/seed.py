@@ -1,0 +1,140 @@
+"""Seed a Neblina deployment: tables, bucket, demo datasets, a demo user, a grant and a token.
+
+Works against whatever ``AWS_ENDPOINT_URL`` points to: the embedded emulator, LocalStack,
+or (only with ``--real-aws`` and no endpoint set) real AWS with your own credentials.
+Running it twice is safe: existing tables, datasets, users and grants are kept; a new token
+is issued each time and printed once.
+
+    AWS_ENDPOINT_URL=http://127.0.0.1:4566 python localstack/seed.py --env-file .neblina/local.env
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+DEMO_USER = "demo-researcher"
+DEMO_GRANTS = {"PENGUIN": ("10", "0.001"), "SYNTHETIC": ("10", "0.001")}
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """What seeding created: the demo user's token secret is only here."""
+
+    user_id: str
+    token: str
+    datasets: tuple[str, ...]
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, flush=True)
+
+
+def use_emulator_credentials() -> None:
+    """Emulators accept any credentials; make sure boto3 finds some."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")  # noqa: S105 - emulator only
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def seed(synthetic_rows: int = 200_000, user_id: str = DEMO_USER, quiet: bool = False) -> SeedResult:
+    """Create everything the demo needs (idempotent) and issue a fresh token."""
+    sys.path.insert(0, str(HERE))
+    import synthetic  # localstack/synthetic.py
+
+    from chalicelib import admin
+    from chalicelib.config import from_environ
+    from chalicelib.storage.dynamo import DynamoStore
+
+    settings = from_environ()
+    store = DynamoStore(settings)
+    started = time.perf_counter()
+    _say(quiet, f"seed: tables with prefix {settings.table_prefix!r} ...")
+    store.create_schema()
+    _say(quiet, f"seed: bucket {settings.bucket} ...")
+    admin.ensure_bucket(settings, settings.bucket)
+
+    penguin_meta = yaml.safe_load((DATA / "penguin.yaml").read_text())
+    source = admin.upload(
+        settings, settings.bucket, "PENGUIN/penguins.csv", (DATA / "penguins.csv").read_bytes()
+    )
+    admin.upload(settings, settings.bucket, "PENGUIN/metadata.yaml", (DATA / "penguin.yaml").read_bytes())
+    _, created = admin.add_dataset(store, "PENGUIN", source, penguin_meta)
+    _say(quiet, f"seed: dataset PENGUIN ({'created' if created else 'exists'}) <- {source}")
+
+    synthetic_meta = yaml.safe_load((DATA / "synthetic.yaml").read_text())
+    synthetic_meta["rows"] = synthetic_rows
+    frame = synthetic.generate(rows=synthetic_rows)
+    source = admin.upload(
+        settings, settings.bucket, "SYNTHETIC/synthetic.parquet", synthetic.to_parquet_bytes(frame)
+    )
+    admin.upload(
+        settings, settings.bucket, "SYNTHETIC/metadata.yaml", yaml.safe_dump(synthetic_meta).encode()
+    )
+    _, created = admin.add_dataset(store, "SYNTHETIC", source, synthetic_meta, replace=True)
+    _say(quiet, f"seed: dataset SYNTHETIC, {synthetic_rows:,} rows <- {source}")
+
+    _, created = admin.add_user(store, user_id, "demo researcher")
+    _say(quiet, f"seed: user {user_id} ({'created' if created else 'exists'})")
+    for dataset, (epsilon, delta) in DEMO_GRANTS.items():
+        grant, created = admin.grant(store, user_id, dataset, epsilon, delta)
+        state = "created" if created else "exists"
+        _say(
+            quiet,
+            f"seed: grant {user_id} on {dataset}: epsilon {grant.initial.epsilon}, "
+            f"delta {grant.initial.delta} ({state})",
+        )
+    issued = admin.add_token(store, user_id)
+    _say(quiet, f"seed: done in {time.perf_counter() - started:.1f} s")
+    return SeedResult(user_id=user_id, token=issued.secret, datasets=tuple(DEMO_GRANTS))
+
+
+def write_env_file(path: Path, url: str, token: str) -> None:
+    """Write NEBLINA_URL and NEBLINA_TOKEN for the client (mode 600: it holds a secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# written by Neblina's local stack\nNEBLINA_URL={url}\nNEBLINA_TOKEN={token}\n")
+    path.chmod(0o600)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic-rows", type=int, default=200_000)
+    parser.add_argument("--user", default=DEMO_USER)
+    parser.add_argument("--env-file", type=Path, help="also write NEBLINA_TOKEN (and --api-url) here")
+    parser.add_argument("--api-url", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--real-aws", action="store_true",
+        help="allow seeding real AWS (AWS_ENDPOINT_URL unset) with your own credentials",
+    )
+    args = parser.parse_args(argv)
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        if not args.real_aws:
+            print(
+                "seed: AWS_ENDPOINT_URL is not set; refusing to seed real AWS without --real-aws",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        use_emulator_credentials()
+    if args.synthetic_rows < 100_000:
+        print("seed: --synthetic-rows below 100000 (allowed, but the demo expects more)")
+    result = seed(args.synthetic_rows, args.user)
+    print(f"API token for {result.user_id} (shown once, only its hash is stored):")
+    print(f"  {result.token}")
+    if args.env_file:
+        write_env_file(args.env_file, args.api_url, result.token)
+        print(f"seed: wrote {args.env_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
