@@ -19,6 +19,9 @@ TOKEN = "nbl_" + "s3cr3tT0ken" * 3 + "abcdefghij"  # 4 + 43 characters, like a r
 class FakeServer:
     """Answers requests with scripted replies, in order, and records what it received."""
 
+    url = URL
+    token = TOKEN
+
     def __init__(self) -> None:
         self.replies: deque[httpx.Response | Exception] = deque()
         self.requests: list[httpx.Request] = []
@@ -78,13 +81,3 @@ def isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
     yield FakeServer()
-
-
-def table(columns: dict[str, str], *records: dict[str, Any]) -> dict[str, Any]:
-    """A wire table with the given column dtypes and records."""
-    return {"type": "table", "columns": list(columns), "dtypes": columns, "records": list(records)}
-
-
-@pytest.fixture
-def make_table() -> Any:
-    return table
