@@ -30,8 +30,12 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
         create_backend_app,
     )
 
+    class QuietHandler(MotoRequestHandler):  # type: ignore[misc]
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass  # one line per AWS call would drown everything else
+
     app = DomainDispatcherApplication(create_backend_app)
-    return make_server(host, port, app, threaded=False, request_handler=MotoRequestHandler)
+    return make_server(host, port, app, threaded=False, request_handler=QuietHandler)
 
 
 class EmulatorThread:

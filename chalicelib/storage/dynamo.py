@@ -374,9 +374,11 @@ class DynamoStore:
                 )
                 tx.save(query, condition=Q.query_id.does_not_exist(), return_values="ALL_OLD")
         except TransactWriteError as exc:
+            # PynamoDB sends condition checks, deletes, puts, then updates: the query put is
+            # item 0 and the grant update item 1.
             reasons = exc.cancellation_reasons or []
-            grant_reason = reasons[0] if len(reasons) > 0 else None
-            query_reason = reasons[1] if len(reasons) > 1 else None
+            query_reason = reasons[0] if len(reasons) > 0 else None
+            grant_reason = reasons[1] if len(reasons) > 1 else None
             if query_reason is not None and query_reason.code == CONDITION_FAILED:
                 existing = self.get_query(record.query_id)
                 if existing is not None:
