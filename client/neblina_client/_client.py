@@ -128,8 +128,8 @@ class Client:
         queries: list[ArchivedQuery] = []
         cursor: str | None = None
         while limit is None or len(queries) < limit:
-            page_size = HISTORY_PAGE_SIZE if limit is None else limit - len(queries)
-            params: dict[str, Any] = {"limit": min(page_size, HISTORY_PAGE_SIZE)}
+            wanted = HISTORY_PAGE_SIZE if limit is None else limit - len(queries)
+            params: dict[str, Any] = {"limit": min(wanted, HISTORY_PAGE_SIZE)}
             if cursor is not None:
                 params["cursor"] = cursor
             body = self._request("GET", self._dataset_path("queries"), params=params)
@@ -141,7 +141,7 @@ class Client:
             if next_cursor == cursor:
                 raise NeblinaError("the server repeated a page cursor", code="invalid_response")
             cursor = str(next_cursor)
-        return queries[:limit] if limit is not None else queries
+        return queries[:limit]
 
     def result(self, query_id: str) -> ArchivedQuery:
         """One archived query, with its released result."""
