@@ -249,6 +249,8 @@ class Service:
             return self._response(existing, existing.result, replayed=True)
         if state is QueryState.RUNNING:
             raise QueryInProgress("this query_id is still running; retry later")
+        if state is QueryState.REFUNDED:  # refunded meanwhile: a new attempt may run
+            raise QueryInProgress("this query_id was refunded meanwhile; retry")
         raise QueryFailed(
             "this query_id failed after the data was read; its cost stands. "
             "Send the query again with a new query_id."

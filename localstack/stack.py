@@ -26,7 +26,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-STATE_DIR = ROOT / ".neblina"
+STATE_DIR = Path(os.environ.get("NEBLINA_STATE_DIR") or ROOT / ".neblina")
 STATE_FILE = STATE_DIR / "stack.json"
 ENV_FILE = STATE_DIR / "local.env"
 READY = re.compile(r"ready on (http://[0-9.]+:[0-9]+)")
@@ -222,7 +222,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    print(f"stack: up. NEBLINA_URL and NEBLINA_TOKEN written to {ENV_FILE.relative_to(ROOT)}")
+    print(f"stack: up. NEBLINA_URL and NEBLINA_TOKEN written to {ENV_FILE}")
     print(f"stack: emulator {stack.emulator_url} (AWS_ENDPOINT_URL for admin tools)")
     print("stack: stop it with `make down`")
     return 0

@@ -55,7 +55,7 @@ MECHANISMS = {m.name: m for m in Mechanism}
 _QUERY_PROBLEMS = re.compile(
     r"Bad token|mismatched input|extraneous input|no viable alternative|Column cannot be found|"
     r"No metadata available|not included in GROUP BY|subqueries|Unsupported|not supported|"
-    r"cannot be|Unable to",
+    r"cannot be",
     re.IGNORECASE,
 )
 

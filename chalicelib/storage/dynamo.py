@@ -372,7 +372,20 @@ class DynamoStore:
                     ),
                     return_values="ALL_OLD",
                 )
-                tx.save(query, condition=Q.query_id.does_not_exist(), return_values="ALL_OLD")
+                # A new id, or a retry of a query that was refunded (it failed before any
+                # data was read), which may run again under the same id.
+                tx.save(
+                    query,
+                    condition=(
+                        Q.query_id.does_not_exist()
+                        | (
+                            (Q.state == QueryState.REFUNDED.value)
+                            & (Q.payload_hash == record.payload_hash)
+                            & (Q.user_id == record.user_id)
+                        )
+                    ),
+                    return_values="ALL_OLD",
+                )
         except TransactWriteError as exc:
             # PynamoDB sends condition checks, deletes, puts, then updates: the query put is
             # item 0 and the grant update item 1.

@@ -1,0 +1,86 @@
+"""Shared fixtures: the real emulator and the real API server, started on free ports."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (ROOT, ROOT / "localstack", ROOT / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+@dataclass
+class Researcher:
+    """A user with a token and grants, created for one test."""
+
+    user_id: str
+    token: str
+
+
+def emulator_env(url: str, prefix: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "NEBLINA_TABLE_PREFIX": prefix,
+        "NEBLINA_BUCKET": "neblina-datasets",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Emulator + seeding + API server as child processes (one per test session)."""
+    from stack import LocalStack
+
+    local = LocalStack(
+        synthetic_rows=100_000, quiet=True, log_dir=tmp_path_factory.mktemp("stack-logs")
+    )
+    local.start()
+    saved = dict(os.environ)
+    os.environ.update(emulator_env(local.emulator_url, local.table_prefix))
+    from chalicelib.config import get_settings
+    from chalicelib.storage import reset_store
+
+    get_settings.cache_clear()
+    reset_store()
+    try:
+        yield local
+    finally:
+        local.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+        reset_store()
+
+
+@pytest.fixture
+def store(stack: object) -> object:
+    """The DynamoDB store of the running stack (same tables as the API server)."""
+    from chalicelib.storage import get_store
+
+    return get_store()
+
+
+@pytest.fixture
+def make_researcher(store: object):  # type: ignore[no-untyped-def]
+    """Create a fresh user with grants {dataset: (epsilon, delta)} and a token."""
+    from chalicelib import admin
+
+    def make(grants: dict[str, tuple[str, str]] | None = None) -> Researcher:
+        user_id = f"user-{uuid.uuid4().hex[:10]}"
+        admin.add_user(store, user_id)  # type: ignore[arg-type]
+        for dataset, (epsilon, delta) in (grants or {"PENGUIN": ("10", "0.001")}).items():
+            admin.grant(store, user_id, dataset, epsilon, delta)  # type: ignore[arg-type]
+        issued = admin.add_token(store, user_id)  # type: ignore[arg-type]
+        return Researcher(user_id=user_id, token=issued.secret)
+
+    return make

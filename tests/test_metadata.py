@@ -1,0 +1,103 @@
+"""Metadata validation: every malformed input gets a clear message naming its path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chalicelib import metadata as M
+
+ROOT = Path(__file__).resolve().parent.parent
+PENGUIN = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
+SYNTHETIC = yaml.safe_load((ROOT / "localstack/data/synthetic.yaml").read_text())
+
+
+def test_demo_metadata_is_valid_and_normalised() -> None:
+    for raw in (PENGUIN, SYNTHETIC):
+        result = M.validate(raw)
+        assert set(result["columns"]) == set(raw["columns"])
+        for spec in result["columns"].values():
+            assert spec["nullable"] in (True, False)
+            assert spec["private_id"] is False
+            if "categories" in spec:
+                assert spec["cardinality"] == len(spec["categories"])
+
+
+def broken(path: list[str], value: object) -> dict:
+    raw = copy.deepcopy(PENGUIN)
+    target = raw
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["columns", "year", "lower"], 2010, "columns.year: lower (2010) is greater than upper"),
+        (["columns", "year", "type"], "decimal", "columns.year: unknown type 'decimal'"),
+        (["columns", "bill_length_mm", "upper"], "high", "float bounds must be finite numbers"),
+        (["columns", "bill_length_mm", "upper"], float("inf"), "float bounds must be finite"),
+        (["columns", "year", "lower"], 2007.5, "int bounds must be integers"),
+        (["columns", "year", "upper"], KeyError, "needs both lower and upper"),
+        (["columns", "species", "cardinality"], 4, "cardinality 4 does not match the 3 categories"),
+        (["columns", "species", "categories"], ["a", "a"], "categories contain duplicates"),
+        (["columns", "species", "categories"], [], "categories must be a non-empty list"),
+        (["columns", "species", "colour"], "red", "unknown keys for a string column: colour"),
+        (["columns", "sex", "nullable"], "yes", "columns.sex: nullable must be true or false"),
+        (["columns", "year", "precision"], 16, "precision must be 32 or 64"),
+        (["max_ids"], 0, "max_ids: must be a positive integer"),
+        (["rows"], -3, "rows: must be a positive integer"),
+        (["rows"], KeyError, "rows: must be a positive integer"),
+        (["row_privacy"], False, "row_privacy: must be true when no column is a private_id"),
+        (["surprise"], 1, "unknown top-level keys: surprise"),
+        (["columns"], {}, "columns: must be a non-empty mapping"),
+    ],
+)
+def test_invalid_metadata_is_refused_with_its_path(path: list[str], value: object, expected: str) -> None:
+    with pytest.raises(M.MetadataError) as error:
+        M.validate(broken(path, value))
+    assert expected in error.value.message
+    assert error.value.status_code == 400
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    raw = broken(["columns", "year", "lower"], 2010)
+    raw["max_ids"] = -1
+    with pytest.raises(M.MetadataError) as error:
+        M.validate(raw)
+    assert len(error.value.problems) == 2
+
+
+def test_private_id_and_row_privacy_exclude_each_other() -> None:
+    raw = copy.deepcopy(PENGUIN)
+    raw["columns"]["pid"] = {"type": "int", "lower": 0, "upper": 1000, "private_id": True}
+    with pytest.raises(M.MetadataError, match="cannot be true when a column is a private_id"):
+        M.validate(raw)
+    raw["row_privacy"] = False
+    assert M.validate(raw)["columns"]["pid"]["private_id"] is True
+
+
+def test_column_names_must_be_identifiers() -> None:
+    raw = copy.deepcopy(PENGUIN)
+    raw["columns"]["bad name;"] = {"type": "boolean"}
+    with pytest.raises(M.MetadataError, match="column names must be identifiers"):
+        M.validate(raw)
+
+
+def test_smartnoise_conversion_declares_every_table_alias() -> None:
+    converted = M.to_smartnoise(M.validate(PENGUIN), ["df", "PENGUIN"])
+    tables = converted[""][""]
+    assert set(tables) == {"df", "PENGUIN"}
+    assert tables["df"]["bill_length_mm"] == {
+        "type": "float", "nullable": True, "lower": 30.0, "upper": 65.0,
+    }
+    assert tables["df"]["species"] == {"type": "string", "nullable": False}
+    assert tables["df"]["rows"] == 344 and tables["df"]["max_ids"] == 1

@@ -1,0 +1,52 @@
+"""Exact decimal amounts: the ledger never sees a float."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from chalicelib.models import PrivacyCost, format_decimal, to_decimal
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.1, Decimal("0.1")),
+        (1e-5, Decimal("0.00001")),
+        (np.float64(1.4999949999983109e-05), Decimal("0.000014999949999983109")),
+        ("0.30", Decimal("0.30")),
+        (3, Decimal(3)),
+        (Decimal("2.5"), Decimal("2.5")),
+    ],
+)
+def test_to_decimal_goes_through_the_shortest_repr(value: object, expected: Decimal) -> None:
+    assert to_decimal(value) == expected
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "NaN", "Infinity", "abc", True, None, [1]])
+def test_to_decimal_refuses_non_finite_and_non_numbers(value: object) -> None:
+    with pytest.raises(ValueError):
+        to_decimal(value)
+
+
+def test_sums_are_exact() -> None:
+    total = PrivacyCost(epsilon=0.1, delta=0) + PrivacyCost(epsilon=0.2, delta=0)
+    assert total.epsilon == Decimal("0.3")
+    assert PrivacyCost(epsilon="10", delta="0.001") - total == PrivacyCost(epsilon="9.7", delta="0.001")
+
+
+def test_partial_order_needs_both_components() -> None:
+    small, wide = PrivacyCost(epsilon=1, delta=0), PrivacyCost(epsilon=2, delta="0.1")
+    assert small <= wide
+    assert not PrivacyCost(epsilon=1, delta="0.2") <= wide
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(Decimal("10"), "10"), (Decimal("1E+1"), "10"), (Decimal("0.000015"), "0.000015"),
+     (Decimal("1E-7"), "0.0000001"), (Decimal("0.10"), "0.1"), (Decimal("0"), "0")],
+)
+def test_format_decimal_never_uses_exponents(value: Decimal, text: str) -> None:
+    assert format_decimal(value) == text
