@@ -79,7 +79,7 @@ def token_authorizer(auth_request: Any) -> Any:
     try:
         user = authenticate(get_store(), auth_request.token)
     except Unauthorized:
-        raise Exception("Unauthorized") from None  # noqa: TRY002 - API Gateway's contract
+        raise Exception("Unauthorized") from None
     except Forbidden as error:
         return {
             "principalId": "anonymous",
@@ -175,14 +175,10 @@ def run_query(name: str) -> Response:
 @app.route("/v1/datasets/{name}/queries", methods=["GET"], authorizer=token_authorizer)
 def history(name: str) -> Response:
     return handle(
-        lambda: get_service().history(
-            caller(), name, query_param("limit"), query_param("cursor")
-        )
+        lambda: get_service().history(caller(), name, query_param("limit"), query_param("cursor"))
     )
 
 
-@app.route(
-    "/v1/datasets/{name}/queries/{query_id}", methods=["GET"], authorizer=token_authorizer
-)
+@app.route("/v1/datasets/{name}/queries/{query_id}", methods=["GET"], authorizer=token_authorizer)
 def get_query(name: str, query_id: str) -> Response:
     return handle(lambda: get_service().get_query(caller(), name, query_id))

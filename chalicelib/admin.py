@@ -108,9 +108,7 @@ def add_dataset(
     return dataset, True
 
 
-def grant(
-    store: Store, user_id: str, dataset: str, eps: object, dlt: object
-) -> tuple[Grant, bool]:
+def grant(store: Store, user_id: str, dataset: str, eps: object, dlt: object) -> tuple[Grant, bool]:
     """Give a user a budget on a dataset; returns (grant, created). Existing grants are kept."""
     initial = PrivacyCost(epsilon=epsilon(eps), delta=delta(dlt))
     if store.get_user(user_id) is None:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from chalicelib.errors import Forbidden, Unauthorized
 from chalicelib.models import Token, User, utcnow
 
-TOKEN_PREFIX = "nbl_"
+TOKEN_PREFIX = "nbl_"  # noqa: S105 - a public prefix, not a secret
 TOKEN_PATTERN = re.compile(r"^nbl_[A-Za-z0-9_-]{43}$")
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 

@@ -80,7 +80,9 @@ def _check_bounds(path: str, spec: dict[str, Any], kind: str, problems: list[str
             return
     elif kind == "float":
         if not (_is_number(lower) and _is_number(upper)):
-            problems.append(f"{path}: float bounds must be finite numbers (got {lower!r}, {upper!r})")
+            problems.append(
+                f"{path}: float bounds must be finite numbers (got {lower!r}, {upper!r})"
+            )
             return
     else:
         lo, up = _parse_datetime(lower), _parse_datetime(upper)
@@ -119,7 +121,9 @@ def _check_column(name: str, spec: object, problems: list[str]) -> None:
         return
     kind = spec.get("type")
     if kind not in COLUMN_TYPES:
-        problems.append(f"{path}: unknown type {kind!r} (expected one of {', '.join(COLUMN_TYPES)})")
+        problems.append(
+            f"{path}: unknown type {kind!r} (expected one of {', '.join(COLUMN_TYPES)})"
+        )
         return
     unknown = set(spec) - _COMMON_KEYS - _TYPE_KEYS[kind]
     if unknown:
@@ -138,9 +142,8 @@ def _check_column(name: str, spec: object, problems: list[str]) -> None:
             _check_bounds(path, spec, kind, problems)
     elif kind in ("float", "datetime"):
         _check_bounds(path, spec, kind, problems)
-    elif kind == "string":
-        if "categories" in spec or "cardinality" in spec:
-            _check_categories(path, spec, kind, problems)
+    elif kind == "string" and ("categories" in spec or "cardinality" in spec):
+        _check_categories(path, spec, kind, problems)
 
 
 def validate(raw: object) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def validate(raw: object) -> dict[str, Any]:
         problems.append(f"unknown top-level keys: {', '.join(sorted(unknown))}")
     for key in ("max_ids", "rows"):
         value = raw.get(key)
-        if not _is_int(value) or value <= 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             problems.append(f"{key}: must be a positive integer (got {value!r})")
     for key in ("row_privacy", "censor_dims"):
         if key in raw and not isinstance(raw[key], bool):

@@ -35,7 +35,14 @@ MECHANISMS = {
     "description": "override of SmartNoise's mechanism per statistic",
     "properties": {
         stat: {"type": "string", "enum": ["laplace", "geometric", "discrete_laplace", "gaussian"]}
-        for stat in ["count", "sum_int", "sum_large_int", "sum_float", "sum_large_float", "threshold"]
+        for stat in [
+            "count",
+            "sum_int",
+            "sum_large_int",
+            "sum_float",
+            "sum_large_float",
+            "threshold",
+        ]
     },
     "additionalProperties": False,
 }
@@ -69,7 +76,14 @@ TIMESTAMP = {"type": "string", "format": "date-time"}
 QUERY_RESPONSE = {
     "type": "object",
     "required": [
-        "query_id", "dataset", "engine", "dummy", "replayed", "cost", "created_at", "result",
+        "query_id",
+        "dataset",
+        "engine",
+        "dummy",
+        "replayed",
+        "cost",
+        "created_at",
+        "result",
     ],
     "properties": {
         "query_id": {"type": "string"},
@@ -85,8 +99,16 @@ QUERY_RESPONSE = {
 RECORD = {
     "type": "object",
     "required": [
-        "query_id", "dataset", "engine", "state", "request", "cost", "created_at",
-        "finished_at", "result", "error",
+        "query_id",
+        "dataset",
+        "engine",
+        "state",
+        "request",
+        "cost",
+        "created_at",
+        "finished_at",
+        "result",
+        "error",
     ],
     "properties": {
         "query_id": {"type": "string"},

@@ -160,9 +160,7 @@ class Service:
             "remaining": grant.remaining.to_json(),
         }
 
-    def history(
-        self, user_id: str, name: str, limit: object, cursor: object
-    ) -> dict[str, Any]:
+    def history(self, user_id: str, name: str, limit: object, cursor: object) -> dict[str, Any]:
         """The caller's archive on a dataset, newest first."""
         n = validation.integer(limit, "limit", 20, 1, 100)
         if cursor is not None and not isinstance(cursor, str):

@@ -93,8 +93,9 @@ def build_server(host: str, port: int) -> Any:
             return super().handle_request(method, path, headers, body)
 
     class Handler(ChaliceRequestHandler):  # type: ignore[misc]
-        def __init__(self, request: Any, client_address: Any, server: Any, app_object: Any,
-                     config: Any) -> None:
+        def __init__(
+            self, request: Any, client_address: Any, server: Any, app_object: Any, config: Any
+        ) -> None:
             self._gateway_for = (app_object, config)
             super().__init__(request, client_address, server, app_object=app_object, config=config)
 
@@ -109,7 +110,7 @@ def build_server(host: str, port: int) -> Any:
             headers = {"Content-Type": "application/json"}
             self._send_http_response(code, headers, error.body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # quiet: the demo prints its own progress
 
     config = Config.create(lambda_timeout=900, lambda_memory_size=3008)

@@ -42,11 +42,13 @@ def _say(quiet: bool, message: str) -> None:
 def use_emulator_credentials() -> None:
     """Emulators accept any credentials; make sure boto3 finds some."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")  # noqa: S105 - emulator only
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def seed(synthetic_rows: int = 200_000, user_id: str = DEMO_USER, quiet: bool = False) -> SeedResult:
+def seed(
+    synthetic_rows: int = 200_000, user_id: str = DEMO_USER, quiet: bool = False
+) -> SeedResult:
     """Create everything the demo needs (idempotent) and issue a fresh token."""
     sys.path.insert(0, str(HERE))
     import synthetic  # localstack/synthetic.py
@@ -67,7 +69,9 @@ def seed(synthetic_rows: int = 200_000, user_id: str = DEMO_USER, quiet: bool = 
     source = admin.upload(
         settings, settings.bucket, "PENGUIN/penguins.csv", (DATA / "penguins.csv").read_bytes()
     )
-    admin.upload(settings, settings.bucket, "PENGUIN/metadata.yaml", (DATA / "penguin.yaml").read_bytes())
+    admin.upload(
+        settings, settings.bucket, "PENGUIN/metadata.yaml", (DATA / "penguin.yaml").read_bytes()
+    )
     _, created = admin.add_dataset(store, "PENGUIN", source, penguin_meta)
     _say(quiet, f"seed: dataset PENGUIN ({'created' if created else 'exists'}) <- {source}")
 
@@ -78,7 +82,10 @@ def seed(synthetic_rows: int = 200_000, user_id: str = DEMO_USER, quiet: bool = 
         settings, settings.bucket, "SYNTHETIC/synthetic.parquet", synthetic.to_parquet_bytes(frame)
     )
     admin.upload(
-        settings, settings.bucket, "SYNTHETIC/metadata.yaml", yaml.safe_dump(synthetic_meta).encode()
+        settings,
+        settings.bucket,
+        "SYNTHETIC/metadata.yaml",
+        yaml.safe_dump(synthetic_meta).encode(),
     )
     _, created = admin.add_dataset(store, "SYNTHETIC", source, synthetic_meta, replace=True)
     _say(quiet, f"seed: dataset SYNTHETIC, {synthetic_rows:,} rows <- {source}")
@@ -101,7 +108,9 @@ def seed(synthetic_rows: int = 200_000, user_id: str = DEMO_USER, quiet: bool = 
 def write_env_file(path: Path, url: str, token: str) -> None:
     """Write NEBLINA_URL and NEBLINA_TOKEN for the client (mode 600: it holds a secret)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# written by Neblina's local stack\nNEBLINA_URL={url}\nNEBLINA_TOKEN={token}\n")
+    path.write_text(
+        f"# written by Neblina's local stack\nNEBLINA_URL={url}\nNEBLINA_TOKEN={token}\n"
+    )
     path.chmod(0o600)
 
 
@@ -109,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic-rows", type=int, default=200_000)
     parser.add_argument("--user", default=DEMO_USER)
-    parser.add_argument("--env-file", type=Path, help="also write NEBLINA_TOKEN (and --api-url) here")
+    parser.add_argument(
+        "--env-file", type=Path, help="also write NEBLINA_TOKEN (and --api-url) here"
+    )
     parser.add_argument("--api-url", default="http://127.0.0.1:8000")
     parser.add_argument(
-        "--real-aws", action="store_true",
+        "--real-aws",
+        action="store_true",
         help="allow seeding real AWS (AWS_ENDPOINT_URL unset) with your own credentials",
     )
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ Tests and benchmarks use :class:`LocalStack` directly (free ports, their own tab
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -75,15 +76,11 @@ def _stop_process(pid: int, timeout: float = 10.0) -> None:
             os.killpg(pid, 0)
         except ProcessLookupError:
             return
-        try:  # reap it if it is our child
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass
@@ -141,7 +138,9 @@ class LocalStack:
         """Start the emulator, seed it, start the API; returns once /health answers."""
         try:
             started = time.perf_counter()
-            self.emulator_url = self._spawn("emulator", "emulator.py", self.emulator_port, os.environ.copy())
+            self.emulator_url = self._spawn(
+                "emulator", "emulator.py", self.emulator_port, os.environ.copy()
+            )
             self._say(f"stack: emulator (moto, single-threaded) on {self.emulator_url}")
             env = self.env()
             if seed:
@@ -176,10 +175,8 @@ class LocalStack:
             process = self.processes.pop(name, None)
             if process is not None:
                 _stop_process(process.pid)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -261,7 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with stack:
         env = {**os.environ, "NEBLINA_URL": stack.api_url, "NEBLINA_TOKEN": stack.token}
         print("stack: running examples/researcher_session.py\n", flush=True)
-        result = subprocess.run(  # noqa: PLW1510
+        result = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "researcher_session.py")], env=env, cwd=ROOT
         )
     print("\nstack: stopped")

@@ -12,8 +12,16 @@ import numpy as np
 import pandas as pd
 
 REGIONS = [f"R{i:02d}" for i in range(1, 21)]
-SECTORS = ["agriculture", "industry", "construction", "trade", "transport", "finance",
-           "public", "health"]
+SECTORS = [
+    "agriculture",
+    "industry",
+    "construction",
+    "trade",
+    "transport",
+    "finance",
+    "public",
+    "health",
+]
 EDUCATION = ["primary", "secondary", "vocational", "bachelor", "master"]
 
 

@@ -45,8 +45,16 @@ def test_a_valid_token_authenticates_its_user(store: MemoryStore) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "Bearer", "Bearer nbl_short", "Basic dXNlcjpwYXNz", "Bearer tok_" + "a" * 43,
-     "Bearer nbl_" + "a" * 42 + "!", "Bearer nbl_" + "a" * 44],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer nbl_short",
+        "Basic dXNlcjpwYXNz",
+        "Bearer tok_" + "a" * 43,
+        "Bearer nbl_" + "a" * 42 + "!",
+        "Bearer nbl_" + "a" * 44,
+    ],
 )
 def test_missing_or_malformed_tokens_are_401(store: MemoryStore, header: str | None) -> None:
     with pytest.raises(Unauthorized):

@@ -22,7 +22,13 @@ ALL_TYPES = M.validate(
             "pid": {"type": "int", "lower": 0, "upper": 500, "private_id": True},
             "code": {"type": "int", "categories": [3, 5, 7], "nullable": True},
             "small": {"type": "int", "lower": -5, "upper": 5, "precision": 32},
-            "score": {"type": "float", "lower": -1.5, "upper": 2.5, "precision": 32, "nullable": True},
+            "score": {
+                "type": "float",
+                "lower": -1.5,
+                "upper": 2.5,
+                "precision": 32,
+                "nullable": True,
+            },
             "flag": {"type": "boolean", "nullable": True},
             "flag2": {"type": "boolean"},
             "note": {"type": "string"},
@@ -70,8 +76,12 @@ def test_values_respect_types_bounds_categories_and_nullability(metadata: dict) 
 
 
 def test_a_column_does_not_change_when_another_is_added() -> None:
-    extended = dict(PENGUIN, columns={**PENGUIN["columns"], "extra": {"type": "boolean",
-                                                                     "nullable": False,
-                                                                     "private_id": False}})
+    extended = dict(
+        PENGUIN,
+        columns={
+            **PENGUIN["columns"],
+            "extra": {"type": "boolean", "nullable": False, "private_id": False},
+        },
+    )
     base, more = make_dummy(PENGUIN, 100, 1), make_dummy(extended, 100, 1)
     pd.testing.assert_frame_equal(base, more[base.columns])

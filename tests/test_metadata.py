@@ -61,7 +61,9 @@ def broken(path: list[str], value: object) -> dict:
         (["columns"], {}, "columns: must be a non-empty mapping"),
     ],
 )
-def test_invalid_metadata_is_refused_with_its_path(path: list[str], value: object, expected: str) -> None:
+def test_invalid_metadata_is_refused_with_its_path(
+    path: list[str], value: object, expected: str
+) -> None:
     with pytest.raises(M.MetadataError) as error:
         M.validate(broken(path, value))
     assert expected in error.value.message
@@ -97,7 +99,10 @@ def test_smartnoise_conversion_declares_every_table_alias() -> None:
     tables = converted[""][""]
     assert set(tables) == {"df", "PENGUIN"}
     assert tables["df"]["bill_length_mm"] == {
-        "type": "float", "nullable": True, "lower": 30.0, "upper": 65.0,
+        "type": "float",
+        "nullable": True,
+        "lower": 30.0,
+        "upper": 65.0,
     }
     assert tables["df"]["species"] == {"type": "string", "nullable": False}
     assert tables["df"]["rows"] == 344 and tables["df"]["max_ids"] == 1

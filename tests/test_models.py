@@ -25,7 +25,9 @@ def test_to_decimal_goes_through_the_shortest_repr(value: object, expected: Deci
     assert to_decimal(value) == expected
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "NaN", "Infinity", "abc", True, None, [1]])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), "NaN", "Infinity", "abc", True, None, [1]]
+)
 def test_to_decimal_refuses_non_finite_and_non_numbers(value: object) -> None:
     with pytest.raises(ValueError):
         to_decimal(value)
@@ -34,7 +36,9 @@ def test_to_decimal_refuses_non_finite_and_non_numbers(value: object) -> None:
 def test_sums_are_exact() -> None:
     total = PrivacyCost(epsilon=0.1, delta=0) + PrivacyCost(epsilon=0.2, delta=0)
     assert total.epsilon == Decimal("0.3")
-    assert PrivacyCost(epsilon="10", delta="0.001") - total == PrivacyCost(epsilon="9.7", delta="0.001")
+    assert PrivacyCost(epsilon="10", delta="0.001") - total == PrivacyCost(
+        epsilon="9.7", delta="0.001"
+    )
 
 
 def test_partial_order_needs_both_components() -> None:
@@ -45,8 +49,14 @@ def test_partial_order_needs_both_components() -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(Decimal("10"), "10"), (Decimal("1E+1"), "10"), (Decimal("0.000015"), "0.000015"),
-     (Decimal("1E-7"), "0.0000001"), (Decimal("0.10"), "0.1"), (Decimal("0"), "0")],
+    [
+        (Decimal("10"), "10"),
+        (Decimal("1E+1"), "10"),
+        (Decimal("0.000015"), "0.000015"),
+        (Decimal("1E-7"), "0.0000001"),
+        (Decimal("0.10"), "0.1"),
+        (Decimal("0"), "0"),
+    ],
 )
 def test_format_decimal_never_uses_exponents(value: Decimal, text: str) -> None:
     assert format_decimal(value) == text

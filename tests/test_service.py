@@ -32,8 +32,12 @@ from chalicelib.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 META = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
-COUNT = {"engine": "smartnoise_sql", "query": "SELECT COUNT(*) AS n FROM df", "epsilon": 1,
-         "delta": 0}
+COUNT = {
+    "engine": "smartnoise_sql",
+    "query": "SELECT COUNT(*) AS n FROM df",
+    "epsilon": 1,
+    "delta": 0,
+}
 
 
 class ExplodingEngine:
@@ -75,9 +79,14 @@ def store() -> MemoryStore:
     s.put_user(User(user_id="bob", created_at=utcnow()))
     from chalicelib import metadata
 
-    s.put_dataset(Dataset("PENGUIN", str(ROOT / "localstack/data/penguins.csv"),
-                          metadata.validate(META), utcnow()))
-    s.put_dataset(Dataset("GONE", str(ROOT / "no/such/file.csv"), metadata.validate(META), utcnow()))
+    s.put_dataset(
+        Dataset(
+            "PENGUIN", str(ROOT / "localstack/data/penguins.csv"), metadata.validate(META), utcnow()
+        )
+    )
+    s.put_dataset(
+        Dataset("GONE", str(ROOT / "no/such/file.csv"), metadata.validate(META), utcnow())
+    )
     for dataset in ("PENGUIN", "GONE"):
         s.create_grant("alice", dataset, PrivacyCost(epsilon=5, delta="0.001"))
     return s
@@ -95,7 +104,9 @@ def remaining(store: MemoryStore, dataset: str = "PENGUIN") -> PrivacyCost:
     return grant.remaining
 
 
-def test_a_query_debits_its_cost_and_archives_its_release(service: Service, store: MemoryStore) -> None:
+def test_a_query_debits_its_cost_and_archives_its_release(
+    service: Service, store: MemoryStore
+) -> None:
     answer = service.query("alice", "PENGUIN", {**COUNT, "query_id": "q-00000001"})
     cost = PrivacyCost(**answer["cost"])
     # SmartNoise's composition adds a slack of 1e-15 to delta even for pure-epsilon queries
@@ -125,7 +136,9 @@ def test_same_id_with_another_payload_or_user_is_409(service: Service, store: Me
     assert remaining(store).epsilon == Decimal(4)
 
 
-def test_order_of_checks_dataset_then_grant_then_query(service: Service, store: MemoryStore) -> None:
+def test_order_of_checks_dataset_then_grant_then_query(
+    service: Service, store: MemoryStore
+) -> None:
     bad_sql = {**COUNT, "query": "SELECT COUNT(wingspan) FROM df", "query_id": "q-00000004"}
     with pytest.raises(DatasetNotFound):
         service.query("alice", "NOPE", bad_sql)
@@ -189,15 +202,23 @@ def test_an_expired_lease_counts_as_failed(service: Service, store: MemoryStore)
 
     now = utcnow()
     stuck = QueryRecord(
-        query_id="q-00000009", user_id="alice", dataset="PENGUIN", engine="smartnoise_sql",
-        payload_hash="x", request={}, cost=PrivacyCost(epsilon=1, delta=0),
-        state=QueryState.RUNNING, created_at=now - timedelta(hours=2),
+        query_id="q-00000009",
+        user_id="alice",
+        dataset="PENGUIN",
+        engine="smartnoise_sql",
+        payload_hash="x",
+        request={},
+        cost=PrivacyCost(epsilon=1, delta=0),
+        state=QueryState.RUNNING,
+        created_at=now - timedelta(hours=2),
         lease_expires_at=now - timedelta(hours=1),
     )
     store.reserve(stuck)
     shown = service.get_query("alice", "PENGUIN", "q-00000009")
     assert shown["state"] == "failed" and shown["error"]["error"] == "interrupted"
-    fresh = dataclasses.replace(stuck, query_id="q-00000010", lease_expires_at=now + timedelta(hours=1))
+    fresh = dataclasses.replace(
+        stuck, query_id="q-00000010", lease_expires_at=now + timedelta(hours=1)
+    )
     store.reserve(fresh)
     assert service.get_query("alice", "PENGUIN", "q-00000010")["state"] == "running"
 
@@ -211,19 +232,28 @@ def test_replay_of_a_running_query_is_in_progress(service: Service, store: Memor
     engine = engines.get_engine("smartnoise_sql")
     canonical = engine.parse(COUNT).canonical()
     now = utcnow()
-    store.reserve(QueryRecord(
-        query_id="q-00000011", user_id="alice", dataset="PENGUIN", engine="smartnoise_sql",
-        payload_hash=payload_digest("PENGUIN", "smartnoise_sql", canonical), request={},
-        cost=PrivacyCost(epsilon=1, delta=0), state=QueryState.RUNNING, created_at=now,
-        lease_expires_at=now + timedelta(minutes=5),
-    ))
+    store.reserve(
+        QueryRecord(
+            query_id="q-00000011",
+            user_id="alice",
+            dataset="PENGUIN",
+            engine="smartnoise_sql",
+            payload_hash=payload_digest("PENGUIN", "smartnoise_sql", canonical),
+            request={},
+            cost=PrivacyCost(epsilon=1, delta=0),
+            state=QueryState.RUNNING,
+            created_at=now,
+            lease_expires_at=now + timedelta(minutes=5),
+        )
+    )
     with pytest.raises(QueryInProgress):
         service.query("alice", "PENGUIN", {**COUNT, "query_id": "q-00000011"})
 
 
 def test_dummy_queries_are_free_and_not_archived(service: Service, store: MemoryStore) -> None:
-    answer = service.query("alice", "PENGUIN", {**COUNT, "query_id": "q-00000012", "dummy": True,
-                                                "dummy_rows": 50})
+    answer = service.query(
+        "alice", "PENGUIN", {**COUNT, "query_id": "q-00000012", "dummy": True, "dummy_rows": 50}
+    )
     assert answer["dummy"] and answer["cost"]["epsilon"] == "1"
     assert remaining(store).epsilon == Decimal(5)
     assert store.get_query("q-00000012") is None

@@ -27,9 +27,12 @@ FRAME = coerce_types(pd.read_csv(ROOT / "localstack/data/penguins.csv"), META)
 ENGINE = sn.ENGINE
 
 
-def request(query: str, epsilon: float = 1.0, delta: float = 1e-5, **extra: object) -> sn.SqlRequest:
-    return ENGINE.parse({"engine": "smartnoise_sql", "query": query, "epsilon": epsilon,
-                         "delta": delta, **extra})
+def request(
+    query: str, epsilon: float = 1.0, delta: float = 1e-5, **extra: object
+) -> sn.SqlRequest:
+    return ENGINE.parse(
+        {"engine": "smartnoise_sql", "query": query, "epsilon": epsilon, "delta": delta, **extra}
+    )
 
 
 def loaded() -> LoadedDataset:
@@ -46,7 +49,9 @@ QUERIES = [
 
 @pytest.mark.parametrize("query", QUERIES)
 @pytest.mark.parametrize("mechanisms", [{}, {"count": "gaussian", "sum_int": "gaussian"}])
-def test_cost_is_exactly_what_smartnoise_charges_on_the_real_frame(query: str, mechanisms: dict) -> None:
+def test_cost_is_exactly_what_smartnoise_charges_on_the_real_frame(
+    query: str, mechanisms: dict
+) -> None:
     req = request(query, 0.7, 1e-6, mechanisms=mechanisms)
     ours = ENGINE.cost(DATASET, req)
     reference = snsql.from_df(FRAME, privacy=req.privacy(), metadata=M.to_smartnoise(META, ["df"]))
@@ -110,8 +115,13 @@ def test_queries_rejected_from_metadata_alone(query: str, error: type, mechanism
     ],
 )
 def test_bad_fields_are_400(body: dict, message: str) -> None:
-    full = {"engine": "smartnoise_sql", "query": "SELECT COUNT(*) FROM df", "epsilon": 1,
-            "delta": 0, **body}
+    full = {
+        "engine": "smartnoise_sql",
+        "query": "SELECT COUNT(*) FROM df",
+        "epsilon": 1,
+        "delta": 0,
+        **body,
+    }
     with pytest.raises(InvalidRequest) as raised:
         ENGINE.parse(full)
     assert message in raised.value.message
@@ -122,7 +132,10 @@ def test_bad_fields_are_400(body: dict, message: str) -> None:
     [
         (sn.MemoLaplace, {"epsilon": 0.37, "lower": 0.0, "upper": 1.0, "max_contrib": 1}),
         (sn.MemoLaplace, {"epsilon": 2.0, "lower": 30.0, "upper": 65.0, "max_contrib": 3}),
-        (sn.MemoGaussian, {"epsilon": 0.5, "delta": 1e-6, "lower": 0, "upper": 100, "max_contrib": 1}),
+        (
+            sn.MemoGaussian,
+            {"epsilon": 0.5, "delta": 1e-6, "lower": 0, "upper": 100, "max_contrib": 1},
+        ),
     ],
 )
 def test_memoised_noise_scale_equals_smartnoise_search(cls: type, kwargs: dict) -> None:
@@ -132,8 +145,10 @@ def test_memoised_noise_scale_equals_smartnoise_search(cls: type, kwargs: dict) 
 
 
 def test_raw_output_without_postprocessing() -> None:
-    result = ENGINE.execute(loaded(), request("SELECT species, COUNT(*) AS n FROM df GROUP BY species",
-                                              postprocess=False))
+    result = ENGINE.execute(
+        loaded(),
+        request("SELECT species, COUNT(*) AS n FROM df GROUP BY species", postprocess=False),
+    )
     assert result["columns"][0] == "res_0"
     assert len(result["records"]) == 3
 
@@ -164,7 +179,9 @@ def test_reader_is_built_once_per_loaded_dataset() -> None:
 
 
 def test_privacy_object_carries_the_requested_parameters() -> None:
-    privacy = request("SELECT COUNT(*) FROM df", 0.25, 1e-7, mechanisms={"count": "gaussian"}).privacy()
+    privacy = request(
+        "SELECT COUNT(*) FROM df", 0.25, 1e-7, mechanisms={"count": "gaussian"}
+    ).privacy()
     assert isinstance(privacy, Privacy)
     assert (privacy.epsilon, privacy.delta) == (0.25, 1e-7)
     assert privacy.mechanisms.map[sn.STATS["count"]].name == "gaussian"

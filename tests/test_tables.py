@@ -38,6 +38,8 @@ def test_common_dtypes_round_trip() -> None:
 
 
 def test_numpy_scalars_and_non_finite_values_become_plain_json() -> None:
-    table = frame_to_table(pd.DataFrame({"x": [np.float64(np.inf), np.int64(3)], "y": [np.nan, 1.0]}))
+    table = frame_to_table(
+        pd.DataFrame({"x": [np.float64(np.inf), np.int64(3)], "y": [np.nan, 1.0]})
+    )
     text = json.dumps(table, allow_nan=False)  # raises if a NaN or inf slipped through
     assert json.loads(text)["records"][0] == {"x": None, "y": None}

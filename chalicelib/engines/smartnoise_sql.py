@@ -22,12 +22,12 @@ from functools import lru_cache
 from typing import Any
 
 import pandas as pd
+from opendp.typing import set_default_int_type
 from snsql import Privacy
 from snsql.metadata import Metadata
 from snsql.sql._mechanisms.base import Mechanism
 from snsql.sql._mechanisms.gaussian import Gaussian
 from snsql.sql._mechanisms.laplace import Laplace
-from opendp.typing import set_default_int_type
 from snsql.sql.privacy import Mechanisms, Stat
 from snsql.sql.private_reader import PrivateReader
 from snsql.sql.reader.base import SqlReader
@@ -87,18 +87,30 @@ class _ScaleCache:
 SCALES = _ScaleCache()
 
 
+def _found_scale(mechanism: Any) -> float:
+    """The scale SmartNoise's search just set on ``mechanism``."""
+    return float(mechanism.scale)
+
+
 class MemoLaplace(Laplace):  # type: ignore[misc]
     """SmartNoise's Laplace mechanism with its noise-scale search memoised."""
+
+    scale: Any
 
     def _compute_noise_scale(self) -> None:
         if self.scale is not None:
             return
-        key = ("laplace", float(self.epsilon), float(self.lower), float(self.upper),
-               float(self.max_contrib))
+        key = (
+            "laplace",
+            float(self.epsilon),
+            float(self.lower),
+            float(self.upper),
+            float(self.max_contrib),
+        )
         cached = SCALES.get(key)
         if cached is None:
             super()._compute_noise_scale()
-            SCALES.put(key, self.scale)
+            SCALES.put(key, _found_scale(self))
         else:
             self.scale = cached
 
@@ -106,15 +118,24 @@ class MemoLaplace(Laplace):  # type: ignore[misc]
 class MemoGaussian(Gaussian):  # type: ignore[misc]
     """SmartNoise's Gaussian mechanism with its noise-scale search memoised."""
 
+    scale: Any
+
     def _compute_noise_scale(self) -> None:
         if self.scale is not None:
             return
-        key = ("gaussian", self.bit_depth, float(self.epsilon), float(self.delta),
-               float(self.lower), float(self.upper), float(self.max_contrib))
+        key = (
+            "gaussian",
+            self.bit_depth,
+            float(self.epsilon),
+            float(self.delta),
+            float(self.lower),
+            float(self.upper),
+            float(self.max_contrib),
+        )
         cached = SCALES.get(key)
         if cached is None:
             super()._compute_noise_scale()
-            SCALES.put(key, self.scale)
+            SCALES.put(key, _found_scale(self))
         else:
             set_default_int_type(f"i{self.bit_depth}")  # as the original search does
             self.scale = cached
@@ -149,9 +170,7 @@ class SqlRequest:
         }
         for stat, mechanism in self.mechanisms:
             mechanisms.map[STATS[stat]] = MECHANISMS[mechanism]
-        return Privacy(
-            epsilon=float(self.epsilon), delta=float(self.delta), mechanisms=mechanisms
-        )
+        return Privacy(epsilon=float(self.epsilon), delta=float(self.delta), mechanisms=mechanisms)
 
 
 def _table_names(dataset_name: str) -> list[str]:
@@ -198,7 +217,9 @@ class CachedSqliteReader(PandasReader):  # type: ignore[misc]
         with engine.begin() as connection:
             for alias in table_names:
                 if alias != "df":
-                    connection.execute(text(f'CREATE VIEW "{alias}" AS SELECT * FROM df'))
+                    # alias is a dataset name matching IDENTIFIER (letters, digits, _)
+                    view = f'CREATE VIEW "{alias}" AS SELECT * FROM df'  # noqa: S608
+                    connection.execute(text(view))
         self.db_engine = engine
         self._lock = threading.Lock()
 
@@ -251,7 +272,7 @@ class SmartnoiseSqlEngine:
             postprocess=validation.boolean(body.get("postprocess"), "postprocess", True),
         )
 
-    def cost(self, dataset: Dataset, request: SqlRequest) -> PrivacyCost:  # type: ignore[override]
+    def cost(self, dataset: Dataset, request: SqlRequest) -> PrivacyCost:
         metadata = metadata_for(dataset.name, dataset.metadata)
         try:
             reader = PrivateReader(
@@ -269,7 +290,7 @@ class SmartnoiseSqlEngine:
             lambda ld: CachedSqliteReader(ld.frame, metadata, _table_names(ld.name)),
         )
 
-    def execute(self, loaded: LoadedDataset, request: SqlRequest) -> dict[str, Any]:  # type: ignore[override]
+    def execute(self, loaded: LoadedDataset, request: SqlRequest) -> dict[str, Any]:
         reader = PrivateReader(
             self._reader(loaded),
             metadata_for(loaded.name, loaded.metadata),

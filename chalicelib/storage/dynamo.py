@@ -91,13 +91,13 @@ def build_models(settings: Settings) -> SimpleNamespace:
         return type("Meta", (_Meta,), {"table_name": settings.table_name(kind)})
 
     class UserModel(Model):
-        Meta = meta("users")
+        Meta = meta("users")  # type: ignore[assignment]
         user_id = UnicodeAttribute(hash_key=True)
         created_at = UTCDateTimeAttribute()
         disabled = BooleanAttribute(default=False)
         description = UnicodeAttribute(default="")
 
-    class TokensByUser(GlobalSecondaryIndex["TokenModel"]):
+    class TokensByUser(GlobalSecondaryIndex["TokenModel"]):  # type: ignore[no-untyped-call]
         class Meta:
             index_name = "by_user"
             projection = AllProjection()
@@ -105,7 +105,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         user_id = UnicodeAttribute(hash_key=True)
 
     class TokenModel(Model):
-        Meta = meta("tokens")
+        Meta = meta("tokens")  # type: ignore[assignment]
         token_hash = UnicodeAttribute(hash_key=True)
         token_id = UnicodeAttribute()
         user_id = UnicodeAttribute()
@@ -117,7 +117,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         by_user = TokensByUser()
 
     class DatasetModel(Model):
-        Meta = meta("datasets")
+        Meta = meta("datasets")  # type: ignore[assignment]
         name = UnicodeAttribute(hash_key=True)
         source = UnicodeAttribute()
         source_format = UnicodeAttribute(default="csv")
@@ -126,7 +126,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         created_at = UTCDateTimeAttribute()
 
     class GrantModel(Model):
-        Meta = meta("grants")
+        Meta = meta("grants")  # type: ignore[assignment]
         user_id = UnicodeAttribute(hash_key=True)
         dataset = UnicodeAttribute(range_key=True)
         initial_epsilon = DecimalAttribute()
@@ -136,7 +136,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         remaining_epsilon = DecimalAttribute()
         remaining_delta = DecimalAttribute()
 
-    class QueriesByOwner(GlobalSecondaryIndex["QueryModel"]):
+    class QueriesByOwner(GlobalSecondaryIndex["QueryModel"]):  # type: ignore[no-untyped-call]
         class Meta:
             index_name = "by_owner"
             projection = AllProjection()
@@ -145,7 +145,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         created_at = UTCDateTimeAttribute(range_key=True)
 
     class QueryModel(Model):
-        Meta = meta("queries")
+        Meta = meta("queries")  # type: ignore[assignment]
         query_id = UnicodeAttribute(hash_key=True)
         owner_key = UnicodeAttribute()
         user_id = UnicodeAttribute()

@@ -38,6 +38,14 @@ class Cost:
             delta=_EXACT.add(self.delta, other.delta),
         )
 
+    def __sub__(self, other: object) -> Cost:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(
+            epsilon=_EXACT.subtract(self.epsilon, other.epsilon),
+            delta=_EXACT.subtract(self.delta, other.delta),
+        )
+
     def __le__(self, other: object) -> bool:
         if not isinstance(other, Cost):
             return NotImplemented

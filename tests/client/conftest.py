@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from neblina_client import Client
 
 URL = "http://neblina.test"

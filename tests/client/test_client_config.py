@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from neblina_client import Client, ConfigurationError
 from neblina_client._config import load_settings
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import neblina_client
 import pytest
+
+import neblina_client
 from neblina_client import (
     AuthenticationError,
     BudgetExhaustedError,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pandas as pd
 import pytest
+
 from neblina_client import (
     ArchivedQuery,
     Budget,

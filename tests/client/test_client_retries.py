@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
 from neblina_client import (
     BudgetExhaustedError,
     InvalidRequestError,

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
+
 from neblina_client import decode_table, encode_table
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+
 from neblina_client import Cost
 from neblina_client._decode import parse_cost, parse_datetime, parse_decimal
 
@@ -32,6 +33,15 @@ def test_sums_keep_every_digit() -> None:
 def test_sum_of_many_costs() -> None:
     costs = [cost("0.1", "0.000001")] * 10
     assert sum(costs, Cost.zero()) == cost("1", "0.00001")
+
+
+def test_differences_are_exact() -> None:
+    remaining = cost("10", "0.001") - (
+        cost("0.1", "0.000015") + cost("3", "0.000014999949999983109")
+    )
+    assert remaining == cost("6.9", "0.000970000050000016891")
+    with pytest.raises(TypeError):
+        cost("1", "0") - 1  # type: ignore[operator]
 
 
 def test_partial_order() -> None:

@@ -1,0 +1,43 @@
+# Neblina: the two commands are `make demo` and `make test`; each installs what it needs.
+PY := .venv/bin/python
+.DEFAULT_GOAL := help
+
+.PHONY: help venv demo test up down status lint typecheck bench clean
+
+help:
+	@echo "make demo       start the local stack, run a researcher's session, stop the stack"
+	@echo "make test       run the whole test suite (starts and stops its own stack)"
+	@echo "make up / down  keep the local stack running for notebooks (.neblina/local.env)"
+	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict"
+	@echo "make bench      latency benchmark, results in BENCHMARKS.md"
+
+venv:
+	@scripts/bootstrap
+
+demo: venv
+	$(PY) localstack/stack.py demo
+
+test: venv
+	$(PY) -m pytest -q tests
+
+up: venv
+	$(PY) localstack/stack.py up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) localstack/stack.py down; else echo "stack: nothing to stop"; fi
+
+status: venv
+	$(PY) localstack/stack.py status
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: venv
+	$(PY) -m mypy chalicelib client/neblina_client
+
+bench: venv
+	$(PY) bench/latency.py
+
+clean:
+	rm -rf .venv .neblina .pytest_cache .mypy_cache .ruff_cache
