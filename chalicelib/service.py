@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -81,6 +83,28 @@ def record_json(record: QueryRecord, now: datetime) -> dict[str, Any]:
     return document
 
 
+class _Lru[T]:
+    """A small thread-safe LRU map."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> T | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: T) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
 class Service:
     """The API's operations for an authenticated user."""
 
@@ -95,6 +119,7 @@ class Service:
         self.settings = settings
         self.loader = loader
         self.clock = clock
+        self._costs: _Lru[PrivacyCost] = _Lru(1024)
 
     # lookups -------------------------------------------------------------------------
     def _dataset(self, name: str) -> Dataset:
@@ -190,9 +215,18 @@ class Service:
         return engine, engine.parse(document), document
 
     def _price(self, engine: Engine, dataset: Dataset, request: EngineRequest) -> PrivacyCost:
-        cost = engine.cost(dataset, request)
-        if cost.is_negative():  # pragma: no cover - engines never price below zero
-            raise EngineRefused("the engine priced the query below zero")
+        """The engine's price, memoised: it is a pure function of metadata and request."""
+        key = json.dumps(
+            [engine.name, dataset.name, dataset.metadata, request.canonical()],
+            sort_keys=True,
+            default=str,
+        )
+        cost = self._costs.get(key)
+        if cost is None:
+            cost = engine.cost(dataset, request)
+            if cost.is_negative():  # pragma: no cover - engines never price below zero
+                raise EngineRefused("the engine priced the query below zero")
+            self._costs.put(key, cost)
         return cost
 
     def cost(self, user_id: str, name: str, body: object) -> dict[str, Any]:

@@ -279,3 +279,13 @@ def test_the_dataset_is_read_once_across_queries(service: Service) -> None:
     for i in range(3):
         service.query("alice", "PENGUIN", {**COUNT, "query_id": f"q-0000010{i}"})
     assert service.loader.reads == 1
+
+
+def test_memoised_prices_follow_metadata_changes(service: Service, store: MemoryStore) -> None:
+    group = {**COUNT, "query": "SELECT species, COUNT(*) AS n FROM df GROUP BY species", "delta": 1e-5}
+    plain = service.cost("alice", "PENGUIN", group)["cost"]
+    assert service.cost("alice", "PENGUIN", group)["cost"] == plain  # memoised, same answer
+    censored = dict(store.datasets["PENGUIN"].metadata, censor_dims=True)
+    store.datasets["PENGUIN"] = dataclasses.replace(store.datasets["PENGUIN"], metadata=censored)
+    thresholded = service.cost("alice", "PENGUIN", group)["cost"]
+    assert thresholded != plain  # the group threshold adds a mechanism: a new price
