@@ -282,10 +282,12 @@ def test_the_dataset_is_read_once_across_queries(service: Service) -> None:
 
 
 def test_memoised_prices_follow_metadata_changes(service: Service, store: MemoryStore) -> None:
-    group = {**COUNT, "query": "SELECT species, COUNT(*) AS n FROM df GROUP BY species", "delta": 1e-5}
-    plain = service.cost("alice", "PENGUIN", group)["cost"]
-    assert service.cost("alice", "PENGUIN", group)["cost"] == plain  # memoised, same answer
-    censored = dict(store.datasets["PENGUIN"].metadata, censor_dims=True)
-    store.datasets["PENGUIN"] = dataclasses.replace(store.datasets["PENGUIN"], metadata=censored)
-    thresholded = service.cost("alice", "PENGUIN", group)["cost"]
-    assert thresholded != plain  # the group threshold adds a mechanism: a new price
+    group = {**COUNT, "query": "SELECT species, COUNT(*) AS n FROM df GROUP BY species"}
+    price = service.cost("alice", "PENGUIN", group)["cost"]
+    assert service.cost("alice", "PENGUIN", group)["cost"] == price  # memoised, same answer
+    columns = dict(store.datasets["PENGUIN"].metadata["columns"])
+    del columns["species"]
+    narrowed = dict(store.datasets["PENGUIN"].metadata, columns=columns)
+    store.datasets["PENGUIN"] = dataclasses.replace(store.datasets["PENGUIN"], metadata=narrowed)
+    with pytest.raises(InvalidQuery):  # priced again against the new metadata, not remembered
+        service.cost("alice", "PENGUIN", group)
