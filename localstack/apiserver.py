@@ -46,6 +46,7 @@ def build_server(host: str, port: int) -> Any:
     from chalice.local import (
         ChaliceRequestHandler,
         ForbiddenError,
+        LocalChalice,
         LocalDevServer,
         LocalGateway,
         LocalGatewayAuthorizer,
@@ -117,6 +118,16 @@ def build_server(host: str, port: int) -> Any:
         def log_message(self, format: str, *args: Any) -> None:
             pass  # quiet: the demo prints its own progress
 
+    # The server runs one thread per connection. A plain Chalice app keeps the current
+    # request in one attribute shared by every thread, so concurrent requests would read
+    # each other's body and principal. `chalice local` swaps in LocalChalice, whose current
+    # request is thread-local; do the same. (On Lambda one request runs at a time.)
+    if not isinstance(app_module.app, LocalChalice):
+
+        class ThreadLocalApp(LocalChalice, type(app_module.app)):  # type: ignore[misc]
+            pass
+
+        app_module.app.__class__ = ThreadLocalApp
     config = Config.create(lambda_timeout=900, lambda_memory_size=3008)
     return LocalDevServer(app_module.app, config, host, port, handler_cls=Handler)
 

@@ -331,3 +331,26 @@ def test_concurrent_queries_over_http_never_overspend(stack, make_researcher) ->
     assert budget.remaining.epsilon == 0
     assert len(history) == 500 and all(h.state == "done" for h in history)
     assert sum((h.cost for h in history), Cost.zero()) == budget.spent
+
+
+def test_concurrent_requests_never_mix_identities(stack, make_researcher) -> None:  # type: ignore[no-untyped-def]
+    """Two users hammer the server at once; each must always see only their own grant."""
+    alice = make_researcher({"PENGUIN": ("7", "0.001")})
+    bob = make_researcher({"PENGUIN": ("3", "0.001")})
+    seen: dict[str, set[Decimal]] = {"alice": set(), "bob": set()}
+    lock = threading.Lock()
+
+    def worker(name: str, token: str) -> None:
+        with Client(url=stack.api_url, token=token, dataset="PENGUIN", max_retries=0) as c:
+            for _ in range(25):
+                initial = c.budget().initial.epsilon
+                with lock:
+                    seen[name].add(initial)
+
+    threads = [threading.Thread(target=worker, args=(name, who.token))
+               for name, who in [("alice", alice), ("bob", bob)] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"alice": {Decimal(7)}, "bob": {Decimal(3)}}
