@@ -41,6 +41,7 @@ class Engine(Protocol):
 
 ENGINE_MODULES = {
     "smartnoise_sql": "chalicelib.engines.smartnoise_sql",
+    "opendp": "chalicelib.engines.opendp_engine",
 }
 
 _LOADED: dict[str, Engine] = {}

@@ -1,0 +1,621 @@
+"""OpenDP engine: researchers' own pipelines, checked, priced by their privacy map, and run.
+
+Transport
+    The client builds a ``dp.Measurement`` and serializes it with OpenDP's own
+    ``dp.serialize``. That JSON repeats the whole prefix of a chain about three times per
+    ``then_`` step (each step names the previous one as its input *and* in the
+    ``transformation_output_domain``/``_metric`` of its input), so its size grows as 3^steps:
+    the 8-step mean of a column is 630 KB (10x the 64 KiB body limit) and takes 0.34 s to
+    deserialize. The request therefore carries ``pipeline`` in one of two forms:
+
+    - ``{"nodes": [...]}``: the same JSON with every repeated subtree written once. Each node
+      is a ``dp.serialize`` object (``__function__``, ``__module__``, ``__kwargs__``,
+      ``__version__``); inside ``__kwargs__`` a value ``{"__ref__": i}`` stands for node
+      ``i`` (only earlier nodes). The last node is the pipeline. The 8-step mean: 27 nodes,
+      4 KB. The client writes this form.
+    - a string: ``dp.serialize``'s output verbatim (fine for short pipelines).
+
+    Both are walked in full before anything is built and reduced to one canonical node list
+    (what the archive stores and what the idempotency hash covers). Refused with a 400 that
+    names the culprit: modules other than OpenDP's constructor modules, constructors outside
+    :data:`ALLOWED`, arguments the constructor does not have, unknown keys in a node, any
+    other object (polars ``__lazyframe__``/``__expr__``, plain dicts), non-finite numbers,
+    another OpenDP version, too many nodes, too deep, too long.
+
+    Building is ``dp.deserialize``'s own rule (``function(**kwargs)``, tuples from
+    ``__tuple__``) with two differences: the function comes from a static table of
+    allowlisted functions (no ``importlib``/``getattr`` on request text), and each distinct
+    node is built once. ``tests/test_opendp_engine.py`` checks that ``dp.serialize`` of what
+    is built reproduces the JSON the client sent, byte for byte.
+
+Input form
+    The server feeds the dataset as one **CSV string without header**, the columns in
+    metadata order, ``,`` between fields and ``\\n`` after each row (missing values empty,
+    booleans ``true``/``false``). A pipeline must therefore start with
+    ``make_split_dataframe(separator=",", col_names=<metadata column order>)`` (the client's
+    ``opendp.space()`` builds exactly that), so its input domain is ``AtomDomain<String>``
+    with ``SymmetricDistance``. Commas and line breaks inside string values are replaced by
+    spaces, so that every row is exactly one line: a value can never split one individual's
+    row into two (which would break ``d_in``).
+
+Cost
+    ``d_in`` is the metadata's ``max_ids`` (rows one individual may add or remove). The
+    output measure decides the charge: ``max_divergence`` → (ε, 0) with ε = ``map(d_in)``;
+    ``approximate(max_divergence)`` → ``map(d_in)`` as (ε, δ); ``smoothed_max_divergence``
+    and ``zero_concentrated_divergence`` need ``fixed_delta`` from the request and are
+    converted with ``make_fix_delta`` (after ``make_zCDP_to_approxDP`` for ρ). Anything else
+    → 400 naming the measure. Floats become decimals through their shortest repr, so the
+    charge is ``map(d_in)`` exactly.
+
+Features
+    ``contrib`` is enabled here, once, at import: every constructor on the allowlist needs
+    it. ``honest-but-curious`` is never enabled, and no constructor that asserts it is
+    allowed (those take trusted arguments, e.g. a population size or a Python callable).
+    ``floating-point`` is not enabled: in OpenDP 0.14.2 no constructor consults it (the only
+    features its Python layer asserts are ``contrib`` and ``honest-but-curious``; the float
+    mechanisms and sums account for rounding themselves), so it is not needed. SmartNoise
+    enables it process-wide whenever it builds a mechanism, so a process that served a SQL
+    query has it on: nothing here depends on it either way, and a test asserts that no
+    allowlisted constructor asserts it (should a later OpenDP gate one, that test fails and
+    the constructor must be reviewed before the version is bumped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import opendp.combinators as combinators
+import opendp.core as core
+import opendp.domains as domains
+import opendp.measurements as measurements
+import opendp.measures as measures
+import opendp.metrics as metrics
+import opendp.transformations as transformations
+import pandas as pd
+from opendp.mod import Measurement, Transformation, enable_features
+from opendp.mod import __version__ as OPENDP_VERSION
+
+from chalicelib import validation
+from chalicelib.datasets import LoadedDataset
+from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
+from chalicelib.models import Dataset, PrivacyCost, format_decimal, to_decimal
+
+log = logging.getLogger(__name__)
+
+enable_features("contrib")  # the only feature this engine enables (see the module docstring)
+
+NAME = "opendp"
+FIELDS = {"engine", "query_id", "pipeline", "fixed_delta"}
+DUMMY_FIELDS = {"dummy", "dummy_rows", "dummy_seed"}
+
+# What may be built. Tabular, non-polars constructors whose output is a number or a vector:
+# the input form (split_dataframe), column access and casts, imputation, clamping and
+# resizing, the aggregates, the noise mechanisms, quantiles and noisy max, composition and
+# measure casts. Left out on purpose: anything asserting "honest-but-curious"
+# (make_user_*, make_population_amplification, new_function), interactive or stateful
+# objects (adaptive/sequential/fully adaptive composition, privacy filters, ALP queryables),
+# Python-side postprocessors (make_chain_pm and the Functions it takes), constructors with
+# map-shaped outputs (count_by, *_threshold), polars plans (make_private_lazyframe ...),
+# other input forms (split_lines, split_records, create_dataframe) and opendp.mod itself.
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "transformations": (
+        "make_split_dataframe",
+        "make_select_column",
+        "make_subset_by",
+        "make_df_cast_default",
+        "make_df_is_equal",
+        "make_cast",
+        "make_cast_default",
+        "make_cast_inherent",
+        "make_is_equal",
+        "make_is_null",
+        "make_drop_null",
+        "make_impute_constant",
+        "make_impute_uniform_float",
+        "make_clamp",
+        "make_resize",
+        "make_metric_bounded",
+        "make_metric_unbounded",
+        "make_lipschitz_float_mul",
+        "make_find",
+        "make_find_bin",
+        "make_index",
+        "make_count",
+        "make_count_distinct",
+        "make_count_by_categories",
+        "make_sum",
+        "make_mean",
+        "make_variance",
+        "make_sum_of_squared_deviations",
+        "make_quantile_score_candidates",
+    ),
+    "measurements": (
+        "make_laplace",
+        "make_gaussian",
+        "make_geometric",
+        "make_canonical_noise",
+        "make_private_quantile",
+        "make_report_noisy_max_gumbel",
+        "make_noisy_max",
+        "make_noisy_top_k",
+    ),
+    "combinators": (
+        "make_chain_tt",
+        "make_chain_mt",
+        "make_composition",
+        "make_basic_composition",
+        "make_approximate",
+        "make_fix_delta",
+        "make_zCDP_to_approxDP",
+        "make_pureDP_to_zCDP",
+        "make_fixed_approxDP_to_approxDP",
+    ),
+    "domains": ("atom_domain", "vector_domain", "option_domain"),
+    "metrics": (
+        "symmetric_distance",
+        "insert_delete_distance",
+        "change_one_distance",
+        "hamming_distance",
+        "absolute_distance",
+        "l1_distance",
+        "l2_distance",
+    ),
+    "measures": (
+        "max_divergence",
+        "approximate",
+        "fixed_smoothed_max_divergence",
+        "smoothed_max_divergence",
+        "zero_concentrated_divergence",
+    ),
+    "core": ("transformation_output_domain", "transformation_output_metric"),
+}
+_MODULES: dict[str, Any] = {
+    "transformations": transformations,
+    "measurements": measurements,
+    "combinators": combinators,
+    "domains": domains,
+    "metrics": metrics,
+    "measures": measures,
+    "core": core,
+}
+CONSTRUCTORS: dict[tuple[str, str], Callable[..., Any]] = {
+    (module, name): getattr(_MODULES[module], name)
+    for module, names in ALLOWED.items()
+    for name in names
+}
+PARAMETERS: dict[tuple[str, str], frozenset[str]] = {
+    key: frozenset(inspect.signature(function).parameters) for key, function in CONSTRUCTORS.items()
+}
+
+# Limits on the untrusted JSON (the body is at most 64 KiB as well).
+MAX_NODES = 512  # distinct constructor calls
+MAX_DEPTH = 100  # constructor calls nested in one another
+MAX_VALUE_DEPTH = 8  # lists nested in one argument
+MAX_LIST = 10_000
+MAX_STRING = 1_000
+MAX_INT = 2**64
+MAX_SIZE = 10_000_000  # any "size" argument (rows the server would allocate)
+MAX_RESULT_CHARS = 100_000  # a release is a number, a vector or a small table
+_UNSAFE = re.compile(r"[,\r\n]")  # would split a field or a row of the CSV input
+_NODE_KEYS = {"__function__", "__module__", "__kwargs__", "__version__"}
+
+FUNCTION, MODULE, KWARGS, VERSION, TUPLE, REF = (
+    "__function__",
+    "__module__",
+    "__kwargs__",
+    "__version__",
+    "__tuple__",
+    "__ref__",
+)
+
+SEPARATOR = ","
+INPUT_DOMAIN = domains.atom_domain(T="String")
+INPUT_METRIC = metrics.symmetric_distance()
+MAX_DIVERGENCE = measures.max_divergence()
+APPROX_MAX_DIVERGENCE = measures.approximate(measures.max_divergence())
+SMOOTHED_MAX_DIVERGENCE = measures.smoothed_max_divergence()
+ZCDP = measures.zero_concentrated_divergence()
+
+
+# --- walking the untrusted JSON --------------------------------------------------------------
+class _Canonicalizer:
+    """Checks pipeline JSON and interns its constructor calls into one canonical node list.
+
+    Calls are numbered in post-order from the root (arguments in sorted name order before the
+    call that takes them), identical calls share one number: the string form and the node
+    form of one pipeline give the same list. In the node form, ``{"__ref__": i}`` is walked
+    as node ``i`` (each node once), and ``i`` must be smaller than the referring node's
+    position, so there can be no cycle.
+    """
+
+    def __init__(self, raw_nodes: list[Any] | None) -> None:
+        self.nodes: list[dict[str, Any]] = []
+        self._raw = raw_nodes
+        self._index: dict[str, int] = {}
+        self._walked: dict[int, int] = {}  # position in raw_nodes -> canonical number
+
+    def root(self) -> None:
+        """Walk the whole pipeline: the tree, or the last node and what it refers to."""
+        if self._raw is None:
+            raise AssertionError("root() is for the node form")  # pragma: no cover
+        last = len(self._raw) - 1
+        self._walked[last] = self.call(self._raw[last], 0, last)
+        if len(self._walked) != len(self._raw):
+            unused = min(set(range(len(self._raw))) - set(self._walked))
+            raise InvalidQuery(f"pipeline: node {unused} is not used by the last node")
+
+    def call(self, node: object, depth: int, position: int | None) -> int:
+        """Check one constructor call; its canonical number."""
+        if depth > MAX_DEPTH:
+            raise InvalidQuery(f"pipeline: more than {MAX_DEPTH} nested constructor calls")
+        if not isinstance(node, dict):
+            raise InvalidQuery("pipeline: a node must be a dp.serialize object")
+        unexpected = sorted(str(key) for key in set(node) - _NODE_KEYS)
+        if unexpected:
+            raise InvalidQuery(f"pipeline: unexpected key {unexpected[0][:80]!r} in a node")
+        module, function = node.get(MODULE), node.get(FUNCTION)
+        if not isinstance(module, str) or not isinstance(function, str):
+            raise InvalidQuery("pipeline: a node needs a string __module__ and __function__")
+        if module not in ALLOWED:
+            raise InvalidQuery(
+                f"pipeline: module {module[:80]!r} is not one of OpenDP's constructor modules "
+                f"({', '.join(sorted(ALLOWED))})"
+            )
+        if function not in ALLOWED[module]:
+            raise InvalidQuery(
+                f"pipeline: constructor {module}.{function[:80]} is not allowed "
+                "(the allowlist is in docs/opendp.md)"
+            )
+        if node.get(VERSION) != OPENDP_VERSION:
+            raise InvalidQuery(
+                f"pipeline: {function} was serialized by OpenDP {str(node.get(VERSION))[:20]}; "
+                f"this server runs OpenDP {OPENDP_VERSION}"
+            )
+        raw_kwargs = node.get(KWARGS, {})
+        if not isinstance(raw_kwargs, dict):
+            raise InvalidQuery(f"pipeline: __kwargs__ of {function} must be an object")
+        parameters = PARAMETERS[(module, function)]
+        kwargs: dict[str, Any] = {}
+        for name in sorted(raw_kwargs, key=str):
+            if not isinstance(name, str) or name not in parameters:
+                raise InvalidQuery(f"pipeline: {function} has no argument {str(name)[:80]!r}")
+            where = f"{function}.{name}"
+            kwargs[name] = self.value(raw_kwargs[name], depth, 0, position, where)
+        size = kwargs.get("size")
+        if isinstance(size, int) and size > MAX_SIZE:
+            raise InvalidQuery(f"pipeline: {function}.size is larger than {MAX_SIZE}")
+        canonical = {FUNCTION: function, MODULE: module, KWARGS: kwargs, VERSION: OPENDP_VERSION}
+        key = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        if key not in self._index:
+            if len(self.nodes) >= MAX_NODES:
+                raise InvalidQuery(f"pipeline: more than {MAX_NODES} distinct constructor calls")
+            self._index[key] = len(self.nodes)
+            self.nodes.append(canonical)
+        return self._index[key]
+
+    def value(
+        self, value: object, depth: int, nesting: int, position: int | None, where: str
+    ) -> Any:
+        """Check one argument (recursively); its canonical form."""
+        if nesting > MAX_VALUE_DEPTH:
+            raise InvalidQuery(f"pipeline: {where} is nested too deeply")
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise InvalidQuery(f"pipeline: {where} is out of range")
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidQuery(f"pipeline: {where} is not a finite number")
+            return value
+        if isinstance(value, str):
+            if len(value) > MAX_STRING:
+                raise InvalidQuery(f"pipeline: {where} is longer than {MAX_STRING} characters")
+            return value
+        if isinstance(value, list):
+            if len(value) > MAX_LIST:
+                raise InvalidQuery(f"pipeline: {where} has more than {MAX_LIST} items")
+            return [self.value(item, depth, nesting + 1, position, where) for item in value]
+        if isinstance(value, dict):
+            if FUNCTION in value:
+                return {REF: self.call(value, depth + 1, position)}
+            if set(value) == {TUPLE} and isinstance(value[TUPLE], list):
+                return {TUPLE: self.value(value[TUPLE], depth, nesting, position, where)}
+            if set(value) == {REF} and position is not None and self._raw is not None:
+                return {REF: self._ref(value[REF], depth, position, where)}
+            keys = ", ".join(repr(str(key)[:40]) for key in sorted(value, key=str)[:3])
+            raise InvalidQuery(f"pipeline: unexpected object with key(s) {keys} in {where}")
+        raise InvalidQuery(f"pipeline: unsupported value in {where}")
+
+    def _ref(self, index: object, depth: int, position: int, where: str) -> int:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < position:
+            raise InvalidQuery(f"pipeline: {where} must refer to an earlier node")
+        assert self._raw is not None
+        if index not in self._walked:
+            self._walked[index] = self.call(self._raw[index], depth + 1, index)
+        return self._walked[index]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidQuery(f"pipeline: {name} is not a finite number")
+
+
+def canonical_nodes(pipeline: object) -> list[dict[str, Any]]:
+    """The canonical node list of a pipeline in either wire form (400 on anything amiss)."""
+    if isinstance(pipeline, str):
+        try:
+            tree = json.loads(pipeline, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise InvalidQuery("pipeline: nested too deeply") from None
+        except ValueError as exc:
+            raise InvalidQuery(f"pipeline: not valid JSON ({str(exc)[:200]})") from None
+        walker = _Canonicalizer(None)
+        walker.call(tree, 0, None)
+        return walker.nodes
+    if isinstance(pipeline, dict):
+        nodes = pipeline.get("nodes")
+        if set(pipeline) != {"nodes"} or not isinstance(nodes, list) or not nodes:
+            raise InvalidQuery('pipeline: expected {"nodes": [...]} or a dp.serialize string')
+        if len(nodes) > MAX_NODES:
+            raise InvalidQuery(f"pipeline: more than {MAX_NODES} nodes")
+        walker = _Canonicalizer(nodes)
+        walker.root()
+        return walker.nodes
+    raise InvalidQuery('pipeline must be a dp.serialize string or {"nodes": [...]}')
+
+
+# --- building -------------------------------------------------------------------------------
+def build(nodes: list[dict[str, Any]]) -> Any:
+    """The OpenDP object of a canonical node list (its last node).
+
+    ``dp.deserialize``'s rule, ``function(**kwargs)`` with ``__tuple__`` as tuples, applied
+    once per node, with functions from :data:`CONSTRUCTORS` only.
+    """
+    built: list[Any] = []
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, list):
+            return [resolve(item) for item in value]
+        if isinstance(value, dict):
+            if REF in value:
+                return built[value[REF]]
+            return tuple(resolve(item) for item in value[TUPLE])
+        return value
+
+    for node in nodes:
+        function = CONSTRUCTORS[(node[MODULE], node[FUNCTION])]
+        kwargs = {name: resolve(value) for name, value in node[KWARGS].items()}
+        try:
+            built.append(function(**kwargs))
+        except Exception as exc:
+            raise InvalidQuery(
+                f"pipeline: {node[FUNCTION]} could not be built: {_describe(exc)}"
+            ) from exc
+    return built[-1]
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line description of an OpenDP (or argument) error."""
+    variant, message = getattr(exc, "variant", None), getattr(exc, "message", None)
+    if variant:
+        text = f"{variant}: {message}" if message else str(variant)
+    else:
+        text = str(exc).strip() or type(exc).__name__
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+class _BuiltCache:
+    """Measurements already built, by pipeline digest (building is pure: same JSON, same object)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, digest: str, nodes: list[dict[str, Any]]) -> Any:
+        with self._lock:
+            if digest in self._items:
+                self._items.move_to_end(digest)
+                return self._items[digest]
+        measurement = build(nodes)
+        with self._lock:
+            self._items[digest] = measurement
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return measurement
+
+
+BUILT = _BuiltCache()
+
+
+# --- checks and price -----------------------------------------------------------------------
+def check_input_form(nodes: list[dict[str, Any]], columns: list[str]) -> None:
+    """Every ``make_split_dataframe`` must read the server's CSV: ``,`` and these columns."""
+    for node in nodes:
+        if node[FUNCTION] != "make_split_dataframe":
+            continue
+        kwargs = node[KWARGS]
+        if kwargs.get("separator") != SEPARATOR or kwargs.get("col_names") != columns:
+            raise InvalidQuery(
+                "pipeline: the data arrives as CSV text read by "
+                f"make_split_dataframe(separator={SEPARATOR!r}, col_names={columns}) "
+                "(the client's opendp.space() builds it)"
+            )
+        if kwargs.get("K") not in (None, "String"):
+            raise InvalidQuery("pipeline: make_split_dataframe column names must be strings")
+
+
+def check_measurement(measurement: Any) -> None:
+    """A Measurement whose input is the CSV string under the symmetric distance."""
+    if isinstance(measurement, Transformation):
+        raise InvalidQuery(
+            "pipeline: this is a Transformation, not a Measurement: end it with a mechanism "
+            "(e.g. >> dp.m.then_laplace(scale=...)) so that what it releases is private"
+        )
+    if not isinstance(measurement, Measurement):
+        raise InvalidQuery(f"pipeline: this is a {type(measurement).__name__}, not a Measurement")
+    if measurement.input_domain != INPUT_DOMAIN or measurement.input_metric != INPUT_METRIC:
+        raise InvalidQuery(
+            f"pipeline: its input is {measurement.input_domain} with "
+            f"{measurement.input_metric}, but the server feeds {INPUT_DOMAIN} (CSV text) with "
+            f"{INPUT_METRIC}: start it with the client's opendp.space()"
+        )
+
+
+def price(measurement: Any, d_in: int, fixed_delta: Decimal | None) -> PrivacyCost:
+    """The (ε, δ) charged for ``measurement`` at ``d_in`` (see the module docstring)."""
+    measure = measurement.output_measure
+    try:
+        if measure in (MAX_DIVERGENCE, APPROX_MAX_DIVERGENCE):
+            if fixed_delta is not None:
+                raise InvalidRequest(
+                    f"fixed_delta applies only to smoothed or zCDP measurements; this one "
+                    f"outputs {measure}"
+                )
+            loss = measurement.map(d_in)
+            epsilon, delta = (loss, 0) if measure == MAX_DIVERGENCE else loss
+        elif measure in (SMOOTHED_MAX_DIVERGENCE, ZCDP):
+            if fixed_delta is None:
+                raise InvalidRequest(
+                    f"fixed_delta is required for a measurement whose output measure is "
+                    f"{measure} (the δ at which ε is read off its privacy curve)"
+                )
+            curve = measurement
+            if measure == ZCDP:
+                curve = combinators.make_zCDP_to_approxDP(measurement)
+            fixed: Any = combinators.make_fix_delta(curve, float(fixed_delta))
+            epsilon, delta = fixed.map(d_in)
+        else:
+            raise InvalidQuery(
+                f"pipeline: output measure {measure} is not supported (use max_divergence, "
+                "approximate(max_divergence), smoothed_max_divergence or "
+                "zero_concentrated_divergence)"
+            )
+    except (InvalidRequest, InvalidQuery):
+        raise
+    except Exception as exc:
+        raise EngineRefused(f"the privacy map failed at d_in={d_in}: {_describe(exc)}") from exc
+    try:
+        return PrivacyCost(epsilon=to_decimal(epsilon), delta=to_decimal(delta))
+    except (TypeError, ValueError) as exc:
+        raise EngineRefused(
+            f"the privacy map gives no finite loss at d_in={d_in} (ε={epsilon}, δ={delta})"
+        ) from exc
+
+
+# --- data in, release out -------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float | np.floating):
+        return repr(float(value)) if math.isfinite(value) else ""
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, datetime | date | pd.Timestamp):
+        return value.isoformat()
+    return _UNSAFE.sub(" ", str(value))
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """The dataset as the server feeds it: one line per row, fields in metadata order.
+
+    Missing values are empty, booleans ``true``/``false``, floats their shortest repr; commas
+    and line breaks inside values become spaces, so a row is always exactly one line.
+    """
+    columns = [frame[name].astype(object).map(_cell).tolist() for name in frame.columns]
+    return "".join(SEPARATOR.join(row) + "\n" for row in zip(*columns, strict=True))
+
+
+def release_json(value: Any, nesting: int = 0) -> Any:
+    """A release as JSON: numbers, booleans, strings and (nested) lists of them."""
+    if nesting > MAX_VALUE_DEPTH:
+        raise TypeError("the release is nested too deeply")
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [release_json(item, nesting + 1) for item in value]
+    raise TypeError(f"a release of type {type(value).__name__} cannot be returned")
+
+
+# --- the engine -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpenDPRequest:
+    """A checked OpenDP request: the canonical pipeline (JSON text) and the fixed δ."""
+
+    pipeline_json: str
+    fixed_delta: Decimal | None
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the canonical pipeline."""
+        return hashlib.sha256(self.pipeline_json.encode()).hexdigest()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The canonical node list (a fresh copy)."""
+        nodes: list[dict[str, Any]] = json.loads(self.pipeline_json)["nodes"]
+        return nodes
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "pipeline": json.loads(self.pipeline_json),
+            "fixed_delta": None if self.fixed_delta is None else format_decimal(self.fixed_delta),
+        }
+
+    def measurement(self) -> Any:
+        """The built measurement (cached), checked to take the server's CSV input."""
+        measurement = BUILT.get(self.digest, self.nodes())
+        check_measurement(measurement)
+        return measurement
+
+
+class OpenDPEngine:
+    """The OpenDP engine (see the module docstring)."""
+
+    name = NAME
+
+    def parse(self, body: dict[str, Any]) -> OpenDPRequest:
+        validation.refuse_unknown(body, FIELDS | DUMMY_FIELDS)
+        if "pipeline" not in body:
+            raise InvalidRequest("pipeline is required (the client's opendp.query sends it)")
+        nodes = canonical_nodes(body["pipeline"])
+        fixed_delta = None
+        if body.get("fixed_delta") is not None:
+            fixed_delta = validation.delta(body["fixed_delta"], "fixed_delta")
+            if fixed_delta == 0:
+                raise InvalidRequest("fixed_delta must be a number in (0, 1)")
+        text = json.dumps({"nodes": nodes}, sort_keys=True, separators=(",", ":"))
+        return OpenDPRequest(pipeline_json=text, fixed_delta=fixed_delta)
+
+    def cost(self, dataset: Dataset, request: OpenDPRequest) -> PrivacyCost:
+        check_input_form(request.nodes(), list(dataset.metadata["columns"]))
+        measurement = request.measurement()
+        return price(measurement, int(dataset.metadata["max_ids"]), request.fixed_delta)
+
+    def execute(self, loaded: LoadedDataset, request: OpenDPRequest) -> dict[str, Any]:
+        measurement = request.measurement()
+        text = loaded.derived(NAME, lambda ld: csv_text(ld.frame))
+        value = release_json(measurement(text))
+        if len(json.dumps(value)) > MAX_RESULT_CHARS:
+            raise ValueError(f"the release is larger than {MAX_RESULT_CHARS} characters of JSON")
+        return {"type": "value", "value": value}
+
+
+ENGINE = OpenDPEngine()
