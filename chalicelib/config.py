@@ -25,6 +25,8 @@ class Settings:
     max_epsilon_per_query: Decimal
     max_delta_per_query: Decimal
     log_level: str
+    mongodb_uri: str | None = None  # NEBLINA_STORE=mongodb only
+    mongodb_database: str = "neblina"
 
     def table_name(self, kind: str) -> str:
         """Physical name of one of the tables (users, tokens, datasets, grants, queries)."""
@@ -52,6 +54,8 @@ def from_environ() -> Settings:
         max_epsilon_per_query=Decimal(os.environ.get("NEBLINA_MAX_EPSILON_PER_QUERY", "100")),
         max_delta_per_query=Decimal(os.environ.get("NEBLINA_MAX_DELTA_PER_QUERY", "0.5")),
         log_level=os.environ.get("NEBLINA_LOG_LEVEL", "INFO"),
+        mongodb_uri=os.environ.get("MONGODB_URI") or None,
+        mongodb_database=os.environ.get("NEBLINA_MONGODB_DATABASE", "neblina"),
     )
 
 

@@ -141,6 +141,27 @@ class Grant:
     initial: PrivacyCost
     spent: PrivacyCost
     remaining: PrivacyCost
+    capped: bool = False  # the dataset has a cap: every debit also goes to the DatasetCap
+
+
+@dataclass(frozen=True)
+class DatasetCap:
+    """A dataset-wide budget across all users, debited in the same write as each grant.
+
+    ``limit`` None means no limit: the dataset-wide spend is still counted (so a limit set
+    later is exact). ``complete`` is False while existing grants are still being brought
+    under the cap (``Store.set_cap`` resumes that work when run again).
+    """
+
+    dataset: str
+    limit: PrivacyCost | None
+    spent: PrivacyCost
+    complete: bool = True
+
+    @property
+    def remaining(self) -> PrivacyCost | None:
+        """What the limit still allows, or None without a limit."""
+        return None if self.limit is None else self.limit - self.spent
 
 
 class QueryState(StrEnum):

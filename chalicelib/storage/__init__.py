@@ -1,17 +1,30 @@
-"""The storage interface: users, tokens, datasets, grants and the query ledger.
+"""The storage interface: users, tokens, datasets, grants, dataset caps and the query ledger.
 
-Backends implement :class:`Store`; the service depends only on this protocol. The ledger
-primitives (``reserve``, ``finish``, ``refund``) each map to one atomic write in every backend.
+Backends implement :class:`Store`; the service and the admin tools depend only on this
+protocol, and ``tests/contract/`` runs one suite against every backend. The ledger
+primitives (``reserve``, ``finish``, ``refund``) are one transaction on DynamoDB and an
+ordered, crash-safe sequence of single-document conditional updates on MongoDB (see
+``docs/ledger.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from chalicelib.errors import NeblinaError
-from chalicelib.models import Dataset, Grant, PrivacyCost, QueryRecord, QueryState, Token, User
+from chalicelib.errors import Conflict, NeblinaError, NotFound
+from chalicelib.models import (
+    Dataset,
+    DatasetCap,
+    Grant,
+    PrivacyCost,
+    QueryRecord,
+    QueryState,
+    Token,
+    User,
+    format_decimal,
+)
 
 
 class QueryIdTaken(NeblinaError):
@@ -32,6 +45,24 @@ class AlreadyExists(NeblinaError):
     code = "conflict"
 
 
+class ItemNotFound(NotFound):
+    """An update or delete named an item that does not exist."""
+
+    code = "not_found"
+
+
+class BelowSpent(Conflict):
+    """A grant or cap change would put the limit below what has already been spent."""
+
+    code = "below_spent"
+
+
+class ConcurrentChange(Conflict):
+    """The item changed between the read and the conditional write; try again."""
+
+    code = "concurrent_change"
+
+
 class Store(Protocol):
     """What the service needs from storage."""
 
@@ -45,12 +76,25 @@ class Store(Protocol):
     def put_user(self, user: User, *, create_only: bool = True) -> None:
         """Store a user; with ``create_only`` raise :class:`AlreadyExists` if present."""
 
+    def list_users(self) -> list[User]:
+        """Every user, by id."""
+
+    def delete_user(self, user_id: str) -> None:
+        """Delete a user record (:class:`ItemNotFound` if absent). Grants, tokens and the
+        archive are separate items: the admin layer decides what happens to them."""
+
     # tokens ----------------------------------------------------------------------------
     def get_token(self, token_hash: str) -> Token | None:
         """The token whose secret hashes to ``token_hash``, or None."""
 
     def put_token(self, token: Token) -> None:
         """Store a new token (create-only)."""
+
+    def list_tokens(self, user_id: str | None = None) -> list[Token]:
+        """A user's tokens (all tokens when ``user_id`` is None), oldest first."""
+
+    def revoke_token(self, token_hash: str) -> None:
+        """Mark a token revoked (:class:`ItemNotFound` if absent). Idempotent."""
 
     # datasets --------------------------------------------------------------------------
     def get_dataset(self, name: str) -> Dataset | None:
@@ -59,15 +103,59 @@ class Store(Protocol):
     def put_dataset(self, dataset: Dataset, *, create_only: bool = True) -> None:
         """Store a dataset; with ``create_only`` raise :class:`AlreadyExists` if present."""
 
+    def list_datasets(self) -> list[Dataset]:
+        """Every dataset, by name."""
+
+    def delete_dataset(self, name: str) -> None:
+        """Delete a dataset and its cap (:class:`ItemNotFound` if absent); grants are the
+        admin layer's business, the archive is never deleted."""
+
     # grants ----------------------------------------------------------------------------
     def get_grant(self, user_id: str, dataset: str) -> Grant | None:
         """The user's grant on the dataset, or None."""
 
-    def list_grants(self, user_id: str) -> Sequence[Grant]:
-        """All of a user's grants."""
+    def list_grants(
+        self, user_id: str | None = None, *, dataset: str | None = None
+    ) -> Sequence[Grant]:
+        """Grants of a user, of a dataset, or all of them (both None), by (user, dataset)."""
 
     def create_grant(self, user_id: str, dataset: str, initial: PrivacyCost) -> Grant:
-        """A new grant with nothing spent (create-only)."""
+        """A new grant with nothing spent (create-only; :class:`AlreadyExists`).
+
+        When the dataset has a cap the grant is created under it (``capped``), checked in
+        the same write, so no grant can escape a cap set concurrently.
+        """
+
+    def change_grant(
+        self,
+        user_id: str,
+        dataset: str,
+        change: PrivacyCost,
+        *,
+        expected_initial: PrivacyCost | None = None,
+    ) -> Grant:
+        """Add ``change`` (either sign) to the grant's initial and remaining, atomically.
+
+        Conditional on ``remaining + change >= 0`` for ε and δ, i.e. the new initial is never
+        below what was spent (:class:`BelowSpent`), and, when ``expected_initial`` is given,
+        on the initial being that value (:class:`ConcurrentChange`). ``spent`` never changes.
+        """
+
+    def delete_grant(self, user_id: str, dataset: str) -> None:
+        """Remove a grant (:class:`ItemNotFound` if absent). Its spend stays counted in the
+        dataset's cap and in the archive."""
+
+    # dataset caps ------------------------------------------------------------------------
+    def get_cap(self, dataset: str) -> DatasetCap | None:
+        """The dataset-wide budget, or None when the dataset was never capped."""
+
+    def set_cap(self, dataset: str, limit: PrivacyCost | None) -> DatasetCap:
+        """Create or change a dataset's cap (``limit`` None: count the spend, no limit).
+
+        A new cap starts from the current spend of every existing grant, brought under the
+        cap one grant at a time, each in one atomic step; running it again resumes an
+        interrupted run. A limit below the dataset-wide spend raises :class:`BelowSpent`.
+        """
 
     # ledger ----------------------------------------------------------------------------
     def reserve(self, record: QueryRecord) -> None:
@@ -104,6 +192,31 @@ class Store(Protocol):
     ) -> tuple[list[QueryRecord], str | None]:
         """A user's records on a dataset, newest first, and the cursor of the next page."""
 
+    def iter_queries(
+        self, *, user_id: str | None = None, dataset: str | None = None
+    ) -> Iterator[QueryRecord]:
+        """Every record of a user and/or a dataset, oldest first (the archive export)."""
+
+
+def below_spent_message(current: Grant, change: PrivacyCost) -> str:
+    """Why ``change`` cannot be applied to ``current`` (the same words on every backend)."""
+    wanted = current.initial + change
+    return (
+        f"refused: the grant of {current.user_id} on {current.dataset} would become "
+        f"epsilon {format_decimal(wanted.epsilon)}, delta {format_decimal(wanted.delta)}, "
+        f"below what was already spent (epsilon {format_decimal(current.spent.epsilon)}, "
+        f"delta {format_decimal(current.spent.delta)}); spent budget cannot be taken back"
+    )
+
+
+def cap_below_message(dataset: str, limit: PrivacyCost, spent: PrivacyCost) -> str:
+    """Why a cap of ``limit`` is refused."""
+    return (
+        f"refused: a cap of epsilon {format_decimal(limit.epsilon)}, delta "
+        f"{format_decimal(limit.delta)} on {dataset} is below what its grants already spent "
+        f"(epsilon {format_decimal(spent.epsilon)}, delta {format_decimal(spent.delta)})"
+    )
+
 
 def get_store() -> Store:
     """The configured backend (``NEBLINA_STORE``), built once per process."""
@@ -118,7 +231,11 @@ def _build_store() -> Store:
         from chalicelib.storage.dynamo import DynamoStore
 
         return DynamoStore(settings)
-    raise ValueError(f"unknown NEBLINA_STORE {settings.store!r} (expected 'dynamodb')")
+    if settings.store == "mongodb":
+        from chalicelib.storage.mongo import MongoStore
+
+        return MongoStore.from_settings(settings)
+    raise ValueError(f"unknown NEBLINA_STORE {settings.store!r} (expected dynamodb or mongodb)")
 
 
 _STORE: list[Store] = []

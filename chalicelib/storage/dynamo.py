@@ -8,16 +8,23 @@ table      key                         notes
 users      user_id (S)
 tokens     token_hash (S)              GSI ``by_user`` (user_id); TTL attribute ``purge_at``
 datasets   name (S)
-grants     user_id (S) + dataset (S)   ε/δ as DynamoDB Numbers (exact decimals)
+grants     user_id (S) + dataset (S)   ε/δ as DynamoDB Numbers (exact decimals); ``capped``
+caps       dataset (S)                 dataset-wide budget (only for datasets given a cap)
 queries    query_id (S)                GSI ``by_owner`` (owner_key = user#dataset, created_at)
 =========  ==========================  ======================================================
+
+A debit on an uncapped dataset is a two-item transaction (query record + grant). On a
+capped dataset it has a third item, the ``caps`` item, with its own condition. Which one a
+grant needs is recorded on the grant (``capped``) and checked by the grant's condition, so
+a cap set concurrently can never be bypassed: the transaction fails and is retried with the
+other shape.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -34,6 +41,7 @@ from pynamodb.attributes import (
 )
 from pynamodb.constants import NUMBER
 from pynamodb.exceptions import (
+    DeleteError,
     DoesNotExist,
     PutError,
     TransactWriteError,
@@ -47,6 +55,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import BudgetExhausted, InternalError, InvalidRequest, NoGrant
 from chalicelib.models import (
     Dataset,
+    DatasetCap,
     Grant,
     PrivacyCost,
     QueryRecord,
@@ -55,7 +64,15 @@ from chalicelib.models import (
     User,
     format_decimal,
 )
-from chalicelib.storage import AlreadyExists, QueryIdTaken
+from chalicelib.storage import (
+    AlreadyExists,
+    BelowSpent,
+    ConcurrentChange,
+    ItemNotFound,
+    QueryIdTaken,
+    below_spent_message,
+    cap_below_message,
+)
 
 CONDITION_FAILED = "ConditionalCheckFailed"
 
@@ -135,6 +152,19 @@ def build_models(settings: Settings) -> SimpleNamespace:
         spent_delta = DecimalAttribute()
         remaining_epsilon = DecimalAttribute()
         remaining_delta = DecimalAttribute()
+        capped = BooleanAttribute(null=True)  # debits also go to the dataset's caps item
+
+    class CapModel(Model):
+        Meta = meta("caps")  # type: ignore[assignment]
+        dataset = UnicodeAttribute(hash_key=True)
+        limited = BooleanAttribute(default=True)
+        limit_epsilon = DecimalAttribute(null=True)
+        limit_delta = DecimalAttribute(null=True)
+        spent_epsilon = DecimalAttribute()
+        spent_delta = DecimalAttribute()
+        remaining_epsilon = DecimalAttribute()  # limit - spent; meaningful when limited
+        remaining_delta = DecimalAttribute()
+        complete = BooleanAttribute(default=False)
 
     class QueriesByOwner(GlobalSecondaryIndex["QueryModel"]):  # type: ignore[no-untyped-call]
         class Meta:
@@ -162,6 +192,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         result = JSONAttribute(null=True)
         error = JSONAttribute(null=True)
         extra = JSONAttribute(null=True)
+        capped = BooleanAttribute(null=True)  # the debit also went to the dataset's cap
         by_owner = QueriesByOwner()
 
     return SimpleNamespace(
@@ -169,6 +200,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         Token=TokenModel,
         Dataset=DatasetModel,
         Grant=GrantModel,
+        Cap=CapModel,
         Query=QueryModel,
     )
 
@@ -180,6 +212,51 @@ def _grant(item: Any) -> Grant:
         initial=PrivacyCost(epsilon=item.initial_epsilon, delta=item.initial_delta),
         spent=PrivacyCost(epsilon=item.spent_epsilon, delta=item.spent_delta),
         remaining=PrivacyCost(epsilon=item.remaining_epsilon, delta=item.remaining_delta),
+        capped=bool(item.capped),
+    )
+
+
+def _cap(item: Any) -> DatasetCap:
+    limit = None
+    if item.limited:
+        limit = PrivacyCost(epsilon=item.limit_epsilon, delta=item.limit_delta)
+    return DatasetCap(
+        dataset=item.dataset,
+        limit=limit,
+        spent=PrivacyCost(epsilon=item.spent_epsilon, delta=item.spent_delta),
+        complete=bool(item.complete),
+    )
+
+
+def _user(item: Any) -> User:
+    return User(
+        user_id=item.user_id,
+        created_at=item.created_at,
+        disabled=bool(item.disabled),
+        description=item.description or "",
+    )
+
+
+def _token(item: Any) -> Token:
+    return Token(
+        token_hash=item.token_hash,
+        token_id=item.token_id,
+        user_id=item.user_id,
+        created_at=item.created_at,
+        expires_at=item.expires_at,
+        revoked=bool(item.revoked),
+        last_used_at=item.last_used_at,
+    )
+
+
+def _dataset(item: Any) -> Dataset:
+    return Dataset(
+        name=item.name,
+        source=item.source,
+        source_format=item.source_format or "csv",
+        metadata=item.metadata,
+        description=item.description or "",
+        created_at=item.created_at,
     )
 
 
@@ -226,33 +303,52 @@ def _is_condition_failure(error: Exception) -> bool:
     return cause == "ConditionalCheckFailedException"
 
 
+class _CapShapeChanged(Exception):
+    """The grant's ``capped`` flag was not what the transaction assumed: retry the other way."""
+
+
+def _reason(reasons: Sequence[Any], index: int) -> Any:
+    return reasons[index] if len(reasons) > index else None
+
+
+def _failed(reason: Any) -> bool:
+    return reason is not None and reason.code == CONDITION_FAILED
+
+
+def _raw_bool(raw_item: dict[str, Any] | None, name: str) -> bool:
+    return bool((raw_item or {}).get(name, {}).get("BOOL", False))
+
+
 class DynamoStore:
     """:class:`chalicelib.storage.Store` on DynamoDB."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        # datasets seen capped by this process: picks the transaction shape to try first
+        self._capped: dict[str, bool] = {}
 
     @cached_property
     def m(self) -> SimpleNamespace:
         """The model classes (built on first use, so construction does no work)."""
         return build_models(self._settings)
 
+    def _models(self) -> tuple[Any, ...]:
+        m = self.m
+        return (m.User, m.Token, m.Dataset, m.Grant, m.Cap, m.Query)
+
     def create_schema(self) -> None:
-        for model in (self.m.User, self.m.Token, self.m.Dataset, self.m.Grant, self.m.Query):
+        for model in self._models():
             model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
+
+    def _transaction(self) -> TransactWrite:
+        return TransactWrite(connection=self.m.Grant._get_connection().connection)
 
     # users ---------------------------------------------------------------------------
     def get_user(self, user_id: str) -> User | None:
         try:
-            item = self.m.User.get(user_id)
+            return _user(self.m.User.get(user_id, consistent_read=True))
         except DoesNotExist:
             return None
-        return User(
-            user_id=item.user_id,
-            created_at=item.created_at,
-            disabled=bool(item.disabled),
-            description=item.description or "",
-        )
 
     def put_user(self, user: User, *, create_only: bool = True) -> None:
         item = self.m.User(
@@ -263,21 +359,20 @@ class DynamoStore:
         )
         self._save(item, self.m.User.user_id.does_not_exist() if create_only else None)
 
+    def list_users(self) -> list[User]:
+        return sorted(
+            (_user(i) for i in self.m.User.scan(consistent_read=True)), key=lambda u: u.user_id
+        )
+
+    def delete_user(self, user_id: str) -> None:
+        self._delete(self.m.User(user_id), self.m.User.user_id.exists(), f"user {user_id}")
+
     # tokens --------------------------------------------------------------------------
     def get_token(self, token_hash: str) -> Token | None:
         try:
-            item = self.m.Token.get(token_hash)
+            return _token(self.m.Token.get(token_hash))
         except DoesNotExist:
             return None
-        return Token(
-            token_hash=item.token_hash,
-            token_id=item.token_id,
-            user_id=item.user_id,
-            created_at=item.created_at,
-            expires_at=item.expires_at,
-            revoked=bool(item.revoked),
-            last_used_at=item.last_used_at,
-        )
 
     def put_token(self, token: Token) -> None:
         purge_at = None
@@ -295,20 +390,28 @@ class DynamoStore:
         )
         self._save(item, self.m.Token.token_hash.does_not_exist())
 
+    def list_tokens(self, user_id: str | None = None) -> list[Token]:
+        # The by_user index is eventually consistent on AWS: a token issued a moment ago may
+        # be missing from a listing (never from authentication, which reads the table).
+        T = self.m.Token
+        items = T.by_user.query(user_id) if user_id is not None else T.scan(consistent_read=True)
+        return sorted((_token(i) for i in items), key=lambda t: (t.created_at, t.token_id))
+
+    def revoke_token(self, token_hash: str) -> None:
+        T = self.m.Token
+        try:
+            T(token_hash).update(actions=[T.revoked.set(True)], condition=T.token_hash.exists())
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                raise ItemNotFound("no such token") from exc
+            raise
+
     # datasets ------------------------------------------------------------------------
     def get_dataset(self, name: str) -> Dataset | None:
         try:
-            item = self.m.Dataset.get(name)
+            return _dataset(self.m.Dataset.get(name, consistent_read=True))
         except DoesNotExist:
             return None
-        return Dataset(
-            name=item.name,
-            source=item.source,
-            source_format=item.source_format or "csv",
-            metadata=item.metadata,
-            description=item.description or "",
-            created_at=item.created_at,
-        )
 
     def put_dataset(self, dataset: Dataset, *, create_only: bool = True) -> None:
         item = self.m.Dataset(
@@ -321,19 +424,53 @@ class DynamoStore:
         )
         self._save(item, self.m.Dataset.name.does_not_exist() if create_only else None)
 
+    def list_datasets(self) -> list[Dataset]:
+        return sorted(
+            (_dataset(i) for i in self.m.Dataset.scan(consistent_read=True)),
+            key=lambda d: d.name,
+        )
+
+    def delete_dataset(self, name: str) -> None:
+        self._delete(self.m.Dataset(name), self.m.Dataset.name.exists(), f"dataset {name}")
+        self.m.Cap(name).delete()
+        self._capped.pop(name, None)
+
     # grants --------------------------------------------------------------------------
     def get_grant(self, user_id: str, dataset: str) -> Grant | None:
         try:
-            return _grant(self.m.Grant.get(user_id, dataset))
+            return _grant(self.m.Grant.get(user_id, dataset, consistent_read=True))
         except DoesNotExist:
             return None
 
-    def list_grants(self, user_id: str) -> Sequence[Grant]:
-        return [_grant(item) for item in self.m.Grant.query(user_id)]
+    def list_grants(
+        self, user_id: str | None = None, *, dataset: str | None = None
+    ) -> Sequence[Grant]:
+        G = self.m.Grant
+        if user_id is not None:
+            condition = G.dataset == dataset if dataset is not None else None
+            items = G.query(user_id, range_key_condition=condition, consistent_read=True)
+        else:
+            # Admin-only (a dataset's grants, or all of them): a consistent scan, so a grant
+            # created a moment ago is never missed when a cap is being set.
+            condition = G.dataset == dataset if dataset is not None else None
+            items = G.scan(filter_condition=condition, consistent_read=True)
+        return sorted((_grant(i) for i in items), key=lambda g: (g.user_id, g.dataset))
 
     def create_grant(self, user_id: str, dataset: str, initial: PrivacyCost) -> Grant:
+        for _ in range(3):
+            capped = self.get_cap(dataset) is not None
+            try:
+                return self._create_grant(user_id, dataset, initial, capped)
+            except _CapShapeChanged:
+                continue  # a cap appeared (or went) meanwhile: read it again
+        raise ConcurrentChange(f"the cap of dataset {dataset} keeps changing; try again")
+
+    def _create_grant(
+        self, user_id: str, dataset: str, initial: PrivacyCost, capped: bool
+    ) -> Grant:
+        U, D, G, C = self.m.User, self.m.Dataset, self.m.Grant, self.m.Cap
         zero = PrivacyCost.zero()
-        item = self.m.Grant(
+        item = G(
             user_id,
             dataset,
             initial_epsilon=initial.epsilon,
@@ -342,21 +479,212 @@ class DynamoStore:
             spent_delta=zero.delta,
             remaining_epsilon=initial.epsilon,
             remaining_delta=initial.delta,
+            capped=True if capped else None,
         )
-        self._save(item, self.m.Grant.user_id.does_not_exist())
+        try:
+            with self._transaction() as tx:
+                # checks first, then the put (PynamoDB's order): reasons 0-2, put is 3
+                tx.condition_check(U, user_id, condition=U.user_id.exists())
+                tx.condition_check(D, dataset, condition=D.name.exists())
+                cap_check = C.dataset.exists() if capped else C.dataset.does_not_exist()
+                tx.condition_check(C, dataset, condition=cap_check)
+                tx.save(item, condition=G.user_id.does_not_exist())
+        except TransactWriteError as exc:
+            reasons = exc.cancellation_reasons or []
+            if _failed(_reason(reasons, 0)):
+                raise ItemNotFound(f"unknown user {user_id}") from exc
+            if _failed(_reason(reasons, 1)):
+                raise ItemNotFound(f"unknown dataset {dataset}") from exc
+            if _failed(_reason(reasons, 3)):
+                raise AlreadyExists(f"{user_id} already holds a grant on {dataset}") from exc
+            if _failed(_reason(reasons, 2)):
+                raise _CapShapeChanged() from exc
+            raise InternalError() from exc
         return _grant(item)
+
+    def change_grant(
+        self,
+        user_id: str,
+        dataset: str,
+        change: PrivacyCost,
+        *,
+        expected_initial: PrivacyCost | None = None,
+    ) -> Grant:
+        G = self.m.Grant
+        # remaining + change >= 0 is "the new initial is not below spent"; spent is untouched,
+        # so queries running at the same time are neither blocked nor double-counted.
+        condition = (
+            G.user_id.exists()
+            & (G.remaining_epsilon >= -change.epsilon)
+            & (G.remaining_delta >= -change.delta)
+        )
+        if expected_initial is not None:
+            condition &= (G.initial_epsilon == expected_initial.epsilon) & (
+                G.initial_delta == expected_initial.delta
+            )
+        item = G(user_id, dataset)
+        try:
+            item.update(
+                actions=[
+                    G.initial_epsilon.add(change.epsilon),
+                    G.initial_delta.add(change.delta),
+                    G.remaining_epsilon.add(change.epsilon),
+                    G.remaining_delta.add(change.delta),
+                ],
+                condition=condition,
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            current = self.get_grant(user_id, dataset)
+            if current is None:
+                raise ItemNotFound(f"{user_id} holds no grant on {dataset}") from exc
+            if expected_initial is not None and current.initial != expected_initial:
+                raise ConcurrentChange("the grant changed meanwhile; try again") from exc
+            raise BelowSpent(below_spent_message(current, change)) from exc
+        return _grant(item)
+
+    def delete_grant(self, user_id: str, dataset: str) -> None:
+        G = self.m.Grant
+        self._delete(G(user_id, dataset), G.user_id.exists(), f"grant {user_id}/{dataset}")
+
+    # dataset caps --------------------------------------------------------------------
+    def get_cap(self, dataset: str) -> DatasetCap | None:
+        try:
+            return _cap(self.m.Cap.get(dataset, consistent_read=True))
+        except DoesNotExist:
+            return None
+
+    def set_cap(self, dataset: str, limit: PrivacyCost | None) -> DatasetCap:
+        C = self.m.Cap
+        if self.get_dataset(dataset) is None:
+            raise ItemNotFound(f"unknown dataset {dataset}")
+        current = self.get_cap(dataset)
+        if current is None:
+            if limit is not None:
+                grants = self.list_grants(dataset=dataset)
+                total = sum((g.spent for g in grants), PrivacyCost.zero())
+                if not total <= limit:
+                    raise BelowSpent(cap_below_message(dataset, limit, total))
+            zero = PrivacyCost.zero()
+            start = limit or zero
+            item = C(
+                dataset,
+                limited=limit is not None,
+                limit_epsilon=limit.epsilon if limit else None,
+                limit_delta=limit.delta if limit else None,
+                spent_epsilon=zero.epsilon,
+                spent_delta=zero.delta,
+                remaining_epsilon=start.epsilon,
+                remaining_delta=start.delta,
+                complete=False,
+            )
+            try:
+                item.save(condition=C.dataset.does_not_exist())
+            except PutError as exc:
+                if not _is_condition_failure(exc):
+                    raise
+                return self.set_cap(dataset, limit)  # created concurrently: change it instead
+        else:
+            self._change_cap_limit(current, limit)
+        self._bring_grants_under_cap(dataset)
+        cap = self.get_cap(dataset)
+        assert cap is not None
+        return cap
+
+    def _change_cap_limit(self, current: DatasetCap, limit: PrivacyCost | None) -> None:
+        C = self.m.Cap
+        for _ in range(20):
+            if limit is not None and not current.spent <= limit:
+                raise BelowSpent(cap_below_message(current.dataset, limit, current.spent))
+            actions: list[Any] = [C.limited.set(limit is not None)]
+            if limit is None:
+                actions += [C.limit_epsilon.remove(), C.limit_delta.remove()]
+            else:
+                remaining = limit - current.spent
+                actions += [
+                    C.limit_epsilon.set(limit.epsilon),
+                    C.limit_delta.set(limit.delta),
+                    C.remaining_epsilon.set(remaining.epsilon),
+                    C.remaining_delta.set(remaining.delta),
+                ]
+            try:
+                # optimistic: remaining is derived from the spent read above
+                C(current.dataset).update(
+                    actions=actions,
+                    condition=(C.spent_epsilon == current.spent.epsilon)
+                    & (C.spent_delta == current.spent.delta),
+                )
+                return
+            except UpdateError as exc:
+                if not _is_condition_failure(exc):
+                    raise
+            fresh = self.get_cap(current.dataset)
+            if fresh is None:
+                raise ItemNotFound(f"dataset {current.dataset} has no cap")
+            current = fresh
+        raise ConcurrentChange("the dataset-wide spend keeps changing; try again")
+
+    def _bring_grants_under_cap(self, dataset: str) -> None:
+        """Flag each uncapped grant and add its spend to the cap, one transaction per grant.
+
+        The condition on the grant's spend makes the pair exact even while the grant's
+        owner is querying: if a debit lands in between, the transaction fails and the grant
+        is read again. Once flagged, every debit of the grant goes through the cap.
+        """
+        G, C = self.m.Grant, self.m.Cap
+        for grant in self.list_grants(dataset=dataset):
+            current: Grant | None = grant
+            while current is not None and not current.capped:
+                try:
+                    with self._transaction() as tx:
+                        tx.update(
+                            G(current.user_id, dataset),
+                            actions=[G.capped.set(True)],
+                            condition=(G.spent_epsilon == current.spent.epsilon)
+                            & (G.spent_delta == current.spent.delta)
+                            & G.capped.does_not_exist(),
+                        )
+                        tx.update(
+                            C(dataset),
+                            actions=[
+                                C.spent_epsilon.add(current.spent.epsilon),
+                                C.spent_delta.add(current.spent.delta),
+                                C.remaining_epsilon.add(-current.spent.epsilon),
+                                C.remaining_delta.add(-current.spent.delta),
+                            ],
+                            condition=C.dataset.exists(),
+                        )
+                except TransactWriteError:
+                    pass
+                current = self.get_grant(current.user_id, dataset)
+        C(dataset).update(actions=[C.complete.set(True)], condition=C.dataset.exists())
 
     # ledger --------------------------------------------------------------------------
     def reserve(self, record: QueryRecord) -> None:
-        G, Q = self.m.Grant, self.m.Query
+        capped = self._capped.get(record.dataset, False)
+        for _ in range(3):
+            try:
+                self._reserve(record, capped)
+            except _CapShapeChanged:
+                capped = not capped
+                continue
+            self._capped[record.dataset] = capped
+            return
+        raise InternalError()
+
+    def _reserve(self, record: QueryRecord, capped: bool) -> None:
+        G, Q, C = self.m.Grant, self.m.Query, self.m.Cap
         grant = G(record.user_id, record.dataset)
         cost = record.cost
-        query = self._query_item(record)
+        query = self._query_item(record, capped)
+        shape = G.capped == True if capped else G.capped.does_not_exist()  # noqa: E712
         try:
-            with TransactWrite(connection=G._get_connection().connection) as tx:
-                # The whole check is this condition: the grant exists and both remaining
-                # amounts cover the cost. DynamoDB evaluates it and applies the update in
-                # one step, so concurrent debits can never overspend.
+            with self._transaction() as tx:
+                # The whole check is this condition: the grant exists, both remaining
+                # amounts cover the cost, and the grant is (or is not) under a cap as this
+                # transaction assumes. DynamoDB evaluates it and applies the update in one
+                # step, so concurrent debits can never overspend.
                 tx.update(
                     grant,
                     actions=[
@@ -369,9 +697,31 @@ class DynamoStore:
                         G.user_id.exists()
                         & (G.remaining_epsilon >= cost.epsilon)
                         & (G.remaining_delta >= cost.delta)
+                        & shape
                     ),
                     return_values="ALL_OLD",
                 )
+                if capped:
+                    # The dataset-wide budget, in the same transaction: without a limit the
+                    # spend is only counted.
+                    tx.update(
+                        C(record.dataset),
+                        actions=[
+                            C.remaining_epsilon.add(-cost.epsilon),
+                            C.remaining_delta.add(-cost.delta),
+                            C.spent_epsilon.add(cost.epsilon),
+                            C.spent_delta.add(cost.delta),
+                        ],
+                        condition=C.dataset.exists()
+                        & (
+                            (C.limited == False)  # noqa: E712
+                            | (
+                                (C.remaining_epsilon >= cost.epsilon)
+                                & (C.remaining_delta >= cost.delta)
+                            )
+                        ),
+                        return_values="ALL_OLD",
+                    )
                 # A new id, or a retry of a query that was refunded (it failed before any
                 # data was read), which may run again under the same id.
                 tx.save(
@@ -387,19 +737,28 @@ class DynamoStore:
                     return_values="ALL_OLD",
                 )
         except TransactWriteError as exc:
-            # PynamoDB sends condition checks, deletes, puts, then updates: the query put is
-            # item 0 and the grant update item 1.
+            # PynamoDB sends condition checks, deletes, puts, then updates in the order they
+            # were added: the query put is item 0, the grant update 1, the cap update 2.
             reasons = exc.cancellation_reasons or []
-            query_reason = reasons[0] if len(reasons) > 0 else None
-            grant_reason = reasons[1] if len(reasons) > 1 else None
-            if query_reason is not None and query_reason.code == CONDITION_FAILED:
+            query_reason, grant_reason = _reason(reasons, 0), _reason(reasons, 1)
+            cap_reason = _reason(reasons, 2)
+            if _failed(query_reason):
                 existing = self.get_query(record.query_id)
                 if existing is not None:
                     raise QueryIdTaken(existing) from exc
-            if grant_reason is not None and grant_reason.code == CONDITION_FAILED:
+            if _failed(grant_reason):
                 if not grant_reason.raw_item:
                     raise NoGrant(f"no grant on dataset {record.dataset}") from exc
+                if _raw_bool(grant_reason.raw_item, "capped") != capped:
+                    raise _CapShapeChanged() from exc
                 raise BudgetExhausted(self._exhausted_message(grant_reason.raw_item)) from exc
+            if _failed(cap_reason):
+                if not cap_reason.raw_item:
+                    raise InternalError() from exc  # a capped grant always has its cap
+                raise BudgetExhausted(
+                    "not enough budget left on the dataset (its cap across all users): "
+                    + self._exhausted_message(cap_reason.raw_item).split(": ", 1)[1]
+                ) from exc
             raise InternalError() from exc
 
     @staticmethod
@@ -434,10 +793,11 @@ class DynamoStore:
             raise InternalError() from exc
 
     def refund(self, record: QueryRecord, finished_at: datetime, error: dict[str, str]) -> None:
-        G, Q = self.m.Grant, self.m.Query
+        G, Q, C = self.m.Grant, self.m.Query, self.m.Cap
         cost = record.cost
+        stored = self._query_capped(record.query_id)  # fixed when the record was created
         try:
-            with TransactWrite(connection=G._get_connection().connection) as tx:
+            with self._transaction() as tx:
                 tx.update(
                     G(record.user_id, record.dataset),
                     actions=[
@@ -448,6 +808,17 @@ class DynamoStore:
                     ],
                     condition=G.user_id.exists(),
                 )
+                if stored:
+                    tx.update(
+                        C(record.dataset),
+                        actions=[
+                            C.remaining_epsilon.add(cost.epsilon),
+                            C.remaining_delta.add(cost.delta),
+                            C.spent_epsilon.add(-cost.epsilon),
+                            C.spent_delta.add(-cost.delta),
+                        ],
+                        condition=C.dataset.exists(),
+                    )
                 tx.update(
                     Q(record.query_id),
                     actions=[
@@ -459,6 +830,13 @@ class DynamoStore:
                 )
         except TransactWriteError as exc:
             raise InternalError() from exc
+
+    def _query_capped(self, query_id: str) -> bool:
+        try:
+            item = self.m.Query.get(query_id, consistent_read=True, attributes_to_get=["capped"])
+        except DoesNotExist:
+            return False
+        return bool(item.capped)
 
     def get_query(self, query_id: str) -> QueryRecord | None:
         try:
@@ -484,8 +862,24 @@ class DynamoStore:
         )
         return records, next_cursor
 
+    def iter_queries(
+        self, *, user_id: str | None = None, dataset: str | None = None
+    ) -> Iterator[QueryRecord]:
+        Q = self.m.Query
+        if user_id is not None and dataset is not None:
+            items: Any = Q.by_owner.query(_owner_key(user_id, dataset))
+        else:
+            condition = None
+            if user_id is not None:
+                condition = Q.user_id == user_id
+            if dataset is not None:
+                condition = Q.dataset == dataset
+            items = Q.scan(filter_condition=condition)
+        # An export reads the whole selection; sorting needs it in memory (admin only).
+        yield from sorted((_record(i) for i in items), key=lambda r: (r.created_at, r.query_id))
+
     # helpers -------------------------------------------------------------------------
-    def _query_item(self, record: QueryRecord) -> Any:
+    def _query_item(self, record: QueryRecord, capped: bool = False) -> Any:
         return self.m.Query(
             record.query_id,
             owner_key=_owner_key(record.user_id, record.dataset),
@@ -503,6 +897,7 @@ class DynamoStore:
             result=record.result,
             error=record.error,
             extra=record.extra or None,
+            capped=True if capped else None,
         )
 
     @staticmethod
@@ -512,4 +907,13 @@ class DynamoStore:
         except PutError as exc:
             if _is_condition_failure(exc):
                 raise AlreadyExists(f"{type(item).__name__} already exists") from exc
+            raise
+
+    @staticmethod
+    def _delete(item: Any, condition: Any, what: str) -> None:
+        try:
+            item.delete(condition=condition)
+        except DeleteError as exc:
+            if _is_condition_failure(exc):
+                raise ItemNotFound(f"no {what}") from exc
             raise

@@ -1,0 +1,66 @@
+"""The storage contract suite's backends: every test here runs once per backend.
+
+- ``dynamodb``: DynamoStore on the embedded emulator (moto, single-threaded) of the session's
+  local stack, with its own table prefix;
+- ``mongomock``: MongoStore on mongomock (in-process; taught Decimal128 by
+  ``mongomock_decimal128``), which proves the logic but not concurrency;
+- ``mongodb``: MongoStore on a real server when ``MONGODB_URI`` is set, skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+BACKENDS = ("dynamodb", "mongomock", "mongodb")
+NO_MONGODB = (
+    "MONGODB_URI is not set: no MongoDB server on this machine; the contract suite ran on "
+    "mongomock instead (set MONGODB_URI=mongodb://... to run it against a real server)"
+)
+
+
+def mongo_database(kind: str) -> Any:
+    """A database handle for ``mongomock`` or the real server at ``MONGODB_URI``."""
+    if kind == "mongomock":
+        import mongomock
+        from mongomock_decimal128 import install
+
+        install()
+        return mongomock.MongoClient(tz_aware=True)["neblina"]
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        pytest.skip(NO_MONGODB)
+    import pymongo
+
+    client: Any = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+    return client.get_default_database(default="neblina_contract")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh, empty store of each kind (own tables / collections per module)."""
+    prefix = f"c{uuid.uuid4().hex[:8]}-"
+    if request.param == "dynamodb":
+        request.getfixturevalue("stack")
+        from chalicelib.config import get_settings
+        from chalicelib.storage.dynamo import DynamoStore
+
+        store: Any = DynamoStore(dataclasses.replace(get_settings(), table_prefix=prefix))
+        store.create_schema()
+        yield store
+        return
+    from chalicelib.storage.mongo import MongoStore
+
+    database = mongo_database(request.param)
+    store = MongoStore(database, prefix, grace=timedelta(seconds=900))
+    store.create_schema()
+    yield store
+    for name in database.list_collection_names():
+        if name.startswith(prefix):
+            database.drop_collection(name)
