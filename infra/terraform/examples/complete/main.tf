@@ -1,0 +1,83 @@
+# Example root: the whole Neblina stack in one region.
+#
+#   make package                       # builds build/lambda/{api,authorizer}.zip
+#   cd infra/terraform/examples/complete
+#   cp terraform.tfvars.example terraform.tfvars   # then edit
+#   terraform init && terraform plan && terraform apply
+#
+# The same root applies to LocalStack with `tflocal` (see infra/README.md).
+
+terraform {
+  required_version = ">= 1.5"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0"
+    }
+  }
+}
+
+provider "aws" {
+  region = var.region
+
+  default_tags {
+    tags = { deployment = var.name }
+  }
+}
+
+module "neblina" {
+  source = "../.."
+
+  name                = var.name
+  api_package         = "${path.root}/../../../../build/lambda/api.zip"
+  authorizer_package  = "${path.root}/../../../../build/lambda/authorizer.zip"
+  api_image_uri       = var.api_image_uri
+  deletion_protection = var.deletion_protection
+  log_retention_days  = var.log_retention_days
+}
+
+variable "region" {
+  description = "AWS region."
+  type        = string
+  default     = "eu-central-2"
+}
+
+variable "name" {
+  description = "Resource name prefix (tables become <name>-users, ...)."
+  type        = string
+  default     = "neblina"
+}
+
+variable "api_image_uri" {
+  description = "ECR image of the API function (infra/docker/Dockerfile); null deploys the zip."
+  type        = string
+  default     = null
+}
+
+variable "deletion_protection" {
+  description = "Keep tables and buckets from being destroyed."
+  type        = bool
+  default     = true
+}
+
+variable "log_retention_days" {
+  description = "Log retention."
+  type        = number
+  default     = 365
+}
+
+output "api_url" {
+  description = "NEBLINA_URL for the client."
+  value       = module.neblina.api_url
+}
+
+output "admin_environment" {
+  description = "Environment for localstack/seed.py --real-aws and the admin CLI."
+  value       = module.neblina.admin_environment
+}
+
+output "table_names" {
+  description = "The DynamoDB tables."
+  value       = module.neblina.table_names
+}

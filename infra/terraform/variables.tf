@@ -1,0 +1,142 @@
+variable "name" {
+  description = "Prefix of every resource name. Tables are named \"<name>-users\" etc.: the code reads that prefix from NEBLINA_TABLE_PREFIX."
+  type        = string
+  default     = "neblina"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
+    error_message = "name: 2-31 characters of [a-z0-9-], starting with a letter (it becomes part of bucket names)."
+  }
+}
+
+variable "api_package" {
+  description = "Path of the API Lambda zip built by `make package` (build/lambda/api.zip). Ignored when api_image_uri is set."
+  type        = string
+}
+
+variable "authorizer_package" {
+  description = "Path of the authorizer Lambda zip built by `make package` (build/lambda/authorizer.zip)."
+  type        = string
+}
+
+variable "api_image_uri" {
+  description = "ECR image URI of the API function (infra/docker/Dockerfile) for deployments that outgrow the 250 MB zip limit. Null: deploy the zip."
+  type        = string
+  default     = null
+}
+
+variable "datasets_bucket_name" {
+  description = "Name of the datasets bucket (NEBLINA_BUCKET). Null: \"<name>-datasets-<account id>\"."
+  type        = string
+  default     = null
+}
+
+variable "extra_dataset_bucket_arns" {
+  description = "ARNs of other buckets that hold datasets (data owners' own buckets). The API may read their objects; nothing else."
+  type        = list(string)
+  default     = []
+}
+
+variable "deletion_protection" {
+  description = "Deletion protection on the tables and force_destroy off on the buckets. Turn off only to tear a test deployment down."
+  type        = bool
+  default     = true
+}
+
+variable "kms_key_arn" {
+  description = "Customer managed KMS key for tables, buckets, logs and Lambda environment. Null: the module creates one (with rotation)."
+  type        = string
+  default     = null
+}
+
+variable "api_memory_mb" {
+  description = "API Lambda memory (MB). Also buys CPU: 1,769 MB is one full vCPU. See infra/README.md for the measurements behind the default."
+  type        = number
+  default     = 2048
+}
+
+variable "api_timeout_seconds" {
+  description = "API Lambda timeout. API Gateway answers 504 after 29 s anyway; a query that runs longer still finishes and is archived, and the client's retry with the same query_id collects it."
+  type        = number
+  default     = 60
+}
+
+variable "authorizer_memory_mb" {
+  description = "Authorizer Lambda memory (MB)."
+  type        = number
+  default     = 256
+}
+
+variable "authorizer_timeout_seconds" {
+  description = "Authorizer Lambda timeout."
+  type        = number
+  default     = 10
+}
+
+variable "api_reserved_concurrency" {
+  description = "Reserved concurrency of the API function (caps parallel queries and protects the account). Null: unreserved (accounts with a concurrency quota of 10 cannot reserve any)."
+  type        = number
+  default     = null
+}
+
+variable "log_retention_days" {
+  description = "Retention of the Lambda and API access log groups."
+  type        = number
+  default     = 365
+}
+
+variable "tracing_mode" {
+  description = "X-Ray tracing of both functions and the stage: \"Active\" or \"PassThrough\"."
+  type        = string
+  default     = "Active"
+}
+
+variable "stage_name" {
+  description = "API Gateway stage; part of the URL (https://<id>.execute-api.<region>.amazonaws.com/<stage>)."
+  type        = string
+  default     = "api"
+}
+
+variable "throttling_rate_limit" {
+  description = "Stage-wide steady request rate (requests per second) before API Gateway answers 429."
+  type        = number
+  default     = 50
+}
+
+variable "throttling_burst_limit" {
+  description = "Stage-wide burst (requests) before API Gateway answers 429."
+  type        = number
+  default     = 100
+}
+
+variable "manage_api_gateway_account" {
+  description = "Set the region's API Gateway account CloudWatch role (needed for access logs). It is one setting per account and region: set false if another stack manages it."
+  type        = bool
+  default     = true
+}
+
+variable "log_level" {
+  description = "NEBLINA_LOG_LEVEL of both functions."
+  type        = string
+  default     = "INFO"
+}
+
+variable "limits" {
+  description = "Request limits, passed to the functions as NEBLINA_* variables (defaults equal the code's)."
+  type = object({
+    max_body_bytes        = optional(number, 65536)
+    max_dummy_rows        = optional(number, 100000)
+    max_query_chars       = optional(number, 10000)
+    query_lease_seconds   = optional(number, 900)
+    dataset_cache_entries = optional(number, 4)
+    max_epsilon_per_query = optional(string, "100")
+    max_delta_per_query   = optional(string, "0.5")
+  })
+  default = {}
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}
