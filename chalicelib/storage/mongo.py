@@ -551,20 +551,23 @@ class MongoStore:
             ).matched_count
             if not matched:
                 raise ItemNotFound(f"dataset {dataset} has no cap")
-            flagged = self._grants.update_one(
-                {
-                    **self._key(user_id, dataset),
-                    "capped": {"$ne": True},
-                    "spent_epsilon": _eq(spent.epsilon),
-                    "spent_delta": _eq(spent.delta),
-                },
-                {"$set": {"capped": True, "cap_seed_attempt": entry["attempt"]}},
-            ).matched_count
+            flagged = self._flag_grant(user_id, dataset, spent, entry["attempt"])
             if flagged:
                 self._settle(self._caps, {"_id": dataset}, entry)
                 return
             self._undo(self._caps, {"_id": dataset}, entry)
         raise ConcurrentChange(f"the grant of {user_id} keeps changing; try again")
+
+    def _flag_grant(self, user_id: str, dataset: str, spent: PrivacyCost, attempt: str) -> bool:
+        """S3: the grant joins the cap, if its spend is still the one added to the cap."""
+        selector = {
+            **self._key(user_id, dataset),
+            "capped": {"$ne": True},
+            "spent_epsilon": _eq(spent.epsilon),
+            "spent_delta": _eq(spent.delta),
+        }
+        update = {"$set": {"capped": True, "cap_seed_attempt": attempt}}
+        return self._grants.update_one(selector, update).matched_count == 1
 
     # ledger --------------------------------------------------------------------------
     def _entry(self, kind: str, cost: PrivacyCost, **fields: str) -> Doc:
@@ -796,21 +799,7 @@ class MongoStore:
         if not self._grants.update_one(grant_key, push).matched_count:
             raise InternalError()
         capped = bool(stored.get("capped")) and self._caps.update_one(cap_key, push).matched_count
-        won = self._queries.update_one(
-            {
-                "_id": record.query_id,
-                "state": QueryState.RUNNING.value,
-                "ledger_attempt": stored.get("ledger_attempt"),
-            },
-            {
-                "$set": {
-                    "state": QueryState.REFUNDED.value,
-                    "finished_at": finished_at,
-                    "error": _json(error),
-                    "refund_attempt": entry["attempt"],
-                }
-            },
-        ).matched_count
+        won = self._mark_refunded(stored, finished_at, error, entry["attempt"])
         if not won:
             if capped:
                 self._undo(self._caps, cap_key, entry)
@@ -819,6 +808,28 @@ class MongoStore:
         self._settle(self._grants, grant_key, entry)
         if capped:
             self._settle(self._caps, cap_key, entry)
+
+    def _mark_refunded(
+        self, stored: Doc, finished_at: datetime, error: dict[str, str], attempt: str
+    ) -> bool:
+        """F3, the refund's decision point: running -> refunded, once."""
+        return (
+            self._queries.update_one(
+                {
+                    "_id": stored["_id"],
+                    "state": QueryState.RUNNING.value,
+                    "ledger_attempt": stored.get("ledger_attempt"),
+                },
+                {
+                    "$set": {
+                        "state": QueryState.REFUNDED.value,
+                        "finished_at": finished_at,
+                        "error": _json(error),
+                        "refund_attempt": attempt,
+                    }
+                },
+            ).matched_count
+        ) == 1
 
     # recovery ------------------------------------------------------------------------
     def reconcile(self) -> int:
