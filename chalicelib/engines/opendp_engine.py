@@ -69,6 +69,7 @@ import logging
 import math
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,13 @@ from chalicelib.models import Dataset, PrivacyCost, format_decimal, to_decimal
 log = logging.getLogger(__name__)
 
 enable_features("contrib")  # the only feature this engine enables (see the module docstring)
+# make_split_dataframe and make_select_column warn "deprecated, use Polars" on every call:
+# they are the input form here (no polars in the Lambda), so the warning says nothing.
+warnings.filterwarnings(
+    "ignore",
+    message=r"Call to deprecated function .*Use Polars instead",
+    category=DeprecationWarning,
+)
 
 NAME = "opendp"
 FIELDS = {"engine", "query_id", "pipeline", "fixed_delta"}
@@ -210,6 +218,9 @@ MAX_INT = 2**64
 MAX_SIZE = 10_000_000  # any "size" argument (rows the server would allocate)
 MAX_RESULT_CHARS = 100_000  # a release is a number, a vector or a small table
 _UNSAFE = re.compile(r"[,\r\n]")  # would split a field or a row of the CSV input
+# The version a node names is a label: the server builds every node with its own OpenDP.
+# Same minor version, same constructor names and arguments.
+_MINOR = OPENDP_VERSION.split(".")[:2]
 _NODE_KEYS = {"__function__", "__module__", "__kwargs__", "__version__"}
 
 FUNCTION, MODULE, KWARGS, VERSION, TUPLE, REF = (
@@ -279,10 +290,11 @@ class _Canonicalizer:
                 f"pipeline: constructor {module}.{function[:80]} is not allowed "
                 "(the allowlist is in docs/opendp.md)"
             )
-        if node.get(VERSION) != OPENDP_VERSION:
+        version = node.get(VERSION)
+        if not isinstance(version, str) or version.split(".")[:2] != _MINOR:
             raise InvalidQuery(
-                f"pipeline: {function} was serialized by OpenDP {str(node.get(VERSION))[:20]}; "
-                f"this server runs OpenDP {OPENDP_VERSION}"
+                f"pipeline: {function} was serialized by OpenDP {str(version)[:20]}; this "
+                f"server runs OpenDP {OPENDP_VERSION} (install opendp {'.'.join(_MINOR)}.x)"
             )
         raw_kwargs = node.get(KWARGS, {})
         if not isinstance(raw_kwargs, dict):

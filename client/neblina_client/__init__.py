@@ -11,7 +11,7 @@ Quickstart (URL and token from ``NEBLINA_URL``/``NEBLINA_TOKEN`` or ``.neblina/l
         print(client.budget().remaining)
 """
 
-from ._client import SQL, Client
+from ._client import SQL, Client, OpenDP
 from ._exceptions import (
     AuthenticationError,
     BudgetExhaustedError,
@@ -47,6 +47,7 @@ __all__ = [
     "NeblinaConnectionError",
     "NeblinaError",
     "NotFoundError",
+    "OpenDP",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "QueryConflictError",

@@ -23,6 +23,7 @@ from ._decode import (
     parse_query_result,
 )
 from ._exceptions import NeblinaConnectionError, NeblinaError, error_for_status
+from ._opendp import input_space, pipeline_nodes
 from ._retry import Backoff, is_retryable, parse_retry_after
 from ._tables import decode_table
 from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
@@ -35,6 +36,7 @@ T = TypeVar("T")
 Amount = float | int | str | Decimal
 
 SMARTNOISE_SQL = "smartnoise_sql"
+OPENDP = "opendp"
 HISTORY_PAGE_SIZE = 100  # the server's maximum
 
 
@@ -67,6 +69,7 @@ class Client:
         self.dataset = settings.dataset
         self.max_retries = max_retries
         self.sql = SQL(self)
+        self.opendp = OpenDP(self)
         self._token = settings.token
         self._backoff = Backoff()
         self._sleep: Callable[[float], None] = time.sleep
@@ -271,6 +274,75 @@ class SQL:
         except NeblinaError as error:
             error.query_id = query_id
             raise
+
+
+class OpenDP:
+    """OpenDP pipelines on the client's dataset (``client.opendp``).
+
+    Needs ``opendp`` installed at the server's version (``pip install
+    "neblina-client[opendp]"``) and ``dp.enable_features("contrib")``. Build pipelines on
+    :meth:`space`: the server feeds the dataset as CSV text, read by the
+    ``make_split_dataframe`` that ``space()`` returns.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def space(self, column: str | None = None) -> Any:
+        """The start of a pipeline on this dataset, from its metadata.
+
+        ``space()`` is the dataframe of strings (``make_split_dataframe`` over the server's
+        CSV text); ``space("bill_length_mm")`` selects one column as a vector of strings, to
+        continue with ``>> dp.t.then_cast_default(float) >> ...``.
+        """
+        columns = [str(name) for name in self._client.metadata()["columns"]]
+        return input_space(columns, column)
+
+    def cost(self, measurement: Any, fixed_delta: Amount | None = None) -> Cost:
+        """The price of ``measurement``: its privacy map at the dataset's ``max_ids``; free.
+
+        ``fixed_delta`` is required (and only allowed) when the measurement's output measure
+        is zCDP or smoothed max divergence: the δ at which its ε is read.
+        """
+        body = _opendp_body(measurement, fixed_delta)
+        response = self._client._request("POST", self._client._dataset_path("cost"), json=body)
+        return _parse(lambda b: parse_cost(b["cost"]), response)
+
+    def query(
+        self,
+        measurement: Any,
+        fixed_delta: Amount | None = None,
+        dummy: bool = False,
+        query_id: str | None = None,
+        *,
+        dummy_rows: int = 100,
+        dummy_seed: int = 42,
+    ) -> QueryResult:
+        """Run ``measurement`` on the dataset and debit its cost (nothing with ``dummy=True``).
+
+        ``result`` is what the measurement released: a number or a list. Retries reuse the
+        ``query_id`` (a new UUID unless given), so a release is never charged twice.
+        """
+        query_id = query_id if query_id is not None else uuid.uuid4().hex
+        body = _opendp_body(measurement, fixed_delta)
+        body.update(query_id=query_id, dummy=dummy)
+        if dummy:
+            body.update(dummy_rows=dummy_rows, dummy_seed=dummy_seed)
+        try:
+            response = self._client._request(
+                "POST", self._client._dataset_path("queries"), json=body
+            )
+            return _parse(parse_query_result, response)
+        except NeblinaError as error:
+            error.query_id = query_id
+            raise
+
+
+def _opendp_body(measurement: Any, fixed_delta: Amount | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"engine": OPENDP, "pipeline": pipeline_nodes(measurement)}
+    if fixed_delta is not None:
+        body["fixed_delta"] = _amount("fixed_delta", fixed_delta)
+    return body
 
 
 def _sql_body(

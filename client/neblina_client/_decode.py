@@ -7,10 +7,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import pandas as pd
-
 from ._tables import decode_table
-from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult, Release
 
 
 def parse_decimal(value: Any) -> Decimal:
@@ -70,7 +68,7 @@ def parse_query_result(data: Mapping[str, Any]) -> QueryResult:
         dataset=str(data["dataset"]),
         engine=str(data["engine"]),
         cost=parse_cost(data["cost"]),
-        result=_optional_table(data.get("result")),
+        result=parse_release(data.get("result")),
         dummy=bool(data.get("dummy", False)),
         replayed=bool(data.get("replayed", False)),
         created_at=parse_datetime(data["created_at"]),
@@ -89,10 +87,19 @@ def parse_archived_query(data: Mapping[str, Any]) -> ArchivedQuery:
         cost=parse_cost(data["cost"]),
         created_at=parse_datetime(data["created_at"]),
         finished_at=None if finished_at is None else parse_datetime(finished_at),
-        result=_optional_table(data.get("result")),
+        result=parse_release(data.get("result")),
         error=None if data.get("error") is None else dict(data["error"]),
     )
 
 
-def _optional_table(value: Any) -> pd.DataFrame | None:
-    return None if value is None else decode_table(value)
+def parse_release(value: Any) -> Release:
+    """A result: ``{"type": "table", ...}`` → DataFrame, ``{"type": "value", "value": v}`` → v."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "value":
+        released: Release = value["value"]
+        return released
+    if kind == "table":
+        return decode_table(value)
+    raise ValueError(f"unknown result type {kind!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
-from typing import Any
+from typing import Any, TypeAlias
 
 import pandas as pd
 
@@ -70,13 +70,18 @@ class DatasetInfo:
     rows: int | None
 
 
+# What a query releases: a table (SmartNoise SQL, DataFrame) or a value (OpenDP: a number,
+# or a list of numbers, possibly nested).
+Release: TypeAlias = pd.DataFrame | float | int | bool | str | list[Any] | None
+
 # Classes holding a DataFrame compare by identity (eq=False): DataFrame equality is
 # element-wise and has no truth value.
 
 
 @dataclass(frozen=True, eq=False)
 class QueryResult:
-    """The answer to ``sql.query``: a DP release (or a dummy run) and what it cost.
+    """The answer to ``sql.query`` or ``opendp.query``: a DP release (or a dummy run) and
+    what it cost. ``result`` is a DataFrame (SQL) or a number or list (OpenDP).
 
     ``replayed`` is true when the server returned the stored answer of an earlier request
     with the same ``query_id`` (nothing was charged again).
@@ -86,7 +91,7 @@ class QueryResult:
     dataset: str
     engine: str
     cost: Cost
-    result: pd.DataFrame | None
+    result: Release
     dummy: bool
     replayed: bool
     created_at: datetime
@@ -108,5 +113,5 @@ class ArchivedQuery:
     cost: Cost
     created_at: datetime
     finished_at: datetime | None
-    result: pd.DataFrame | None
+    result: Release
     error: dict[str, Any] | None

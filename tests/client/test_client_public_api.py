@@ -29,6 +29,7 @@ def test_all_is_pinned() -> None:
         "NeblinaConnectionError",
         "NeblinaError",
         "NotFoundError",
+        "OpenDP",
         "PayloadTooLargeError",
         "PermissionDeniedError",
         "QueryConflictError",

@@ -1,0 +1,109 @@
+"""The noise the engine releases matches the ε it charges (Laplace count on PENGUIN).
+
+A count has sensitivity ``d_in`` (= ``max_ids``) under the symmetric distance, so a pure-DP
+charge of ε for a Laplace count promises discrete-Laplace noise of scale at least
+``b = d_in / ε``. :func:`check_noise_matches_charge` tests that promise from N releases:
+
+- ``S = Σ |X_i|`` (X_i = release − true count). Under scale ``b``, ``E|X| = m1`` and
+  ``E[X²] = m2`` (closed forms below). For independent non-negative variables,
+  ``P(S ≤ N·m1 − t) ≤ exp(−t² / (2·N·m2))`` (one-sided Bernstein bound; Maurer 2003). The
+  check fails when ``S < N·m1 − t`` with ``t = sqrt(2·N·m2·ln(10⁶))``: a release noised as
+  charged (or more) fails with probability **below 1e-6**.
+- Power: a release with half that scale passes only if ``S`` reaches the threshold; a
+  Chernoff bound on that, computed from the exact moment generating function of ``|X|``,
+  is asserted below 1e-6 too.
+
+With the numbers used here (scale 2, so ε = 0.5; 500 releases) the threshold is 630.5,
+``E[S]`` is 959.5 when noised as charged and 425.5 at half the scale, and the Chernoff bound
+on an under-noised sample passing is 4.5e-14.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import pytest
+from opendp_pipelines import DATASET, META, TRUE_COUNT, body, laplace_count, loaded
+
+from chalicelib.engines.opendp_engine import ENGINE
+
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated function:DeprecationWarning")
+
+FALSE_FAILURE = 1e-6
+RELEASES = 500
+SCALE = 2.0  # the count's Laplace scale, so ε = 0.5
+
+
+def discrete_laplace_moments(scale: float) -> tuple[float, float]:
+    """(E|X|, E[X²]) of discrete Laplace noise, P(X = k) ∝ exp(−|k| / scale)."""
+    alpha = math.exp(-1.0 / scale)
+    return 2 * alpha / (1 - alpha**2), 2 * alpha / (1 - alpha) ** 2
+
+
+def threshold(charged_epsilon: Decimal, d_in: int, releases: int) -> float:
+    """The least Σ|noise| that noise of the charged scale reaches with prob. ≥ 1 − 1e-6."""
+    scale = d_in / float(charged_epsilon)
+    mean_abs, second = discrete_laplace_moments(scale)
+    slack = math.sqrt(2 * releases * second * math.log(1 / FALSE_FAILURE))
+    return releases * mean_abs - slack
+
+
+def check_noise_matches_charge(
+    released: list[int], true_count: int, charged_epsilon: Decimal, d_in: int
+) -> None:
+    """Fail when the releases carry less noise than ``charged_epsilon`` implies."""
+    total = sum(abs(value - true_count) for value in released)
+    least = threshold(charged_epsilon, d_in, len(released))
+    assert total >= least, (
+        f"Σ|noise| = {total} over {len(released)} releases is below {least:.1f}: "
+        f"less noise than a charge of ε = {charged_epsilon} implies"
+    )
+
+
+def false_pass_bound(scale: float, least: float, releases: int) -> float:
+    """Chernoff bound on P(Σ|X_i| ≥ least) for discrete-Laplace noise of ``scale``."""
+    alpha = math.exp(-1.0 / scale)
+    log_best = 0.0
+    for step in range(1, 400):
+        lam = step / 400 * (-math.log(alpha))  # 0 < λ < −ln α keeps the MGF finite
+        ratio = alpha * math.exp(lam)
+        mgf = (1 - alpha) / (1 + alpha) * (1 + 2 * ratio / (1 - ratio))
+        log_best = min(log_best, releases * math.log(mgf) - lam * least)
+    return math.exp(log_best)
+
+
+@pytest.mark.parametrize(
+    ("scale_factor", "passes"),
+    [(1.0, True), (0.5, False)],
+    ids=["noised-as-charged", "under-noised-half-scale"],
+)
+def test_released_count_noise_matches_the_charged_epsilon(
+    scale_factor: float, passes: bool
+) -> None:
+    d_in = META["max_ids"]
+    charged = ENGINE.cost(DATASET, ENGINE.parse(body(laplace_count(SCALE)))).epsilon
+    assert charged == Decimal("0.5")
+    released_by = ENGINE.parse(body(laplace_count(SCALE * scale_factor)))
+    data = loaded()
+    released = [ENGINE.execute(data, released_by)["value"] for _ in range(RELEASES)]
+    if passes:
+        check_noise_matches_charge(released, TRUE_COUNT, charged, d_in)
+    else:
+        with pytest.raises(AssertionError, match="less noise than a charge"):
+            check_noise_matches_charge(released, TRUE_COUNT, charged, d_in)
+
+
+def test_the_check_has_the_stated_error_rates() -> None:
+    least = threshold(Decimal("0.5"), 1, RELEASES)
+    mean_abs, _ = discrete_laplace_moments(SCALE)
+    assert 0 < least < RELEASES * mean_abs  # the check has slack below the expectation
+    assert false_pass_bound(SCALE / 2, least, RELEASES) < FALSE_FAILURE
+    # the moments are right: compare with a direct sum over the distribution
+    alpha = math.exp(-1 / SCALE)
+    weights = {k: alpha ** abs(k) for k in range(-200, 201)}
+    norm = sum(weights.values())
+    direct_abs = sum(abs(k) * w for k, w in weights.items()) / norm
+    direct_sq = sum(k * k * w for k, w in weights.items()) / norm
+    assert math.isclose(direct_abs, mean_abs, rel_tol=1e-9)
+    assert math.isclose(direct_sq, discrete_laplace_moments(SCALE)[1], rel_tol=1e-9)
