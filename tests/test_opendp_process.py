@@ -108,10 +108,6 @@ def test_the_opendp_engine_is_the_same_with_floating_point_on_or_off(
     fresh: Any, after_sql: Any
 ) -> None:
     assert fresh["costs"] == after_sql["costs"]
-    assert fresh["releases"] == after_sql["releases"] == {
-        "count": "int",
-        "sum": "float",
-        "mean": "float",
-        "gaussian": "int",
-    }
+    kinds = {"count": "int", "sum": "float", "mean": "float", "gaussian": "int"}
+    assert fresh["releases"] == after_sql["releases"] == kinds
     assert fresh["costs"]["gaussian"]["delta"] == "0.000001"
