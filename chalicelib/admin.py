@@ -1,20 +1,145 @@
-"""Administration operations (seeding and, later, the admin CLI). Uses the caller's AWS
-credentials: IAM is the administrator's authentication, there is no admin HTTP surface."""
+"""Administration operations, shared by the ``neblina-admin`` CLI, ``apply`` and seeding.
+
+Uses the caller's AWS credentials: IAM is the administrator's authentication, there is no
+admin HTTP surface. Every function validates its inputs first and raises a
+:class:`~chalicelib.errors.NeblinaError` (``InvalidRequest``, ``ItemNotFound``, a
+``Conflict``) before writing anything.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlparse
 
 from chalicelib import metadata as metadata_module
 from chalicelib.auth import IssuedToken, issue_token
 from chalicelib.config import Settings
-from chalicelib.errors import InvalidRequest
-from chalicelib.models import Dataset, Grant, PrivacyCost, User, utcnow
-from chalicelib.storage import AlreadyExists, Store
-from chalicelib.validation import DATASET_NAME, delta, epsilon
+from chalicelib.errors import Conflict, InvalidRequest
+from chalicelib.models import (
+    Dataset,
+    DatasetCap,
+    Grant,
+    PrivacyCost,
+    QueryRecord,
+    Token,
+    User,
+    to_decimal,
+    utcnow,
+)
+from chalicelib.storage import AlreadyExists, ItemNotFound, Store
+from chalicelib.validation import DATASET_NAME
+
+USER_ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
+_DURATION = re.compile(r"^\s*([0-9]{1,6})\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+# inputs --------------------------------------------------------------------------------
+def user_id(value: str) -> str:
+    """A user id: 1-128 characters of letters, digits and ``_ . @ + -``."""
+    if not isinstance(value, str) or not USER_ID.match(value):
+        raise InvalidRequest(
+            f"invalid user id {value!r}: use 1-128 characters of letters, digits and _.@+-"
+        )
+    return value
+
+
+def dataset_name(value: str) -> str:
+    """A dataset name: 1-64 characters of ``[A-Za-z0-9_.-]``."""
+    if not isinstance(value, str) or not DATASET_NAME.match(value):
+        raise InvalidRequest(f"invalid dataset name {value!r}: use 1-64 characters of A-Za-z0-9_.-")
+    return value
+
+
+def amount(value: object, field: str) -> Decimal:
+    """A budget amount: an exact, finite decimal >= 0 (strings keep every digit)."""
+    try:
+        result = to_decimal(value)
+    except ValueError:
+        raise InvalidRequest(f"{field} must be a finite number >= 0 (got {value!r})") from None
+    if result < 0:
+        raise InvalidRequest(f"{field} must be a finite number >= 0 (got {value!r})")
+    return result
+
+
+def budget(epsilon: object, delta: object) -> PrivacyCost:
+    """An (ε, δ) budget: ε >= 0 and 0 <= δ < 1."""
+    result = PrivacyCost(epsilon=amount(epsilon, "epsilon"), delta=amount(delta, "delta"))
+    if result.delta >= 1:
+        raise InvalidRequest(f"delta must be below 1 (got {delta!r})")
+    return result
+
+
+def duration(value: str) -> timedelta:
+    """``90m``, ``12h``, ``30d``, ``2w`` as a timedelta (> 0)."""
+    match = _DURATION.match(value or "")
+    if not match or int(match.group(1)) == 0:
+        raise InvalidRequest(f"invalid duration {value!r}: use e.g. 90m, 12h, 30d or 2w")
+    return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """Load and validate a metadata YAML file (``yaml.safe_load`` only)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read metadata file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"metadata file {path} is not valid YAML: {exc}") from exc
+    try:
+        return metadata_module.validate(raw)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{path}: {exc.message}") from exc
+
+
+def normalise_source(source: str, base: Path | None = None) -> str:
+    """An ``s3://`` URI, an ``http(s)://`` URL, or a local path made absolute."""
+    parsed = urlparse(source)
+    if parsed.scheme == "s3":
+        if not parsed.netloc or not parsed.path.strip("/"):
+            raise InvalidRequest(f"invalid S3 URI {source!r}: expected s3://bucket/key")
+        return source
+    if parsed.scheme in ("http", "https"):
+        if not parsed.netloc:
+            raise InvalidRequest(f"invalid URL {source!r}")
+        return source
+    if parsed.scheme not in ("", "file"):
+        raise InvalidRequest(
+            f"unsupported source {source!r}: use an s3:// URI, an http(s) URL or a local path"
+        )
+    path = Path(parsed.path if parsed.scheme == "file" else source).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return str(path.resolve())
+
+
+def check_source(settings: Settings, source: str) -> None:
+    """Refuse a source that plainly does not exist (S3 object or local file)."""
+    parsed = urlparse(source)
+    if parsed.scheme == "s3":
+        from botocore.exceptions import ClientError
+
+        try:
+            s3_client(settings).head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        except ClientError as exc:
+            raise InvalidRequest(f"source {source} cannot be read: {exc}") from exc
+    elif parsed.scheme not in ("http", "https") and not os.path.isfile(source):
+        raise InvalidRequest(f"source {source} is not a readable file")
+
+
+# S3 -------------------------------------------------------------------------------------
 def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client for the configured endpoint."""
     import boto3
@@ -52,27 +177,113 @@ def upload(settings: Settings, bucket: str, key: str, data: bytes) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def add_user(store: Store, user_id: str, description: str = "") -> tuple[User, bool]:
+# users ----------------------------------------------------------------------------------
+def require_user(store: Store, uid: str) -> User:
+    """The user, or :class:`ItemNotFound`."""
+    user = store.get_user(user_id(uid))
+    if user is None:
+        raise ItemNotFound(f"unknown user {uid}")
+    return user
+
+
+def add_user(store: Store, uid: str, description: str = "") -> tuple[User, bool]:
     """Create a user; returns (user, created). An existing user is returned unchanged."""
-    if not user_id or len(user_id) > 128 or any(c.isspace() for c in user_id):
-        raise InvalidRequest("user ids are 1-128 characters without spaces")
-    user = User(user_id=user_id, created_at=utcnow(), description=description)
+    user = User(user_id=user_id(uid), created_at=utcnow(), description=description)
     try:
         store.put_user(user, create_only=True)
     except AlreadyExists:
-        existing = store.get_user(user_id)
+        existing = store.get_user(uid)
         assert existing is not None
         return existing, False
     return user, True
 
 
-def add_token(store: Store, user_id: str, expires_in: timedelta | None = None) -> IssuedToken:
+def update_user(
+    store: Store, uid: str, *, disabled: bool | None = None, description: str | None = None
+) -> User:
+    """Disable/enable a user or change the description."""
+    user = require_user(store, uid)
+    changed = replace(
+        user,
+        disabled=user.disabled if disabled is None else disabled,
+        description=user.description if description is None else description,
+    )
+    store.put_user(changed, create_only=False)
+    return changed
+
+
+def live_tokens(store: Store, uid: str) -> list[Token]:
+    """The user's tokens that still authenticate (not revoked, not expired)."""
+    now = utcnow()
+    return [t for t in store.list_tokens(uid) if not t.revoked and not t.is_expired(now)]
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What removing a user or a dataset did."""
+
+    revoked_tokens: int
+    removed_grants: int
+    archived_queries: int
+
+
+def remove_user(store: Store, uid: str, *, force: bool = False) -> Removal:
+    """Remove a user and their grants; revoke their tokens. The archive is never deleted.
+
+    Refused while the user holds a token that still works, unless ``force``.
+    """
+    require_user(store, uid)
+    tokens = live_tokens(store, uid)
+    if tokens and not force:
+        raise Conflict(
+            f"user {uid} has {len(tokens)} unexpired token(s) "
+            f"({', '.join(t.token_id for t in tokens)}); revoke them or use --force"
+        )
+    for token in tokens:
+        store.revoke_token(token.token_hash)
+    grants = list(store.list_grants(uid))
+    for grant in grants:
+        store.delete_grant(uid, grant.dataset)
+    store.delete_user(uid)
+    archived = sum(1 for _ in store.iter_queries(user_id=uid))
+    return Removal(len(tokens), len(grants), archived)
+
+
+# tokens ---------------------------------------------------------------------------------
+def add_token(store: Store, uid: str, expires_in: timedelta | None = None) -> IssuedToken:
     """Issue a token for an existing user; the secret is in the result, only its hash is stored."""
-    if store.get_user(user_id) is None:
-        raise InvalidRequest(f"unknown user {user_id}")
-    issued = issue_token(user_id, expires_in=expires_in)
+    require_user(store, uid)
+    issued = issue_token(uid, expires_in=expires_in)
     store.put_token(issued.record)
     return issued
+
+
+def find_token(store: Store, token_id: str) -> Token:
+    """A token by its public id (the first 12 hex characters of its hash)."""
+    if not re.fullmatch(r"[0-9a-f]{12}", token_id or ""):
+        raise InvalidRequest(f"invalid token id {token_id!r}: 12 hex characters, see tokens list")
+    matches = [t for t in store.list_tokens() if t.token_id == token_id]
+    if not matches:
+        raise ItemNotFound(f"unknown token {token_id}")
+    if len(matches) > 1:  # pragma: no cover - 48-bit prefixes: practically never
+        raise Conflict(f"token id {token_id} is ambiguous")
+    return matches[0]
+
+
+def revoke_token(store: Store, token_id: str) -> Token:
+    """Revoke a token by its id; it stops authenticating at once."""
+    token = find_token(store, token_id)
+    store.revoke_token(token.token_hash)
+    return replace(token, revoked=True)
+
+
+# datasets -------------------------------------------------------------------------------
+def require_dataset(store: Store, name: str) -> Dataset:
+    """The dataset, or :class:`ItemNotFound`."""
+    dataset = store.get_dataset(dataset_name(name))
+    if dataset is None:
+        raise ItemNotFound(f"unknown dataset {name}")
+    return dataset
 
 
 def add_dataset(
@@ -86,11 +297,12 @@ def add_dataset(
     replace: bool = False,
 ) -> tuple[Dataset, bool]:
     """Register a dataset after validating its metadata; returns (dataset, created)."""
-    if not DATASET_NAME.match(name):
-        raise InvalidRequest("dataset names are 1-64 characters of [A-Za-z0-9_.-]")
+    dataset_name(name)
     validated = metadata_module.validate(metadata)
     from chalicelib.datasets import source_format as infer_format
 
+    if source_format not in (None, "csv", "parquet"):
+        raise InvalidRequest(f"unknown format {source_format!r}: csv or parquet")
     dataset = Dataset(
         name=name,
         source=source,
@@ -108,16 +320,191 @@ def add_dataset(
     return dataset, True
 
 
-def grant(store: Store, user_id: str, dataset: str, eps: object, dlt: object) -> tuple[Grant, bool]:
+def update_dataset(
+    store: Store,
+    name: str,
+    *,
+    metadata: object | None = None,
+    source: str | None = None,
+    source_format: str | None = None,
+    description: str | None = None,
+) -> Dataset:
+    """Change a dataset's metadata, source or description (validated first)."""
+    current = require_dataset(store, name)
+    validated = current.metadata if metadata is None else metadata_module.validate(metadata)
+    from chalicelib.datasets import source_format as infer_format
+
+    new_source = current.source if source is None else source
+    fmt = source_format or (current.source_format if source is None else None)
+    changed = replace(
+        current,
+        metadata=validated,
+        source=new_source,
+        source_format=infer_format(new_source, fmt),
+        description=current.description if description is None else description,
+    )
+    store.put_dataset(changed, create_only=False)
+    return changed
+
+
+def remove_dataset(store: Store, name: str, *, force: bool = False) -> Removal:
+    """Remove a dataset (and its cap). Refused while grants exist, unless ``force``."""
+    require_dataset(store, name)
+    grants = list(store.list_grants(dataset=name))
+    if grants and not force:
+        raise Conflict(
+            f"dataset {name} still has {len(grants)} grant(s) "
+            f"({', '.join(g.user_id for g in grants)}); revoke them or use --force"
+        )
+    for grant in grants:
+        store.delete_grant(grant.user_id, name)
+    store.delete_dataset(name)
+    archived = sum(1 for _ in store.iter_queries(dataset=name))
+    return Removal(0, len(grants), archived)
+
+
+# grants ---------------------------------------------------------------------------------
+def require_grant(store: Store, uid: str, dataset: str) -> Grant:
+    """The grant, or :class:`ItemNotFound` naming what is missing."""
+    require_user(store, uid)
+    require_dataset(store, dataset)
+    grant = store.get_grant(uid, dataset)
+    if grant is None:
+        raise ItemNotFound(f"{uid} holds no grant on {dataset}")
+    return grant
+
+
+def grant(store: Store, uid: str, dataset: str, eps: object, dlt: object) -> tuple[Grant, bool]:
     """Give a user a budget on a dataset; returns (grant, created). Existing grants are kept."""
-    initial = PrivacyCost(epsilon=epsilon(eps), delta=delta(dlt))
-    if store.get_user(user_id) is None:
-        raise InvalidRequest(f"unknown user {user_id}")
-    if store.get_dataset(dataset) is None:
-        raise InvalidRequest(f"unknown dataset {dataset}")
+    initial = budget(eps, dlt)
+    require_user(store, uid)
+    require_dataset(store, dataset)
     try:
-        return store.create_grant(user_id, dataset, initial), True
+        return store.create_grant(uid, dataset, initial), True
     except AlreadyExists:
-        existing = store.get_grant(user_id, dataset)
+        existing = store.get_grant(uid, dataset)
         assert existing is not None
         return existing, False
+
+
+def top_up(store: Store, uid: str, dataset: str, eps: object, dlt: object) -> Grant:
+    """Add to a grant's initial (and so remaining) budget."""
+    change = budget(eps, dlt)
+    if change == PrivacyCost.zero():
+        raise InvalidRequest("a top-up needs epsilon or delta above 0")
+    current = require_grant(store, uid, dataset)
+    if current.initial.delta + change.delta >= 1:
+        raise InvalidRequest("delta of a grant must stay below 1")
+    return store.change_grant(uid, dataset, change)
+
+
+def set_grant(store: Store, uid: str, dataset: str, eps: object, dlt: object) -> Grant:
+    """Set a grant's initial budget; never below what was spent (``BelowSpent``)."""
+    target = budget(eps, dlt)
+    for _ in range(5):
+        current = require_grant(store, uid, dataset)
+        if current.initial == target:
+            return current
+        try:
+            return store.change_grant(
+                uid, dataset, target - current.initial, expected_initial=current.initial
+            )
+        except Conflict as exc:
+            if exc.code != "concurrent_change":
+                raise
+    raise Conflict("the grant keeps changing; try again")
+
+
+def revoke_grant(store: Store, uid: str, dataset: str) -> Grant:
+    """Remove a grant. Its spend stays in the archive and in the dataset's cap."""
+    current = require_grant(store, uid, dataset)
+    store.delete_grant(uid, dataset)
+    return current
+
+
+def set_cap(store: Store, dataset: str, limit: PrivacyCost | None) -> DatasetCap:
+    """Set (or lift, with None) a dataset-wide cap across all users."""
+    require_dataset(store, dataset)
+    return store.set_cap(dataset, limit)
+
+
+# archive --------------------------------------------------------------------------------
+EXPORT_FIELDS = (
+    "query_id",
+    "user_id",
+    "dataset",
+    "engine",
+    "state",
+    "created_at",
+    "finished_at",
+    "cost_epsilon",
+    "cost_delta",
+    "request",
+    "result",
+    "error",
+)
+
+
+def export_row(record: QueryRecord) -> dict[str, Any]:
+    """One archived query as a flat JSON-able row (exact decimal strings)."""
+    document = record.to_json()
+    return {
+        "query_id": record.query_id,
+        "user_id": record.user_id,
+        "dataset": record.dataset,
+        "engine": record.engine,
+        "state": record.state.value,
+        "created_at": document["created_at"],
+        "finished_at": document["finished_at"],
+        "cost_epsilon": document["cost"]["epsilon"],
+        "cost_delta": document["cost"]["delta"],
+        "request": record.request,
+        "result": record.result,
+        "error": record.error,
+    }
+
+
+def archive(
+    store: Store, *, uid: str | None = None, dataset: str | None = None
+) -> Iterator[QueryRecord]:
+    """The archived queries of a user and/or a dataset, oldest first."""
+    if uid is None and dataset is None:
+        raise InvalidRequest("name a user (--user) or a dataset (--dataset)")
+    if uid is not None:
+        user_id(uid)
+    if dataset is not None:
+        dataset_name(dataset)
+    return store.iter_queries(user_id=uid, dataset=dataset)
+
+
+def write_export(records: Iterable[QueryRecord], out: TextIO, fmt: str) -> int:
+    """Write records as JSON lines or CSV (nested fields as JSON); returns the count."""
+    count = 0
+    if fmt == "jsonl":
+        for record in records:
+            out.write(json.dumps(export_row(record), sort_keys=True) + "\n")
+            count += 1
+        return count
+    if fmt != "csv":
+        raise InvalidRequest(f"unknown format {fmt!r}: jsonl or csv")
+    writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+    writer.writeheader()
+    for record in records:
+        row = export_row(record)
+        for key in ("request", "result", "error"):
+            row[key] = "" if row[key] is None else json.dumps(row[key], sort_keys=True)
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        count += 1
+    return count
+
+
+def to_text(records: Iterable[QueryRecord], fmt: str) -> str:
+    """The export as a string (tests and small archives)."""
+    buffer = io.StringIO()
+    write_export(records, buffer, fmt)
+    return buffer.getvalue()
+
+
+def iso(value: datetime | None) -> str | None:
+    """An ISO timestamp or None."""
+    return value.isoformat() if value is not None else None

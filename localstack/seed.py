@@ -1,9 +1,12 @@
 """Seed a Neblina deployment: tables, bucket, demo datasets, a demo user, a grant and a token.
 
-Works against whatever ``AWS_ENDPOINT_URL`` points to: the embedded emulator, LocalStack,
-or (only with ``--real-aws`` and no endpoint set) real AWS with your own credentials.
-Running it twice is safe: existing tables, datasets, users and grants are kept; a new token
-is issued each time and printed once.
+Uploads the demo data, then is ``neblina-admin apply localstack/demo.yaml`` (users, datasets
+and grants are declared there), then issues a token. Works against whatever
+``AWS_ENDPOINT_URL`` points to: the embedded emulator, LocalStack, or (only with
+``--real-aws`` and no endpoint set) real AWS with your own credentials. Running it twice is
+safe: the second apply changes nothing (the file is the whole desired state: users and
+grants added by hand are removed, as ``plan`` shows); a new token is issued each time and
+printed once.
 
     AWS_ENDPOINT_URL=http://127.0.0.1:4566 python localstack/seed.py --env-file .neblina/local.env
 """
@@ -14,15 +17,13 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import yaml
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
+DEMO_FILE = HERE / "demo.yaml"
 DEMO_USER = "demo-researcher"
-DEMO_GRANTS = {"PENGUIN": ("10", "0.001"), "SYNTHETIC": ("10", "0.001")}
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,11 @@ def use_emulator_credentials() -> None:
 def seed(
     synthetic_rows: int = 200_000, user_id: str = DEMO_USER, quiet: bool = False
 ) -> SeedResult:
-    """Create everything the demo needs (idempotent) and issue a fresh token."""
+    """Upload the demo data, ``apply`` localstack/demo.yaml and issue a fresh token."""
     sys.path.insert(0, str(HERE))
     import synthetic  # localstack/synthetic.py
 
-    from chalicelib import admin
+    from chalicelib import admin, declarative
     from chalicelib.config import from_environ
     from chalicelib.storage.dynamo import DynamoStore
 
@@ -64,45 +65,33 @@ def seed(
     store.create_schema()
     _say(quiet, f"seed: bucket {settings.bucket} ...")
     admin.ensure_bucket(settings, settings.bucket)
-
-    penguin_meta = yaml.safe_load((DATA / "penguin.yaml").read_text())
-    source = admin.upload(
+    admin.upload(
         settings, settings.bucket, "PENGUIN/penguins.csv", (DATA / "penguins.csv").read_bytes()
     )
-    admin.upload(
-        settings, settings.bucket, "PENGUIN/metadata.yaml", (DATA / "penguin.yaml").read_bytes()
-    )
-    _, created = admin.add_dataset(store, "PENGUIN", source, penguin_meta)
-    _say(quiet, f"seed: dataset PENGUIN ({'created' if created else 'exists'}) <- {source}")
-
-    synthetic_meta = yaml.safe_load((DATA / "synthetic.yaml").read_text())
-    synthetic_meta["rows"] = synthetic_rows
     frame = synthetic.generate(rows=synthetic_rows)
-    source = admin.upload(
+    admin.upload(
         settings, settings.bucket, "SYNTHETIC/synthetic.parquet", synthetic.to_parquet_bytes(frame)
     )
-    admin.upload(
-        settings,
-        settings.bucket,
-        "SYNTHETIC/metadata.yaml",
-        yaml.safe_dump(synthetic_meta).encode(),
-    )
-    _, created = admin.add_dataset(store, "SYNTHETIC", source, synthetic_meta, replace=True)
-    _say(quiet, f"seed: dataset SYNTHETIC, {synthetic_rows:,} rows <- {source}")
+    _say(quiet, f"seed: uploaded PENGUIN and SYNTHETIC ({synthetic_rows:,} rows)")
 
-    _, created = admin.add_user(store, user_id, "demo researcher")
-    _say(quiet, f"seed: user {user_id} ({'created' if created else 'exists'})")
-    for dataset, (epsilon, delta) in DEMO_GRANTS.items():
-        grant, created = admin.grant(store, user_id, dataset, epsilon, delta)
-        state = "created" if created else "exists"
-        _say(
-            quiet,
-            f"seed: grant {user_id} on {dataset}: epsilon {grant.initial.epsilon}, "
-            f"delta {grant.initial.delta} ({state})",
-        )
+    desired = declarative.load(DEMO_FILE)
+    for name, spec in list(desired.datasets.items()):
+        source = spec.source.replace("s3://neblina-datasets/", f"s3://{settings.bucket}/", 1)
+        metadata = dict(spec.metadata)
+        if name == "SYNTHETIC":
+            metadata["rows"] = synthetic_rows  # the public row count of what was generated
+        desired.datasets[name] = replace(spec, source=source, metadata=metadata)
+    if user_id != DEMO_USER:
+        desired.users = {user_id: replace(desired.users[DEMO_USER], user_id=user_id)}
+        desired.grants = {(user_id, d): g for (_, d), g in desired.grants.items()}
+    changes = declarative.apply(store, desired, settings)
+    for change in changes:
+        _say(quiet, f"seed: apply {change.line().strip()}")
+    if not changes:
+        _say(quiet, f"seed: apply {DEMO_FILE.name}: no changes")
     issued = admin.add_token(store, user_id)
     _say(quiet, f"seed: done in {time.perf_counter() - started:.1f} s")
-    return SeedResult(user_id=user_id, token=issued.secret, datasets=tuple(DEMO_GRANTS))
+    return SeedResult(user_id=user_id, token=issued.secret, datasets=tuple(desired.datasets))
 
 
 def write_env_file(path: Path, url: str, token: str) -> None:

@@ -1,0 +1,696 @@
+"""``neblina-admin``: users, tokens, datasets, grants, caps, archive export, plan and apply.
+
+Authentication is the administrator's own AWS credentials (or ``MONGODB_URI``): the CLI
+talks to the store directly; there is no admin HTTP surface. The store is chosen as the
+server chooses it (``NEBLINA_STORE``, ``AWS_ENDPOINT_URL``, ``NEBLINA_TABLE_PREFIX``).
+
+Exit codes: 0 done; 1 refused (invalid input, conflict, below spent) with nothing changed;
+2 usage error; 3 not found; 4 storage unreachable or unexpected error; ``plan
+--detailed-exitcode`` returns 5 when changes are pending.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chalicelib import admin, declarative
+from chalicelib.config import get_settings
+from chalicelib.errors import InvalidRequest, NeblinaError, NotFound
+from chalicelib.models import DatasetCap, Grant, PrivacyCost, Token, format_decimal, utcnow
+from chalicelib.storage import Store, get_store
+
+EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CHANGES = 1, 3, 4, 5
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0] if __doc__ else ""
+)
+users = typer.Typer(no_args_is_help=True, help="Researchers: add, list, show, disable, remove.")
+tokens = typer.Typer(no_args_is_help=True, help="API tokens: issue (shown once), list, revoke.")
+datasets = typer.Typer(no_args_is_help=True, help="Datasets: source + validated metadata.")
+grants = typer.Typer(no_args_is_help=True, help="Budgets per user and dataset, and caps.")
+archive = typer.Typer(no_args_is_help=True, help="Export archived queries.")
+app.add_typer(users, name="users")
+app.add_typer(tokens, name="tokens")
+app.add_typer(datasets, name="datasets")
+app.add_typer(grants, name="grants")
+app.add_typer(archive, name="archive")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+EpsilonOpt = Annotated[str, typer.Option("--epsilon", "-e", help="ε, an exact decimal >= 0.")]
+DeltaOpt = Annotated[str, typer.Option("--delta", "-d", help="δ, an exact decimal in [0, 1).")]
+
+
+def _store() -> Store:
+    return get_store()
+
+
+def handled[F: Callable[..., Any]](fn: F) -> F:
+    """Turn Neblina errors into one ``error:`` line and a documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NeblinaError as exc:
+            err.print(f"error: {exc.message}", markup=False)
+            raise typer.Exit(
+                EXIT_NOT_FOUND if isinstance(exc, NotFound) else EXIT_REFUSED
+            ) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            err.print(f"error: storage unavailable or unexpected failure: {exc}", markup=False)
+            raise typer.Exit(EXIT_UNAVAILABLE) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _amount(cost: PrivacyCost | None) -> str:
+    if cost is None:
+        return "-"
+    return f"ε {format_decimal(cost.epsilon)}, δ {format_decimal(cost.delta)}"
+
+
+def _grant_json(grant: Grant) -> dict[str, Any]:
+    return {
+        "user": grant.user_id,
+        "dataset": grant.dataset,
+        "initial": grant.initial.to_json(),
+        "spent": grant.spent.to_json(),
+        "remaining": grant.remaining.to_json(),
+        "capped": grant.capped,
+    }
+
+
+def _cap_json(cap: DatasetCap | None) -> dict[str, Any] | None:
+    if cap is None:
+        return None
+    return {
+        "limit": cap.limit.to_json() if cap.limit else None,
+        "spent": cap.spent.to_json(),
+        "remaining": cap.remaining.to_json() if cap.remaining else None,
+        "complete": cap.complete,
+    }
+
+
+def _token_json(token: Token) -> dict[str, Any]:
+    return {
+        "token_id": token.token_id,
+        "user": token.user_id,
+        "created_at": admin.iso(token.created_at),
+        "expires_at": admin.iso(token.expires_at),
+        "last_used_at": admin.iso(token.last_used_at),
+        "revoked": token.revoked,
+    }
+
+
+# users ----------------------------------------------------------------------------------
+@users.command("add")
+@handled
+def users_add(
+    user_id: str, description: Annotated[str, typer.Option(help="Free text.")] = ""
+) -> None:
+    """Create a user."""
+    store = _store()
+    user, created = admin.add_user(store, user_id, description)
+    if not created:
+        err.print(f"error: user {user_id} already exists", markup=False)
+        raise typer.Exit(EXIT_REFUSED)
+    out.print(f"created user {user.user_id}")
+
+
+@users.command("list")
+@handled
+def users_list(as_json: JsonOpt = False) -> None:
+    """All users."""
+    rows = _store().list_users()
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "user": u.user_id,
+                    "disabled": u.disabled,
+                    "description": u.description,
+                    "created_at": admin.iso(u.created_at),
+                }
+                for u in rows
+            ]
+        )
+        return
+    _table(
+        "users",
+        ["user", "status", "created", "description"],
+        [
+            [
+                u.user_id,
+                "disabled" if u.disabled else "active",
+                u.created_at.strftime("%Y-%m-%d %H:%M"),
+                u.description,
+            ]
+            for u in rows
+        ],
+    )
+
+
+@users.command("show")
+@handled
+def users_show(user_id: str, as_json: JsonOpt = False) -> None:
+    """One user, their grants and tokens."""
+    store = _store()
+    user = admin.require_user(store, user_id)
+    user_grants = store.list_grants(user_id)
+    user_tokens = store.list_tokens(user_id)
+    if as_json:
+        _emit_json(
+            {
+                "user": user.user_id,
+                "disabled": user.disabled,
+                "description": user.description,
+                "created_at": admin.iso(user.created_at),
+                "grants": [_grant_json(g) for g in user_grants],
+                "tokens": [_token_json(t) for t in user_tokens],
+            }
+        )
+        return
+    status = "disabled" if user.disabled else "active"
+    out.print(f"user {user.user_id} ({status}) created {user.created_at:%Y-%m-%d %H:%M}")
+    if user.description:
+        out.print(f"  {user.description}")
+    _print_grants(list(user_grants))
+    _print_tokens(user_tokens)
+
+
+def _set_disabled(user_id: str, disabled: bool) -> None:
+    user = admin.update_user(_store(), user_id, disabled=disabled)
+    out.print(f"user {user.user_id} {'disabled' if disabled else 'enabled'}")
+
+
+@users.command("disable")
+@handled
+def users_disable(user_id: str) -> None:
+    """Stop a user's tokens from working (reversible)."""
+    _set_disabled(user_id, True)
+
+
+@users.command("enable")
+@handled
+def users_enable(user_id: str) -> None:
+    """Let a disabled user query again."""
+    _set_disabled(user_id, False)
+
+
+@users.command("remove")
+@handled
+def users_remove(
+    user_id: str,
+    force: Annotated[
+        bool, typer.Option(help="Revoke unexpired tokens instead of refusing.")
+    ] = False,
+) -> None:
+    """Remove a user and their grants. The archive is never deleted."""
+    done = admin.remove_user(_store(), user_id, force=force)
+    out.print(
+        f"removed user {user_id}: {done.revoked_tokens} token(s) revoked, "
+        f"{done.removed_grants} grant(s) removed, {done.archived_queries} archived "
+        "queries kept"
+    )
+
+
+# tokens ---------------------------------------------------------------------------------
+@tokens.command("issue")
+@handled
+def tokens_issue(
+    user_id: str,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime, e.g. 90m, 12h, 30d, 2w (default: none).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a token; the secret is printed once and only its hash is stored."""
+    lifetime = admin.duration(expires_in) if expires_in is not None else None
+    issued = admin.add_token(_store(), user_id, lifetime)
+    if as_json:
+        _emit_json({"token": issued.secret, **_token_json(issued.record)})
+        return
+    expires = admin.iso(issued.record.expires_at) or "never"
+    out.print(f"token {issued.record.token_id} for {user_id} (expires: {expires})")
+    out.print("secret (shown once, store it now):")
+    sys.stdout.write(issued.secret + "\n")
+
+
+@tokens.command("list")
+@handled
+def tokens_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's tokens.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tokens: id, user, created, expires, last used, state. Never the secret."""
+    store = _store()
+    if user is not None:
+        admin.require_user(store, user)
+    rows = store.list_tokens(user)
+    if as_json:
+        _emit_json([_token_json(t) for t in rows])
+        return
+    _print_tokens(rows)
+
+
+def _print_tokens(rows: list[Token]) -> None:
+    now = utcnow()
+
+    def state(t: Token) -> str:
+        return "revoked" if t.revoked else "expired" if t.is_expired(now) else "active"
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+    _table(
+        "tokens",
+        ["token id", "user", "created", "expires", "last used", "state"],
+        [
+            [
+                t.token_id,
+                t.user_id,
+                when(t.created_at),
+                when(t.expires_at),
+                when(t.last_used_at),
+                state(t),
+            ]
+            for t in rows
+        ],
+    )
+
+
+@tokens.command("revoke")
+@handled
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by its id (see tokens list); it stops working at once."""
+    token = admin.revoke_token(_store(), token_id)
+    out.print(f"revoked token {token.token_id} of {token.user_id}")
+
+
+# datasets -------------------------------------------------------------------------------
+SourceOpt = Annotated[
+    str, typer.Option("--source", help="s3://bucket/key, http(s):// URL, or a local path.")
+]
+MetadataOpt = Annotated[Path, typer.Option("--metadata", help="Metadata YAML file.")]
+
+
+@datasets.command("add")
+@handled
+def datasets_add(
+    name: str,
+    source: SourceOpt,
+    metadata: MetadataOpt,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv or parquet (default: extension).")
+    ] = None,
+    description: Annotated[str, typer.Option(help="Default: the metadata's.")] = "",
+    upload: Annotated[
+        bool, typer.Option(help="Upload a local file to the bucket and register its S3 URI.")
+    ] = False,
+) -> None:
+    """Register a dataset: its source and its validated public metadata."""
+    settings = get_settings()
+    store = _store()
+    admin.dataset_name(name)
+    validated = admin.read_metadata(metadata)
+    location = admin.normalise_source(source)
+    if upload:
+        if location.startswith(("s3://", "http://", "https://")):
+            raise InvalidRequest("--upload takes a local file")
+        admin.check_source(settings, location)
+        key = f"{name}/{Path(location).name}"
+        location = admin.upload(settings, settings.bucket, key, Path(location).read_bytes())
+    admin.check_source(settings, location)
+    dataset, created = admin.add_dataset(
+        store, name, location, validated, description=description, source_format=fmt
+    )
+    if not created:
+        err.print(f"error: dataset {name} already exists (use datasets update)", markup=False)
+        raise typer.Exit(EXIT_REFUSED)
+    out.print(f"created dataset {dataset.name} <- {dataset.source} ({dataset.source_format})")
+
+
+@datasets.command("list")
+@handled
+def datasets_list(as_json: JsonOpt = False) -> None:
+    """All datasets."""
+    rows = _store().list_datasets()
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "dataset": d.name,
+                    "source": d.source,
+                    "format": d.source_format,
+                    "rows": d.metadata.get("rows"),
+                    "columns": len(d.metadata.get("columns", {})),
+                    "description": d.description,
+                }
+                for d in rows
+            ]
+        )
+        return
+    _table(
+        "datasets",
+        ["dataset", "rows", "columns", "source", "description"],
+        [
+            [
+                d.name,
+                str(d.metadata.get("rows")),
+                str(len(d.metadata.get("columns", {}))),
+                d.source,
+                d.description,
+            ]
+            for d in rows
+        ],
+    )
+
+
+@datasets.command("show")
+@handled
+def datasets_show(name: str, as_json: JsonOpt = False) -> None:
+    """One dataset: source, metadata, cap, grants."""
+    store = _store()
+    dataset = admin.require_dataset(store, name)
+    cap = store.get_cap(name)
+    dataset_grants = list(store.list_grants(dataset=name))
+    if as_json:
+        _emit_json(
+            {
+                "dataset": dataset.name,
+                "source": dataset.source,
+                "format": dataset.source_format,
+                "description": dataset.description,
+                "metadata": dataset.metadata,
+                "cap": _cap_json(cap),
+                "grants": [_grant_json(g) for g in dataset_grants],
+            }
+        )
+        return
+    out.print(f"dataset {dataset.name} <- {dataset.source} ({dataset.source_format})")
+    if dataset.description:
+        out.print(f"  {dataset.description}")
+    meta = dataset.metadata
+    out.print(
+        f"  rows {meta['rows']}, max_ids {meta['max_ids']}, row_privacy {meta['row_privacy']}"
+    )
+    _table(
+        "columns",
+        ["column", "type", "bounds / categories", "nullable"],
+        [
+            [
+                column,
+                spec["type"],
+                str(spec["categories"])
+                if "categories" in spec
+                else f"[{spec['lower']}, {spec['upper']}]"
+                if "lower" in spec
+                else "-",
+                str(spec["nullable"]),
+            ]
+            for column, spec in meta["columns"].items()
+        ],
+    )
+    _print_cap(cap)
+    _print_grants(dataset_grants)
+
+
+@datasets.command("update")
+@handled
+def datasets_update(
+    name: str,
+    metadata: Annotated[Path | None, typer.Option(help="New metadata YAML file.")] = None,
+    source: Annotated[str | None, typer.Option(help="New source.")] = None,
+    description: Annotated[str | None, typer.Option(help="New description.")] = None,
+) -> None:
+    """Replace a dataset's metadata, source or description (validated first)."""
+    if metadata is None and source is None and description is None:
+        raise InvalidRequest("nothing to update: give --metadata, --source or --description")
+    settings = get_settings()
+    validated = admin.read_metadata(metadata) if metadata is not None else None
+    location = admin.normalise_source(source) if source is not None else None
+    if location is not None:
+        admin.check_source(settings, location)
+    dataset = admin.update_dataset(
+        _store(), name, metadata=validated, source=location, description=description
+    )
+    out.print(f"updated dataset {dataset.name}")
+
+
+@datasets.command("remove")
+@handled
+def datasets_remove(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Revoke its grants instead of refusing.")] = False,
+) -> None:
+    """Remove a dataset (and its cap). The archive is never deleted."""
+    done = admin.remove_dataset(_store(), name, force=force)
+    out.print(
+        f"removed dataset {name}: {done.removed_grants} grant(s) revoked, "
+        f"{done.archived_queries} archived queries kept"
+    )
+
+
+# grants ---------------------------------------------------------------------------------
+def _print_grants(rows: list[Grant]) -> None:
+    _table(
+        "grants",
+        ["user", "dataset", "initial", "spent", "remaining", "capped"],
+        [
+            [
+                g.user_id,
+                g.dataset,
+                _amount(g.initial),
+                _amount(g.spent),
+                _amount(g.remaining),
+                "yes" if g.capped else "",
+            ]
+            for g in rows
+        ],
+    )
+
+
+def _print_cap(cap: DatasetCap | None) -> None:
+    if cap is None:
+        out.print("  cap: none")
+        return
+    limit = _amount(cap.limit) if cap.limit is not None else "no limit"
+    note = "" if cap.complete else " (incomplete: run grants cap again)"
+    out.print(
+        f"  cap: limit {limit}; spent {_amount(cap.spent)}; remaining "
+        f"{_amount(cap.remaining)}{note}"
+    )
+
+
+@grants.command("add")
+@handled
+def grants_add(user_id: str, dataset: str, epsilon: EpsilonOpt, delta: DeltaOpt) -> None:
+    """Give a user a budget (ε, δ) on a dataset."""
+    grant, created = admin.grant(_store(), user_id, dataset, epsilon, delta)
+    if not created:
+        err.print(
+            f"error: {user_id} already holds a grant on {dataset} (use grants set or top-up)",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_REFUSED)
+    out.print(f"granted {user_id} on {dataset}: {_amount(grant.initial)}")
+
+
+@grants.command("top-up")
+@handled
+def grants_top_up(
+    user_id: str,
+    dataset: str,
+    epsilon: Annotated[str, typer.Option("--epsilon", "-e", help="ε to add.")] = "0",
+    delta: Annotated[str, typer.Option("--delta", "-d", help="δ to add.")] = "0",
+) -> None:
+    """Add to a grant."""
+    grant = admin.top_up(_store(), user_id, dataset, epsilon, delta)
+    out.print(f"{user_id} on {dataset}: initial {_amount(grant.initial)}")
+
+
+@grants.command("set")
+@handled
+def grants_set(user_id: str, dataset: str, epsilon: EpsilonOpt, delta: DeltaOpt) -> None:
+    """Set a grant's initial budget (never below what was spent)."""
+    grant = admin.set_grant(_store(), user_id, dataset, epsilon, delta)
+    out.print(f"{user_id} on {dataset}: initial {_amount(grant.initial)}")
+
+
+@grants.command("revoke")
+@handled
+def grants_revoke(user_id: str, dataset: str) -> None:
+    """Remove a grant; its spend stays in the archive and in the dataset's cap."""
+    grant = admin.revoke_grant(_store(), user_id, dataset)
+    out.print(f"revoked {user_id} on {dataset} (had spent {_amount(grant.spent)})")
+
+
+@grants.command("show")
+@handled
+def grants_show(user_id: str, dataset: str, as_json: JsonOpt = False) -> None:
+    """A grant's budget: initial, spent, remaining."""
+    store = _store()
+    grant = admin.require_grant(store, user_id, dataset)
+    cap = store.get_cap(dataset) if grant.capped else None
+    if as_json:
+        _emit_json({**_grant_json(grant), "cap": _cap_json(cap)})
+        return
+    out.print(f"{user_id} on {dataset}")
+    for label, value in (
+        ("initial", grant.initial),
+        ("spent", grant.spent),
+        ("remaining", grant.remaining),
+    ):
+        out.print(
+            f"  {label:<10} epsilon {format_decimal(value.epsilon)}, "
+            f"delta {format_decimal(value.delta)}"
+        )
+    if cap is not None:
+        _print_cap(cap)
+
+
+@grants.command("list")
+@handled
+def grants_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's grants.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset's grants.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Grants, with their budgets."""
+    store = _store()
+    if user is not None:
+        admin.require_user(store, user)
+    if dataset is not None:
+        admin.require_dataset(store, dataset)
+    rows = list(store.list_grants(user, dataset=dataset))
+    if as_json:
+        _emit_json([_grant_json(g) for g in rows])
+        return
+    _print_grants(rows)
+
+
+@grants.command("cap")
+@handled
+def grants_cap(
+    dataset: str,
+    epsilon: Annotated[str | None, typer.Option("--epsilon", "-e")] = None,
+    delta: Annotated[str | None, typer.Option("--delta", "-d")] = None,
+    no_limit: Annotated[
+        bool, typer.Option("--no-limit", help="Lift the limit (the spend is still counted).")
+    ] = False,
+) -> None:
+    """Set a dataset-wide budget across all users, enforced with each debit."""
+    if no_limit == (epsilon is not None or delta is not None):
+        raise InvalidRequest("give --epsilon and --delta, or --no-limit")
+    limit = None if no_limit else admin.budget(epsilon, delta)
+    cap = admin.set_cap(_store(), dataset, limit)
+    out.print(f"dataset {dataset}")
+    _print_cap(cap)
+
+
+# archive --------------------------------------------------------------------------------
+@archive.command("export")
+@handled
+def archive_export(
+    user: Annotated[str | None, typer.Option(help="This user's queries.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="This dataset's queries.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
+) -> None:
+    """Export archived queries (oldest first) as JSON lines or CSV."""
+    if fmt not in ("jsonl", "csv"):
+        raise InvalidRequest(f"unknown format {fmt!r}: jsonl or csv")
+    # a removed user's or dataset's archive stays exportable: no existence check here
+    records = admin.archive(_store(), uid=user, dataset=dataset)
+    if output is None:
+        count = admin.write_export(records, sys.stdout, fmt)
+    else:
+        with open(output, "w", newline="") as handle:
+            count = admin.write_export(records, handle, fmt)
+        out.print(f"exported {count} queries to {output}")
+    if count == 0:
+        err.print("note: no archived queries matched", markup=False)
+
+
+# plan and apply ----------------------------------------------------------------------------
+FileArg = Annotated[Path, typer.Argument(help="Declarative YAML file.")]
+
+
+@app.command("plan")
+@handled
+def plan_command(
+    file: FileArg,
+    as_json: JsonOpt = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 5 when changes are pending.")
+    ] = False,
+) -> None:
+    """Show what apply would change; changes nothing."""
+    desired = declarative.load(file)
+    changes, problems = declarative.plan(_store(), desired, get_settings())
+    if as_json:
+        _emit_json({"changes": [c.to_json() for c in changes], "problems": problems})
+    elif not changes:
+        out.print(f"No changes. The stored state matches {file}.")
+    else:
+        for change in changes:
+            out.print(change.line(), markup=False)
+        out.print(f"Plan: {declarative.summary(changes)}.")
+    if problems:
+        for problem in problems:
+            err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(EXIT_REFUSED)
+    if detailed_exitcode and changes:
+        raise typer.Exit(EXIT_CHANGES)
+
+
+@app.command("apply")
+@handled
+def apply_command(file: FileArg) -> None:
+    """Make the stored state match the file (validated whole first; idempotent)."""
+    desired = declarative.load(file)
+    changes = declarative.apply(_store(), desired, get_settings())
+    if not changes:
+        out.print(f"No changes. The stored state already matches {file}.")
+        return
+    for change in changes:
+        out.print(change.line(), markup=False)
+    out.print(f"Applied: {declarative.summary(changes)}.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
