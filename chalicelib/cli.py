@@ -641,7 +641,16 @@ def archive_export(
         err.print("note: no archived queries matched", markup=False)
 
 
-# plan and apply ----------------------------------------------------------------------------
+# schema, plan and apply -------------------------------------------------------------------
+@app.command("init")
+@handled
+def init_command() -> None:
+    """Create the tables (DynamoDB) or indexes (MongoDB) if missing; Terraform does this on AWS."""
+    _store().create_schema()
+    settings = get_settings()
+    out.print(f"store ready: {settings.store}, names prefixed {settings.table_prefix!r}")
+
+
 FileArg = Annotated[Path, typer.Argument(help="Declarative YAML file.")]
 
 
