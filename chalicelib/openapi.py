@@ -25,6 +25,16 @@ TABLE = {
         "records": {"type": "array", "items": {"type": "object"}},
     },
 }
+VALUE = {
+    "type": "object",
+    "description": "an OpenDP release: a number, or a (possibly nested) list of numbers",
+    "required": ["type", "value"],
+    "properties": {
+        "type": {"type": "string", "enum": ["value"]},
+        "value": {"nullable": True},
+    },
+}
+RESULT = {"oneOf": [TABLE, VALUE], "nullable": True}
 ERROR = {
     "type": "object",
     "required": ["error", "message"],
@@ -53,25 +63,79 @@ SQL_FIELDS: dict[str, Any] = {
     "delta": AMOUNT,
     "mechanisms": MECHANISMS,
 }
-COST_REQUEST = {
+SQL_COST_REQUEST = {
     "type": "object",
     "required": ["engine", "query", "epsilon", "delta"],
     "properties": SQL_FIELDS,
     "additionalProperties": False,
 }
-QUERY_REQUEST = {
+QUERY_FIELDS: dict[str, Any] = {
+    "query_id": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{8,64}$"},
+    "dummy": {"type": "boolean", "default": False},
+    "dummy_rows": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 100},
+    "dummy_seed": {"type": "integer", "minimum": 0, "maximum": 4294967295, "default": 42},
+}
+SQL_QUERY_REQUEST = {
     "type": "object",
     "required": ["engine", "query_id", "query", "epsilon", "delta"],
     "properties": {
         **SQL_FIELDS,
-        "query_id": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{8,64}$"},
+        **QUERY_FIELDS,
         "postprocess": {"type": "boolean", "default": True},
-        "dummy": {"type": "boolean", "default": False},
-        "dummy_rows": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 100},
-        "dummy_seed": {"type": "integer", "minimum": 0, "maximum": 4294967295, "default": 42},
     },
     "additionalProperties": False,
 }
+OPENDP_PIPELINE = {
+    "description": (
+        "an OpenDP Measurement: dp.serialize's JSON text, or the same JSON with repeated "
+        'calls written once, {"nodes": [...]} where {"__ref__": i} stands for node i and '
+        "the last node is the pipeline (see docs/opendp.md)"
+    ),
+    "oneOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "required": ["nodes"],
+            "properties": {"nodes": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
+            "additionalProperties": False,
+        },
+    ],
+}
+OPENDP_FIELDS: dict[str, Any] = {
+    "engine": {"type": "string", "enum": ["opendp"]},
+    "pipeline": OPENDP_PIPELINE,
+    "fixed_delta": {
+        **AMOUNT,
+        "description": "required for zCDP and smoothed max divergence, refused otherwise",
+    },
+}
+OPENDP_COST_REQUEST = {
+    "type": "object",
+    "required": ["engine", "pipeline"],
+    "properties": OPENDP_FIELDS,
+    "additionalProperties": False,
+}
+OPENDP_QUERY_REQUEST = {
+    "type": "object",
+    "required": ["engine", "query_id", "pipeline"],
+    "properties": {**OPENDP_FIELDS, **QUERY_FIELDS},
+    "additionalProperties": False,
+}
+
+
+def _by_engine(sql: str, opendp: str) -> dict[str, Any]:
+    refs = {
+        "smartnoise_sql": f"#/components/schemas/{sql}",
+        "opendp": f"#/components/schemas/{opendp}",
+    }
+    return {
+        "oneOf": [{"$ref": ref} for ref in refs.values()],
+        "discriminator": {"propertyName": "engine", "mapping": refs},
+    }
+
+
+COST_REQUEST = _by_engine("SqlCostRequest", "OpenDPCostRequest")
+QUERY_REQUEST = _by_engine("SqlQueryRequest", "OpenDPQueryRequest")
 TIMESTAMP = {"type": "string", "format": "date-time"}
 QUERY_RESPONSE = {
     "type": "object",
@@ -93,7 +157,7 @@ QUERY_RESPONSE = {
         "replayed": {"type": "boolean"},
         "cost": COST,
         "created_at": TIMESTAMP,
-        "result": {"oneOf": [TABLE, {"type": "object"}], "nullable": True},
+        "result": RESULT,
     },
 }
 RECORD = {
@@ -119,7 +183,7 @@ RECORD = {
         "cost": COST,
         "created_at": TIMESTAMP,
         "finished_at": {**TIMESTAMP, "nullable": True},
-        "result": {"type": "object", "nullable": True},
+        "result": RESULT,
         "error": {**ERROR, "nullable": True},
     },
 }
@@ -202,8 +266,13 @@ _DOCUMENT: dict[str, Any] = {
             "Error": ERROR,
             "Cost": COST,
             "Table": TABLE,
+            "Value": VALUE,
             "CostRequest": COST_REQUEST,
             "QueryRequest": QUERY_REQUEST,
+            "SqlCostRequest": SQL_COST_REQUEST,
+            "SqlQueryRequest": SQL_QUERY_REQUEST,
+            "OpenDPCostRequest": OPENDP_COST_REQUEST,
+            "OpenDPQueryRequest": OPENDP_QUERY_REQUEST,
             "QueryResponse": QUERY_RESPONSE,
             "QueryRecord": RECORD,
             "Metadata": METADATA,

@@ -499,3 +499,14 @@ def test_requests_are_frozen_values() -> None:
     nodes = request.nodes()
     nodes.clear()
     assert request.nodes() and copy.deepcopy(request) == request
+
+
+def test_the_openapi_document_describes_both_engines() -> None:
+    from chalicelib.openapi import document
+
+    schemas = document("test")["components"]["schemas"]
+    for name in ("CostRequest", "QueryRequest"):
+        assert set(schemas[name]["discriminator"]["mapping"]) == {"smartnoise_sql", "opendp"}
+    assert set(schemas["OpenDPQueryRequest"]["properties"]) == oe.FIELDS | oe.DUMMY_FIELDS
+    assert set(schemas["OpenDPCostRequest"]["properties"]) == {"engine", "pipeline", "fixed_delta"}
+    assert schemas["Value"]["properties"]["type"]["enum"] == ["value"]
