@@ -11,9 +11,11 @@ over Lambda's 250 MB limit) and has no slimming step. This script:
    requirements such as ``antlr4-python3-runtime`` are first built into a local wheelhouse);
 2. slims that tree once (cached by a digest of its inputs): moves the packages the Lambda
    runtime already provides (boto3, botocore, s3transfer, jmespath) out to
-   ``build/lambda/runtime/`` (the smoke check puts them back on ``sys.path`` to stand in
-   for the runtime), deletes ``tests`` folders and console scripts, and strips the debug
-   symbols of OpenDP's shared object. numpy/pandas shared objects are never stripped;
+   ``build/lambda/runtime/`` (with copies of their dependencies dateutil, urllib3 and six,
+   which the API package keeps too, for pandas), where the smoke check puts them back on
+   ``sys.path`` to stand in for the runtime; deletes ``tests`` folders, console scripts,
+   C sources and type stubs, and strips the debug symbols of OpenDP's shared object
+   (numpy's and pandas' shared objects are never stripped);
 3. stages each function: the API gets everything; the authorizer gets only pynamodb,
    Chalice's runtime (``chalice/app.py``, as Chalice itself ships it), ``app.py`` and the
    few ``chalicelib`` modules the authorizer imports — no pandas, numpy or DP library;
@@ -48,9 +50,13 @@ LAMBDA_UNZIPPED_LIMIT = 262_144_000  # 250 MB, Lambda's limit for the unzipped p
 LAMBDA_TASK_ROOT = "/var/task"  # where Lambda unpacks the zip (file names in bytecode)
 UNCHECKED = py_compile.PycInvalidationMode.UNCHECKED_HASH
 
-# Left out of the packages: the Lambda runtime ships them (and chalice is vendored below).
-NOT_SHIPPED_REQUIREMENTS = {"chalice", "boto3", "botocore"}
+# chalice: only its runtime module is shipped (vendored below, as Chalice does).
+NOT_SHIPPED_REQUIREMENTS = {"chalice"}
+# Installed at the pinned versions, then moved out of the packages: the runtime ships them.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
+# Also in the runtime (boto3's own dependencies) but kept in the API package too, pinned,
+# because pandas needs them; the authorizer uses the runtime's.
+RUNTIME_SHARED = ("python_dateutil", "dateutil", "urllib3", "six")
 STRIPPED_SHARED_OBJECTS = ("opendp/lib/opendp.abi3.so",)
 
 # What the authorizer imports (app.py imports config and errors; the authorizer function
@@ -69,7 +75,7 @@ AUTHORIZER_CHALICELIB = (
 HEAVY_PACKAGES = ("pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet")
 
 # Bump when the slimming rules change, so cached dependency trees are rebuilt.
-SLIM_RULES_VERSION = "2"
+SLIM_RULES_VERSION = "4"
 # Build inputs and type stubs, never read at run time.
 DROPPED_SUFFIXES = (".c", ".h", ".pyx", ".pxd", ".pyi")
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -113,6 +119,7 @@ def deps_digest() -> str:
         "python": PYTHON_VERSION,
         "rules": SLIM_RULES_VERSION,
         "runtime": RUNTIME_PROVIDED,
+        "shared": RUNTIME_SHARED,
         "stripped": STRIPPED_SHARED_OBJECTS,
         "dropped": DROPPED_SUFFIXES,
     }
@@ -182,13 +189,20 @@ def build_dependencies(out: Path) -> Path:
     return deps
 
 
+def top_name(entry: Path) -> str:
+    """The distribution or top-level module an installed entry belongs to."""
+    return entry.name.split("-")[0].removesuffix(".py").lower()
+
+
 def slim(deps: Path, runtime: Path) -> None:
     """Remove what the Lambda does not need from an installed dependency tree."""
     runtime.mkdir(parents=True, exist_ok=True)
     for entry in sorted(deps.iterdir()):
-        top = entry.name.split("-")[0].lower()
-        if top in RUNTIME_PROVIDED:
+        if top_name(entry) in RUNTIME_PROVIDED:
             shutil.move(str(entry), runtime / entry.name)
+        elif top_name(entry) in RUNTIME_SHARED:
+            copy = shutil.copytree if entry.is_dir() else shutil.copy2
+            copy(entry, runtime / entry.name)
     shutil.rmtree(deps / "bin", ignore_errors=True)
     for folder in sorted(deps.rglob("tests"), reverse=True):
         if folder.is_dir():
@@ -311,7 +325,7 @@ def build(out: Path) -> dict[str, object]:
     shutil.rmtree(authorizer, ignore_errors=True)
     authorizer.mkdir()
     for entry in sorted(deps.iterdir()):
-        if entry.name.split("-")[0].lower() in AUTHORIZER_DEPENDENCIES:
+        if top_name(entry) in AUTHORIZER_DEPENDENCIES:
             copy = shutil.copytree if entry.is_dir() else shutil.copy2
             copy(entry, authorizer / entry.name)
     copy_app(authorizer, list(AUTHORIZER_CHALICELIB))

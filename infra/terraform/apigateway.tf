@@ -38,11 +38,12 @@ locals {
     }
   }
 
-  # Gateway responses: API Gateway's own failures in Neblina's {"error", "message"} shape.
+  # Gateway responses: API Gateway's own failures in Neblina's {"error", "message"} shape
+  # (literal JSON, so tests/test_infra_terraform.py can compare them with the local server's).
   gateway_responses = {
     UNAUTHORIZED = {
       status = "401"
-      body   = jsonencode({ error = "unauthorized", message = "missing or invalid API token" })
+      body   = "{\"error\": \"unauthorized\", \"message\": \"missing or invalid API token\"}"
     }
     # The authorizer's explicit Deny carries error and message in its context.
     ACCESS_DENIED = {
@@ -52,15 +53,15 @@ locals {
     # API Gateway reports an unknown route as a missing token (403); Neblina says 404.
     MISSING_AUTHENTICATION_TOKEN = {
       status = "404"
-      body   = jsonencode({ error = "not_found", message = "no such route" })
+      body   = "{\"error\": \"not_found\", \"message\": \"no such route\"}"
     }
     THROTTLED = {
       status = "429"
-      body   = jsonencode({ error = "rate_limited", message = "too many requests" })
+      body   = "{\"error\": \"rate_limited\", \"message\": \"too many requests\"}"
     }
     REQUEST_TOO_LARGE = {
       status = "413"
-      body   = jsonencode({ error = "payload_too_large", message = "request body too large" })
+      body   = "{\"error\": \"payload_too_large\", \"message\": \"request body too large\"}"
     }
     DEFAULT_4XX = {
       status = null
@@ -68,7 +69,7 @@ locals {
     }
     DEFAULT_5XX = {
       status = null
-      body   = jsonencode({ error = "internal_error", message = "internal error" })
+      body   = "{\"error\": \"internal_error\", \"message\": \"internal error\"}"
     }
   }
 }
@@ -80,6 +81,10 @@ resource "aws_api_gateway_rest_api" "neblina" {
 
   endpoint_configuration {
     types = ["REGIONAL"]
+  }
+
+  lifecycle {
+    create_before_destroy = true
   }
 }
 

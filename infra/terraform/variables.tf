@@ -62,9 +62,9 @@ variable "api_timeout_seconds" {
 }
 
 variable "authorizer_memory_mb" {
-  description = "Authorizer Lambda memory (MB)."
+  description = "Authorizer Lambda memory (MB). It needs ~60 MB; 512 MB buys CPU for a short cold start (importing botocore)."
   type        = number
-  default     = 256
+  default     = 512
 }
 
 variable "authorizer_timeout_seconds" {

@@ -1,0 +1,94 @@
+"""Measure the built Lambda packages: cold import, first and warm request, peak memory.
+
+    .venv/bin/python scripts/package_measure.py [--synthetic-rows 1000000]
+
+Starts the embedded emulator (free port), seeds it (PENGUIN and a SYNTHETIC dataset of
+``--synthetic-rows`` rows, a demo user with grants and a token), unzips ``build/lambda/*.zip``
+and runs each scenario in a fresh isolated interpreter (``scripts/package_smoke.py``
+against the real DynamoDB code and S3 reads), so every first request is a cold start.
+The figures chose the memory sizes and timeouts in infra/terraform (see infra/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "lambda"
+SCENARIOS = [
+    ("authorizer", "authorizer", "PENGUIN", False, ""),
+    ("api", "dummy query, PENGUIN metadata", "PENGUIN", False, "SELECT COUNT(*) AS n FROM df"),
+    ("api", "real query, PENGUIN (344 rows)", "PENGUIN", True, "SELECT COUNT(*) AS n FROM df"),
+    (
+        "api",
+        "real GROUP BY, SYNTHETIC",
+        "SYNTHETIC",
+        True,
+        "SELECT region, COUNT(*) AS n, AVG(income) AS m FROM df GROUP BY region",
+    ),
+]
+
+
+def run(package: Path, stack: object, function: str, dataset: str, real: bool, query: str) -> dict:
+    command = [sys.executable, "-I", "-S", "-B", str(ROOT / "scripts" / "package_smoke.py")]
+    command += ["--package", str(package), "--runtime", str(BUILD / "runtime")]
+    command += ["--function", function, "--store", "dynamodb", "--dataset", dataset]
+    command += ["--user", stack.user_id, "--token", stack.token]  # type: ignore[attr-defined]
+    if real:
+        command.append("--real")
+    if query:
+        command += ["--query", query]
+    env = {
+        key: value
+        for key, value in stack.env().items()  # type: ignore[attr-defined]
+        if key.startswith(("AWS_", "NEBLINA_")) or key == "PATH"
+    }
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"measure: {function} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "localstack"))
+    sys.path.insert(0, str(ROOT))
+    from stack import LocalStack
+
+    with tempfile.TemporaryDirectory() as tmp:
+        packages = {}
+        for name in ("api", "authorizer"):
+            packages[name] = Path(tmp) / name
+            with zipfile.ZipFile(BUILD / f"{name}.zip") as archive:
+                archive.extractall(packages[name])
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        with LocalStack(synthetic_rows=args.synthetic_rows, quiet=True) as stack:
+            print(
+                f"| scenario ({args.synthetic_rows:,} SYNTHETIC rows) | import s | first "
+                "request s | warm request s | peak RSS MB |"
+            )
+            print("|---|---|---|---|---|")
+            for function, label, dataset, real, query in SCENARIOS:
+                report = run(packages[function], stack, function, dataset, real, query)
+                calls = report["call_seconds"]
+                warm = calls[1] if len(calls) > 1 else "-"
+                status = report.get("status", report.get("effects"))
+                print(
+                    f"| {label} | {report['import_seconds']} | {calls[0]} | {warm} | "
+                    f"{report['max_rss_mb']} |  <!-- {status} -->",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

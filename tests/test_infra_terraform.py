@@ -1,0 +1,439 @@
+"""The Terraform module (infra/terraform) against the code it deploys, checked offline.
+
+Expectations come from the code, not from lists kept here: tables, keys, attribute types
+and indexes from ``chalicelib.storage.dynamo.build_models()``; environment variables from
+an AST scan of ``app.py`` and ``chalicelib/``; routes and the authorizer from the Chalice
+app; gateway-response bodies from ``localstack/apiserver.py``. Renaming any of these on one
+side only fails a test here.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = ROOT / "infra" / "terraform"
+EXAMPLE = MODULE / "examples" / "complete"
+PROVIDER_MIRROR = Path(os.environ.get("NEBLINA_TF_PLUGIN_DIR", "/opt/tf-plugins"))
+PLUGIN_DIR_ARG = f"-plugin-dir={PROVIDER_MIRROR}"
+
+# Variables the code reads that the Lambda functions must NOT get, and why.
+NOT_ON_LAMBDA = {
+    "AWS_REGION": "set by the Lambda runtime (reserved)",
+    "AWS_DEFAULT_REGION": "set by the Lambda runtime (reserved)",
+    "AWS_ENDPOINT_URL": "emulators only; in the cloud botocore must use AWS's endpoints",
+    "MONGODB_URI": "MongoDB backend only (a secret); this module deploys the DynamoDB backend",
+    "NEBLINA_MONGODB_DATABASE": "MongoDB backend only; this module deploys DynamoDB",
+}
+
+
+# --- parsing --------------------------------------------------------------------------
+def clean(value: Any) -> Any:
+    """python-hcl2 8.x output without its quoting: '"x"' -> 'x', block markers dropped."""
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items() if k not in ("__is_block__",)}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            return json.loads(value)  # a literal: HCL's escapes are JSON's
+        except ValueError:
+            return value[1:-1]  # a template such as "${aws_x.y["k"].arn}/index/z"
+    return value
+
+
+def parse(directory: Path) -> dict[str, Any]:
+    """Every block of the directory's .tf files: resources/data by type and name, locals."""
+    module: dict[str, Any] = {"resource": {}, "data": {}, "locals": {}, "variable": {}}
+    for path in sorted(directory.glob("*.tf")):
+        with path.open() as handle:
+            document = clean(hcl2.load(handle))
+        for kind in ("resource", "data"):
+            for block in document.get(kind, []):
+                for rtype, named in block.items():
+                    for name, body in named.items():
+                        module[kind].setdefault(rtype, {})[name] = body
+        for block in document.get("locals", []):
+            module["locals"].update(block)
+        for block in document.get("variable", []):
+            module["variable"].update(block)
+        for key in ("terraform", "module", "provider", "output"):
+            module.setdefault(key, []).extend(document.get(key, []))
+    return module
+
+
+@pytest.fixture(scope="module")
+def tf() -> dict[str, Any]:
+    return parse(MODULE)
+
+
+# --- what the code expects -------------------------------------------------------------
+def code_models() -> dict[str, Any]:
+    """{kind: PynamoDB model} as the code builds them, for a known table prefix."""
+    from chalicelib.config import from_environ
+    from chalicelib.storage.dynamo import build_models
+
+    settings = from_environ()
+    models = build_models(settings)
+    out = {}
+    for model in vars(models).values():
+        name = model.Meta.table_name
+        assert name.startswith(settings.table_prefix)
+        out[name.removeprefix(settings.table_prefix)] = model
+    return out
+
+
+def code_table(model: Any) -> dict[str, Any]:
+    """A model's key schema, key attribute types, indexes and billing mode (the schema the
+    code's own ``create_schema`` sends to DynamoDB)."""
+    schema = model._get_schema()
+    keys = {k["KeyType"]: k["AttributeName"] for k in schema["key_schema"]}
+    indexes = {}
+    for index in schema.get("global_secondary_indexes", []):
+        index_keys = {k["KeyType"]: k["AttributeName"] for k in index["key_schema"]}
+        indexes[index["index_name"]] = {
+            "hash_key": index_keys["HASH"],
+            "range_key": index_keys.get("RANGE"),
+            "projection": index["projection"]["ProjectionType"],
+        }
+    return {
+        "hash_key": keys["HASH"],
+        "range_key": keys.get("RANGE"),
+        "attributes": {
+            a["AttributeName"]: a["AttributeType"] for a in schema["attribute_definitions"]
+        },
+        "indexes": indexes,
+        "billing_mode": model.Meta.billing_mode,
+    }
+
+
+def documented_ttl() -> dict[str, str]:
+    """{kind: attribute} from the table in the storage module's docstring ("TTL attribute")."""
+    from chalicelib.storage import dynamo
+
+    found = {}
+    for line in (dynamo.__doc__ or "").splitlines():
+        match = re.match(r"^(\w+)\s+.*TTL attribute ``(\w+)``", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def env_reads(paths: list[Path]) -> dict[str, str]:
+    """{variable: "file:line"} for every environment variable the code reads.
+
+    Direct reads (``os.environ.get("X")``, ``os.environ["X"]``, ``os.getenv("X")``) and
+    reads through a helper whose first parameter is passed to one (``_int("X", 3)``).
+    """
+    found: dict[str, str] = {}
+
+    def is_environ(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "environ") or (
+            isinstance(node, ast.Name) and node.id == "environ"
+        )
+
+    def read_name(node: ast.AST) -> ast.AST | None:
+        """The key expression if ``node`` reads the environment, else None."""
+        if isinstance(node, ast.Call) and node.args:
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "get" and is_environ(func.value):
+                return node.args[0]
+            if isinstance(func, ast.Attribute) and func.attr == "getenv":
+                return node.args[0]
+        if isinstance(node, ast.Subscript) and is_environ(node.value):
+            return node.slice
+        return None
+
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        helpers = set()
+        for func in ast.walk(tree):
+            if isinstance(func, ast.FunctionDef) and func.args.args:
+                first = func.args.args[0].arg
+                for node in ast.walk(func):
+                    key = read_name(node)
+                    if isinstance(key, ast.Name) and key.id == first:
+                        helpers.add(func.name)
+        for node in ast.walk(tree):
+            key = read_name(node)
+            if (
+                key is None
+                and isinstance(node, ast.Call)
+                and node.args
+                and isinstance(node.func, ast.Name)
+                and node.func.id in helpers
+            ):
+                key = node.args[0]
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                found.setdefault(key.value, f"{path.relative_to(ROOT)}:{node.lineno}")  # type: ignore[attr-defined]
+    return found
+
+
+def shipped_sources() -> list[Path]:
+    return [ROOT / "app.py", *sorted((ROOT / "chalicelib").rglob("*.py"))]
+
+
+# --- tables -----------------------------------------------------------------------------
+def test_every_table_of_the_code_is_created_with_the_same_keys_and_indexes(tf: dict) -> None:
+    declared = tf["locals"]["tables"]
+    expected = {kind: code_table(model) for kind, model in code_models().items()}
+    assert set(declared) == set(expected), "tables in Terraform differ from build_models()"
+    for kind, code in expected.items():
+        hcl = declared[kind]
+        assert (hcl["hash_key"], hcl["range_key"]) == (code["hash_key"], code["range_key"]), kind
+        assert hcl["attributes"] == code["attributes"], f"{kind}: key attribute types"
+        hcl_indexes = {
+            name: {**index, "projection": "ALL"} for name, index in hcl["indexes"].items()
+        }
+        assert hcl_indexes == code["indexes"], f"{kind}: global secondary indexes"
+
+
+def test_tables_are_named_as_the_code_names_them(tf: dict) -> None:
+    table = tf["resource"]["aws_dynamodb_table"]["neblina"]
+    assert table["for_each"] == "${local.tables}"
+    assert table["name"] == "${local.table_prefix}${each.key}"
+    # The code's table_name(kind) is NEBLINA_TABLE_PREFIX + kind; the functions get the same.
+    assert tf["locals"]["environment"]["NEBLINA_TABLE_PREFIX"] == "${local.table_prefix}"
+    from chalicelib.config import from_environ
+
+    settings = dataclasses.replace(from_environ(), table_prefix="P-")
+    assert settings.table_name("users") == "P-users"
+
+
+def test_tables_are_hardened_and_billed_as_the_code_expects(tf: dict) -> None:
+    table = tf["resource"]["aws_dynamodb_table"]["neblina"]
+    modes = {code_table(m)["billing_mode"] for m in code_models().values()}
+    assert modes == {"PAY_PER_REQUEST"}
+    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    assert table["point_in_time_recovery"] == [{"enabled": True}]
+    assert table["server_side_encryption"][0]["enabled"] is True
+    assert table["deletion_protection_enabled"] == "${var.deletion_protection}"
+    assert tf["variable"]["deletion_protection"]["default"] is True
+    gsi = next(d for d in table["dynamic"] if "global_secondary_index" in d)
+    assert gsi["global_secondary_index"]["content"][0]["projection_type"] == "ALL"
+
+
+def test_ttl_is_set_exactly_where_the_code_expires_records(tf: dict) -> None:
+    declared = {k: v["ttl_attribute"] for k, v in tf["locals"]["tables"].items()}
+    expected = documented_ttl()
+    assert expected, "the storage docstring no longer documents a TTL attribute"
+    assert {k: v for k, v in declared.items() if v} == expected
+    models = code_models()
+    for kind, attribute in expected.items():
+        attr = models[kind].get_attributes().get(attribute)
+        assert attr is not None and attr.attr_type == "N", f"{kind}.{attribute} must be a Number"
+
+
+# --- environment ----------------------------------------------------------------------
+def test_env_scan_finds_direct_and_helper_reads() -> None:
+    reads = env_reads(shipped_sources())
+    assert "NEBLINA_TABLE_PREFIX" in reads  # os.environ.get
+    assert "NEBLINA_MAX_BODY_BYTES" in reads  # through the _int helper
+    assert "AWS_ENDPOINT_URL" in reads
+
+
+def test_every_variable_the_code_reads_is_set_on_both_functions(tf: dict) -> None:
+    reads = env_reads(shipped_sources())
+    environment = tf["locals"]["environment"]
+    needed = {name: where for name, where in reads.items() if name not in NOT_ON_LAMBDA}
+    missing = {name: where for name, where in needed.items() if name not in environment}
+    assert not missing, f"read by the code but not set on the Lambda functions: {missing}"
+    unread = set(environment) - set(reads)
+    assert not unread, f"set on the Lambda functions but read nowhere in the code: {unread}"
+    assert not [k for k in environment if k.startswith("AWS_")], "AWS_* must not be set"
+    for name in ("api", "authorizer"):
+        function = tf["resource"]["aws_lambda_function"][name]
+        assert function["environment"] == [{"variables": "${local.environment}"}], name
+
+
+def test_store_is_dynamodb_and_limits_default_to_the_codes_defaults(tf: dict) -> None:
+    environment = tf["locals"]["environment"]
+    assert environment["NEBLINA_STORE"] == "dynamodb"
+    # Each optional(type, default) of var.limits equals the code's default for its variable.
+    source = (ROOT / "chalicelib" / "config.py").read_text()
+    limits = tf["variable"]["limits"]["type"]
+    for field, default in re.findall(r"(\w+)\s*=\s*optional\(\w+,\s*\"?([\w.]+)\"?\)", limits):
+        variable = f"NEBLINA_{field.upper()}"
+        assert environment[variable] in (
+            f"${{tostring(var.limits.{field})}}",
+            f"${{var.limits.{field}}}",
+        )
+        match = re.search(rf'"{variable}",\s*"?([\d_.* ]+?)"?\)', source)
+        assert match, f"{variable}: no default found in chalicelib/config.py"
+        assert eval(match.group(1).replace("_", "")) == float(default), variable  # noqa: S307
+
+
+# --- API Gateway ------------------------------------------------------------------------
+def test_routes_match_the_chalice_app(tf: dict) -> None:
+    import app
+
+    expected = {
+        f"{method} {path}": entry.authorizer is not None
+        for path, methods in app.app.routes.items()
+        for method, entry in methods.items()
+    }
+    assert tf["locals"]["routes"] == expected
+    paths = {route.split(" ", 1)[1] for route in expected}
+    assert set(tf["locals"]["resource_ids"]) == paths
+
+
+def test_authorizer_matches_the_apps(tf: dict) -> None:
+    import app
+
+    authorizer = tf["resource"]["aws_api_gateway_authorizer"]["token"]
+    assert authorizer["type"] == "TOKEN"
+    assert authorizer["identity_source"] == "method.request.header.Authorization"
+    ttl = app.token_authorizer.config.ttl_seconds
+    assert authorizer["authorizer_result_ttl_in_seconds"] == ttl
+    functions = tf["resource"]["aws_lambda_function"]
+    assert functions["authorizer"]["handler"] == "app.token_authorizer"
+    assert callable(app.token_authorizer)
+    assert '"app.app"' in functions["api"]["handler"]
+    assert callable(app.app)
+
+
+def test_gateway_responses_match_the_local_server(tf: dict) -> None:
+    import apiserver
+
+    responses = tf["locals"]["gateway_responses"]
+    assert responses["UNAUTHORIZED"]["status"] == "401"
+    assert json.loads(responses["UNAUTHORIZED"]["body"]) == apiserver.UNAUTHORIZED_BODY
+    assert responses["MISSING_AUTHENTICATION_TOKEN"]["status"] == "404"
+    assert json.loads(responses["MISSING_AUTHENTICATION_TOKEN"]["body"]) == apiserver.NOT_FOUND_BODY
+    denied = responses["ACCESS_DENIED"]
+    assert denied["status"] == "403"
+    # The authorizer's Deny context keys (app.py) are the template's variables.
+    source = (ROOT / "app.py").read_text()
+    assert '"context": {"error": error.code, "message": error.message}' in source
+    assert json.loads(denied["body"]) == {
+        "error": "$context.authorizer.error",
+        "message": "$context.authorizer.message",
+    }
+    for name, response in responses.items():
+        if "$context.error.messageString" not in response["body"]:
+            assert set(json.loads(response["body"])) == {"error", "message"}, name
+
+
+def test_stage_has_throttling_and_access_logs(tf: dict) -> None:
+    stage = tf["resource"]["aws_api_gateway_stage"]["neblina"]
+    assert stage["access_log_settings"][0]["destination_arn"]
+    settings = tf["resource"]["aws_api_gateway_method_settings"]["all"]["settings"][0]
+    assert settings["throttling_rate_limit"] == "${var.throttling_rate_limit}"
+    assert settings["throttling_burst_limit"] == "${var.throttling_burst_limit}"
+    assert settings["data_trace_enabled"] is False
+
+
+# --- IAM ----------------------------------------------------------------------------------
+def statements(tf: dict, policy: str) -> list[dict[str, Any]]:
+    """The policy's statements, with ``resources`` always a list (of literals/templates)."""
+    out = []
+    for statement in tf["data"]["aws_iam_policy_document"][policy]["statement"]:
+        resources = statement["resources"]
+        out.append(
+            {**statement, "resources": [resources] if isinstance(resources, str) else resources}
+        )
+    return out
+
+
+@pytest.mark.parametrize("policy", ["api", "authorizer"])
+def test_policies_name_their_resources(tf: dict, policy: str) -> None:
+    for statement in statements(tf, policy):
+        assert all("*" not in action for action in statement["actions"]), statement
+        if "*" in statement["resources"]:
+            assert all(a.startswith("xray:") for a in statement["actions"]), statement
+
+
+def test_authorizer_reads_only_tokens_and_users(tf: dict) -> None:
+    tables = set()
+    for statement in statements(tf, "authorizer"):
+        for resource in statement["resources"]:
+            tables.update(re.findall(r'aws_dynamodb_table\.neblina\["(\w+)"\]', resource))
+            if "dynamodb" in str(statement["actions"]):
+                assert statement["actions"] == ["dynamodb:GetItem"]
+    assert tables == {"tokens", "users"}
+
+
+def test_api_cannot_touch_tokens_or_users(tf: dict) -> None:
+    text = json.dumps(statements(tf, "api"))
+    assert 'neblina[\\"tokens\\"]' not in text and 'neblina[\\"users\\"]' not in text
+    assert "dynamodb:Scan" not in text and "dynamodb:DeleteItem" not in text
+
+
+# --- the example root and the versions ----------------------------------------------------
+def test_versions_and_example_root() -> None:
+    module = parse(MODULE)
+    terraform = module["terraform"][0]
+    assert terraform["required_version"] == ">= 1.5"
+    assert terraform["required_providers"][0]["aws"]["version"] == ">= 5.0"
+    example = parse(EXAMPLE)
+    call = example["module"][0]["neblina"]
+    assert call["source"] == "../.."
+    build = ROOT / "build" / "lambda"  # scripts/package_lambda.py DEFAULT_OUT
+    script = (ROOT / "scripts" / "package_lambda.py").read_text()
+    assert 'DEFAULT_OUT = ROOT / "build" / "lambda"' in script
+    for name in ("api", "authorizer"):
+        path = call[f"{name}_package"].replace("${path.root}", str(EXAMPLE))
+        assert Path(os.path.normpath(path)) == build / f"{name}.zip"
+
+
+def terraform_binary() -> str | None:
+    return shutil.which("terraform")
+
+
+@pytest.mark.skipif(terraform_binary() is None, reason="no terraform binary on PATH")
+def test_terraform_fmt() -> None:
+    result = subprocess.run(
+        [str(terraform_binary()), "fmt", "-check", "-recursive", "-diff", str(MODULE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def initialised_example(tmp_path: Path) -> Iterator[Path]:
+    """A copy of the module with the example root, initialised from the local provider
+    mirror (no download)."""
+    copy = tmp_path / "terraform"
+    shutil.copytree(MODULE, copy, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+    root = copy / "examples" / "complete"
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    result = subprocess.run(
+        [str(terraform_binary()), "init", "-backend=false", "-input=false", PLUGIN_DIR_ARG],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield root
+
+
+@pytest.mark.skipif(
+    terraform_binary() is None or not PROVIDER_MIRROR.is_dir(),
+    reason="needs a terraform binary and a local AWS provider mirror (NEBLINA_TF_PLUGIN_DIR)",
+)
+def test_terraform_validate(initialised_example: Path) -> None:
+    result = subprocess.run(
+        [str(terraform_binary()), "validate", "-no-color"],
+        cwd=initialised_example,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHECKPOINT_DISABLE": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
