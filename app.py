@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from chalice import AuthResponse, Chalice, Response
@@ -29,15 +29,26 @@ app.log.setLevel(os.environ.get("NEBLINA_LOG_LEVEL", "INFO"))
 log = logging.getLogger("neblina.api")
 
 
-@lru_cache(maxsize=1)
-def get_service() -> Service:
-    """The service, built on first use (imports the storage backend and dataset loader)."""
-    from chalicelib.datasets import DatasetLoader
-    from chalicelib.service import Service
-    from chalicelib.storage import get_store
+_SERVICE: list[Service] = []
+_SERVICE_LOCK = threading.Lock()
 
-    settings = get_settings()
-    return Service(get_store(), settings, DatasetLoader(settings))
+
+def get_service() -> Service:
+    """The service, built once on first use (imports the storage backend and dataset loader).
+
+    Built under a lock: with a threaded local server, concurrent first requests would
+    otherwise each build a service with its own dataset cache and load every dataset again.
+    """
+    if not _SERVICE:
+        with _SERVICE_LOCK:
+            if not _SERVICE:
+                from chalicelib.datasets import DatasetLoader
+                from chalicelib.service import Service
+                from chalicelib.storage import get_store
+
+                settings = get_settings()
+                _SERVICE.append(Service(get_store(), settings, DatasetLoader(settings)))
+    return _SERVICE[0]
 
 
 # --- errors: the only place that turns exceptions into HTTP ------------------------------

@@ -20,8 +20,6 @@ import argparse
 import io
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -34,7 +32,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "localstack")]
 QUERIES = {
     "COUNT": "SELECT COUNT(*) AS n FROM df",
     "GROUP BY": {
-        "PENGUIN": "SELECT species, COUNT(*) AS n, AVG(bill_length_mm) AS b FROM df GROUP BY species",
+        "PENGUIN": (
+            "SELECT species, COUNT(*) AS n, AVG(bill_length_mm) AS b FROM df GROUP BY species"
+        ),
         "SYNTHETIC": "SELECT region, COUNT(*) AS n, AVG(income) AS inc FROM df GROUP BY region",
     },
 }
@@ -79,8 +79,10 @@ def frames() -> dict[str, object]:
     synth_meta = M.validate(synth_raw)
     penguin = coerce_types(pd.read_csv(ROOT / "localstack/data/penguins.csv"), penguin_meta)
     synth = coerce_types(
-        pd.read_parquet(io.BytesIO(synthetic.to_parquet_bytes(synthetic.generate(SYNTHETIC_ROWS))),
-                        engine="fastparquet"),
+        pd.read_parquet(
+            io.BytesIO(synthetic.to_parquet_bytes(synthetic.generate(SYNTHETIC_ROWS))),
+            engine="fastparquet",
+        ),
         synth_meta,
     )
     return {"PENGUIN": (penguin, penguin_meta), "SYNTHETIC": (synth, synth_meta)}
@@ -95,15 +97,23 @@ def in_process(runs: int) -> dict[tuple[str, str, str], list[float]]:
 
     results = {}
     for dataset, (frame, meta) in frames().items():
-        reader = snsql.from_df(frame, privacy=snsql.Privacy(epsilon=EPSILON, delta=DELTA),
-                               metadata=M.to_smartnoise(meta, ["df"]))
+        reader = snsql.from_df(
+            frame,
+            privacy=snsql.Privacy(epsilon=EPSILON, delta=DELTA),
+            metadata=M.to_smartnoise(meta, ["df"]),
+        )
         loaded = LoadedDataset(dataset, "bench", meta, frame)
         for label in QUERIES:
             sql = query_for(label, dataset)
-            request = ENGINE.parse({"engine": "smartnoise_sql", "query": sql, "epsilon": EPSILON,
-                                    "delta": DELTA})
-            results[("SmartNoise", dataset, label)] = timed(lambda: reader.execute_df(sql), runs)
-            results[("engine", dataset, label)] = timed(lambda: ENGINE.execute(loaded, request), runs)
+            request = ENGINE.parse(
+                {"engine": "smartnoise_sql", "query": sql, "epsilon": EPSILON, "delta": DELTA}
+            )
+            results[("SmartNoise", dataset, label)] = timed(
+                lambda r=reader, q=sql: r.execute_df(q), runs
+            )
+            results[("engine", dataset, label)] = timed(
+                lambda d=loaded, q=request: ENGINE.execute(d, q), runs
+            )
     return results
 
 
@@ -133,10 +143,11 @@ def over_http(runs: int) -> dict[tuple[str, str, str], list[float]]:
                 for label in QUERIES:
                     sql = query_for(label, dataset)
                     results[("HTTP", dataset, label)] = timed(
-                        lambda: client.sql.query(sql, EPSILON, DELTA), runs
+                        lambda c=client, q=sql: c.sql.query(q, EPSILON, DELTA), runs
                     )
+                group_sql = query_for("GROUP BY", dataset)
                 results[("HTTP cost only", dataset, "GROUP BY")] = timed(
-                    lambda: client.sql.cost(query_for("GROUP BY", dataset), EPSILON, DELTA), runs
+                    lambda c=client, q=group_sql: c.sql.cost(q, EPSILON, DELTA), runs
                 )
                 results[("HTTP budget read", dataset, "-")] = timed(client.budget, runs)
     return results
@@ -151,7 +162,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 def render(results: dict[tuple[str, str, str], list[float]], runs: int) -> str:
@@ -167,14 +180,19 @@ def render(results: dict[tuple[str, str, str], list[float]], runs: int) -> str:
         "|---|---|---|---:|---:|",
     ]
     for (path, dataset, label), values in results.items():
-        lines.append(f"| {path} | {dataset} | {label} | {pct(values, .5):.1f} | {pct(values, .95):.1f} |")
+        lines.append(
+            f"| {path} | {dataset} | {label} | {pct(values, 0.5):.1f} | {pct(values, 0.95):.1f} |"
+        )
     lines += ["", "HTTP overhead at p50 (HTTP p50 minus in-process p50):", ""]
-    lines += ["| dataset | query | vs SmartNoise call | vs Neblina engine call |", "|---|---|---:|---:|"]
+    lines += [
+        "| dataset | query | vs SmartNoise call | vs Neblina engine call |",
+        "|---|---|---:|---:|",
+    ]
     for dataset in ("PENGUIN", "SYNTHETIC"):
         for label in QUERIES:
-            http = pct(results[("HTTP", dataset, label)], .5)
-            sn = pct(results[("SmartNoise", dataset, label)], .5)
-            eng = pct(results[("engine", dataset, label)], .5)
+            http = pct(results[("HTTP", dataset, label)], 0.5)
+            sn = pct(results[("SmartNoise", dataset, label)], 0.5)
+            eng = pct(results[("engine", dataset, label)], 0.5)
             lines.append(f"| {dataset} | {label} | {http - sn:+.1f} ms | {http - eng:+.1f} ms |")
     lines += [
         "",
@@ -190,13 +208,13 @@ def render(results: dict[tuple[str, str, str], list[float]], runs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, marker: str = "## Warm query latency") -> None:
+    """Replace the section starting with ``marker`` in BENCHMARKS.md (or append it)."""
     path = ROOT / "BENCHMARKS.md"
     current = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    marker = "## Warm query latency"
     if marker in current:
         start = current.index(marker)
-        rest = current[start + len(marker):]
+        rest = current[start + len(marker) :]
         nxt = rest.find("\n## ")
         end = len(current) if nxt < 0 else start + len(marker) + nxt + 1
         current = current[:start] + text + current[end:]
@@ -213,7 +231,9 @@ def main() -> int:
     results = in_process(args.runs)
     results.update(over_http(args.runs))
     order = ["SmartNoise", "engine", "HTTP", "HTTP cost only", "HTTP budget read"]
-    results = dict(sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]), kv[0][2])))
+    results = dict(
+        sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]), kv[0][2]))
+    )
     text = render(results, args.runs)
     print(text)
     if args.write:

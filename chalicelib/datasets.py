@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import threading
+import time
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
@@ -164,13 +165,22 @@ class DatasetLoader:
             return handle.read()
 
     def _read_frame(self, dataset: Dataset) -> pd.DataFrame:
+        started = time.perf_counter()
         raw = self._read_bytes(dataset.source)
         self.reads += 1
+        log.info("dataset %s: read %d bytes from its source", dataset.name, len(raw))
         if source_format(dataset.source, dataset.source_format) == "parquet":
             frame = pd.read_parquet(io.BytesIO(raw), engine="fastparquet")
         else:
             frame = pd.read_csv(io.BytesIO(raw))
-        return coerce_types(frame, dataset.metadata)
+        frame = coerce_types(frame, dataset.metadata)
+        log.info(
+            "dataset %s: %d rows loaded in %.2f s",
+            dataset.name,
+            len(frame),
+            time.perf_counter() - started,
+        )
+        return frame
 
     def load(self, dataset: Dataset) -> LoadedDataset:
         """The dataset's frame, from the cache when its source has not changed."""

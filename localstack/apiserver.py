@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import signal
 import socket
 import sys
@@ -51,6 +53,7 @@ def build_server(host: str, port: int) -> Any:
         LocalGateway,
         LocalGatewayAuthorizer,
         NotAuthorizedError,
+        ThreadedHTTPServer,
     )
 
     import app as app_module
@@ -128,8 +131,16 @@ def build_server(host: str, port: int) -> Any:
             pass
 
         app_module.app.__class__ = ThreadLocalApp
+
+    class Server(ThreadedHTTPServer):  # type: ignore[misc]
+        # socketserver's default backlog is 5: when 32 clients connect at once the kernel
+        # drops the extra SYNs and those clients wait 1 s, 3 s, 7 s... to retry.
+        request_queue_size = 256
+
     config = Config.create(lambda_timeout=900, lambda_memory_size=3008)
-    return LocalDevServer(app_module.app, config, host, port, handler_cls=Handler)
+    return LocalDevServer(
+        app_module.app, config, host, port, handler_cls=Handler, server_cls=Server
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("NEBLINA_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         server = build_server(args.host, args.port)
     except OSError as exc:

@@ -92,10 +92,36 @@ def install_item_level_rollback() -> None:
     models.DynamoDBBackend.transact_write_items = transact_write_items
 
 
+def skip_drain_wait() -> None:
+    """Stop werkzeug from idling up to 10 ms after every response.
+
+    After each response werkzeug waits (``select`` with a 10 ms timeout) for the client
+    to send any unread request body, then drains it. With one server thread, that wait is
+    spent idle whenever the client is slow to close its socket (a busy API process under
+    load), capping the emulator at well under 100 requests/s. Every request body has
+    already been read by moto before the response is written, so there is nothing to wait
+    for: the selector used for that drain polls without waiting.
+    """
+    import selectors
+
+    import werkzeug.serving as serving
+
+    class NoWaitSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def select(self, timeout: float | None = None) -> Any:
+            return super().select(timeout=0)
+
+    class SelectorsModule:
+        DefaultSelector = NoWaitSelector
+        EVENT_READ = selectors.EVENT_READ
+
+    serving.selectors = SelectorsModule  # type: ignore[assignment]
+
+
 def build_server(host: str, port: int) -> BaseWSGIServer:
     """A single-threaded WSGI server around moto's multi-service dispatcher."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     install_item_level_rollback()
+    skip_drain_wait()
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
