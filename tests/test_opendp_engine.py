@@ -510,3 +510,15 @@ def test_the_openapi_document_describes_both_engines() -> None:
     assert set(schemas["OpenDPQueryRequest"]["properties"]) == oe.FIELDS | oe.DUMMY_FIELDS
     assert set(schemas["OpenDPCostRequest"]["properties"]) == {"engine", "pipeline", "fixed_delta"}
     assert schemas["Value"]["properties"]["type"]["enum"] == ["value"]
+
+
+def test_the_documented_allowlist_is_the_allowlist() -> None:
+    import re
+
+    from opendp_pipelines import ROOT
+
+    text = (ROOT / "docs/opendp.md").read_text()
+    table = text.split("## The allowlist")[1].split("Left out on purpose")[0]
+    for module, names in oe.ALLOWED.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{module}` |"))
+        assert re.findall(r"`(\w+)`", row.split("|")[2]) == list(names), module
