@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 .DEFAULT_GOAL := help
 
-.PHONY: help venv demo test up down status lint typecheck bench clean
+.PHONY: help venv demo test up down status lint typecheck bench clean package checkov
 
 help:
 	@echo "make demo       start the local stack, run a researcher's session, stop the stack"
@@ -10,6 +10,7 @@ help:
 	@echo "make up / down  keep the local stack running for notebooks (.neblina/local.env)"
 	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict"
 	@echo "make bench      latency benchmark, results in BENCHMARKS.md"
+	@echo "make package    build the Lambda zips (build/lambda/); make checkov: scan infra/terraform"
 
 venv:
 	@scripts/bootstrap
@@ -38,6 +39,12 @@ typecheck: venv
 
 bench: venv
 	$(PY) bench/latency.py
+
+package: venv
+	$(PY) scripts/package_lambda.py
+
+checkov:
+	infra/checkov/run
 
 clean:
 	rm -rf .venv .neblina .pytest_cache .mypy_cache .ruff_cache

@@ -253,7 +253,8 @@ def compile_imported(stage: Path, runtime: Path) -> int:
     ~18 MB and push the package over the limit, so third-party modules on that path ship
     as bytecode *instead of* source (sourceless ``module.pyc``; tracebacks through them
     show function names and line numbers but no source text). Neblina's own code keeps its
-    source, with unchecked-hash bytecode in ``__pycache__``.
+    source (and so does the vendored Chalice runtime), with unchecked-hash bytecode in
+    ``__pycache__``.
     """
     smoke = Path(__file__).resolve().parent / "package_smoke.py"
     command = [sys.executable, "-I", "-S", "-B", str(smoke), "--package", str(stage)]
@@ -264,7 +265,11 @@ def compile_imported(stage: Path, runtime: Path) -> int:
     report = json.loads(result.stdout.splitlines()[-1])
     if report.get("status") != 200:
         raise SystemExit(f"package: the staged API package failed its smoke query: {report}")
-    own = {stage / "app.py", *(stage / "chalicelib").rglob("*.py")}
+    own = {
+        stage / "app.py",
+        *(stage / "chalicelib").rglob("*.py"),
+        *(stage / "chalice").glob("*.py"),
+    }
     count = 0
     for name in report["module_files"]:
         path = Path(name)
