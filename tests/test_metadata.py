@@ -41,18 +41,18 @@ def broken(path: list[str], value: object) -> dict:
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        (["columns", "year", "lower"], 2010, "columns.year: lower (2010) is greater than upper"),
-        (["columns", "year", "type"], "decimal", "columns.year: unknown type 'decimal'"),
+        (["columns", "study_year", "lower"], 2010, "columns.study_year: lower (2010) is greater than upper"),
+        (["columns", "study_year", "type"], "decimal", "columns.study_year: unknown type 'decimal'"),
         (["columns", "bill_length_mm", "upper"], "high", "float bounds must be finite numbers"),
         (["columns", "bill_length_mm", "upper"], float("inf"), "float bounds must be finite"),
-        (["columns", "year", "lower"], 2007.5, "int bounds must be integers"),
-        (["columns", "year", "upper"], KeyError, "needs both lower and upper"),
+        (["columns", "study_year", "lower"], 2007.5, "int bounds must be integers"),
+        (["columns", "study_year", "upper"], KeyError, "needs both lower and upper"),
         (["columns", "species", "cardinality"], 4, "cardinality 4 does not match the 3 categories"),
         (["columns", "species", "categories"], ["a", "a"], "categories contain duplicates"),
         (["columns", "species", "categories"], [], "categories must be a non-empty list"),
         (["columns", "species", "colour"], "red", "unknown keys for a string column: colour"),
         (["columns", "sex", "nullable"], "yes", "columns.sex: nullable must be true or false"),
-        (["columns", "year", "precision"], 16, "precision must be 32 or 64"),
+        (["columns", "study_year", "precision"], 16, "precision must be 32 or 64"),
         (["max_ids"], 0, "max_ids: must be a positive integer"),
         (["rows"], -3, "rows: must be a positive integer"),
         (["rows"], KeyError, "rows: must be a positive integer"),
@@ -71,7 +71,7 @@ def test_invalid_metadata_is_refused_with_its_path(
 
 
 def test_every_problem_is_listed_at_once() -> None:
-    raw = broken(["columns", "year", "lower"], 2010)
+    raw = broken(["columns", "study_year", "lower"], 2010)
     raw["max_ids"] = -1
     with pytest.raises(M.MetadataError) as error:
         M.validate(raw)
