@@ -347,8 +347,10 @@ def test_concurrent_requests_never_mix_identities(stack, make_researcher) -> Non
                 with lock:
                     seen[name].add(initial)
 
-    threads = [threading.Thread(target=worker, args=(name, who.token))
-               for name, who in [("alice", alice), ("bob", bob)] * 4]
+    threads = [
+        threading.Thread(target=worker, args=(name, who.token))
+        for name, who in [("alice", alice), ("bob", bob)] * 4
+    ]
     for t in threads:
         t.start()
     for t in threads:

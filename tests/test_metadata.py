@@ -41,8 +41,16 @@ def broken(path: list[str], value: object) -> dict:
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        (["columns", "study_year", "lower"], 2010, "columns.study_year: lower (2010) is greater than upper"),
-        (["columns", "study_year", "type"], "decimal", "columns.study_year: unknown type 'decimal'"),
+        (
+            ["columns", "study_year", "lower"],
+            2010,
+            "columns.study_year: lower (2010) is greater than upper",
+        ),
+        (
+            ["columns", "study_year", "type"],
+            "decimal",
+            "columns.study_year: unknown type 'decimal'",
+        ),
         (["columns", "bill_length_mm", "upper"], "high", "float bounds must be finite numbers"),
         (["columns", "bill_length_mm", "upper"], float("inf"), "float bounds must be finite"),
         (["columns", "study_year", "lower"], 2007.5, "int bounds must be integers"),
