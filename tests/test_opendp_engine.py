@@ -214,7 +214,7 @@ HOSTILE = {
             __module__="transformations",
             __kwargs__={"size": 10**12, "constant": 1},
         ),
-        "make_resize.size is larger than",
+        "sizes add up to more than 10000000 rows",
     ),
     "a long string": (
         lambda t: laplace_node(t)["__kwargs__"].update(MO="x" * 5000),

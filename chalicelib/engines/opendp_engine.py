@@ -12,7 +12,8 @@ Transport
       is a ``dp.serialize`` object (``__function__``, ``__module__``, ``__kwargs__``,
       ``__version__``); inside ``__kwargs__`` a value ``{"__ref__": i}`` stands for node
       ``i`` (only earlier nodes). The last node is the pipeline. The 8-step mean: 27 nodes,
-      4 KB. The client writes this form.
+      4.6 KB. The client writes this form, from OpenDP's own encoding of each object (its
+      ``__opendp_dict__``, what ``dp.serialize`` writes) without building the tree.
     - a string: ``dp.serialize``'s output verbatim (fine for short pipelines).
 
     Both are walked in full before anything is built and reduced to one canonical node list
@@ -20,7 +21,7 @@ Transport
     names the culprit: modules other than OpenDP's constructor modules, constructors outside
     :data:`ALLOWED`, arguments the constructor does not have, unknown keys in a node, any
     other object (polars ``__lazyframe__``/``__expr__``, plain dicts), non-finite numbers,
-    another OpenDP version, too many nodes, too deep, too long.
+    another OpenDP minor version, too many nodes, too deep, too long.
 
     Building is ``dp.deserialize``'s own rule (``function(**kwargs)``, tuples from
     ``__tuple__``) with two differences: the function comes from a static table of
@@ -48,9 +49,10 @@ Cost
     charge is ``map(d_in)`` exactly.
 
 Features
-    ``contrib`` is enabled here, once, at import: every constructor on the allowlist needs
-    it. ``honest-but-curious`` is never enabled, and no constructor that asserts it is
-    allowed (those take trusted arguments, e.g. a population size or a Python callable).
+    ``contrib`` is enabled here, once, at import: the allowlisted transformations,
+    measurements and combinators need it. ``honest-but-curious`` is never enabled, and no
+    constructor that asserts it is allowed (those trust their arguments, e.g. a population
+    size or a Python callable).
     ``floating-point`` is not enabled: in OpenDP 0.14.2 no constructor consults it (the only
     features its Python layer asserts are ``contrib`` and ``honest-but-curious``; the float
     mechanisms and sums account for rounding themselves), so it is not needed. SmartNoise
@@ -65,7 +67,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import logging
 import math
 import re
 import threading
@@ -93,8 +94,6 @@ from chalicelib import validation
 from chalicelib.datasets import LoadedDataset
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.models import Dataset, PrivacyCost, format_decimal, to_decimal
-
-log = logging.getLogger(__name__)
 
 enable_features("contrib")  # the only feature this engine enables (see the module docstring)
 # make_split_dataframe and make_select_column warn "deprecated, use Polars" on every call:
@@ -215,8 +214,8 @@ MAX_VALUE_DEPTH = 8  # lists nested in one argument
 MAX_LIST = 10_000
 MAX_STRING = 1_000
 MAX_INT = 2**64
-MAX_SIZE = 10_000_000  # any "size" argument (rows the server would allocate)
-MAX_RESULT_CHARS = 100_000  # a release is a number, a vector or a small table
+MAX_SIZE = 10_000_000  # "size" arguments added up (rows the server would allocate)
+MAX_RESULT_CHARS = 100_000  # a release is a number or a small vector, and is archived
 _UNSAFE = re.compile(r"[,\r\n]")  # would split a field or a row of the CSV input
 # The version a node names is a label: the server builds every node with its own OpenDP.
 # Same minor version, same constructor names and arguments.
@@ -257,6 +256,7 @@ class _Canonicalizer:
         self._raw = raw_nodes
         self._index: dict[str, int] = {}
         self._walked: dict[int, int] = {}  # position in raw_nodes -> canonical number
+        self._sizes = 0  # rows that make_resize & co. would allocate, over distinct calls
 
     def root(self) -> None:
         """Walk the whole pipeline: the tree, or the last node and what it refers to."""
@@ -306,14 +306,16 @@ class _Canonicalizer:
                 raise InvalidQuery(f"pipeline: {function} has no argument {str(name)[:80]!r}")
             where = f"{function}.{name}"
             kwargs[name] = self.value(raw_kwargs[name], depth, 0, position, where)
-        size = kwargs.get("size")
-        if isinstance(size, int) and size > MAX_SIZE:
-            raise InvalidQuery(f"pipeline: {function}.size is larger than {MAX_SIZE}")
         canonical = {FUNCTION: function, MODULE: module, KWARGS: kwargs, VERSION: OPENDP_VERSION}
         key = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         if key not in self._index:
             if len(self.nodes) >= MAX_NODES:
                 raise InvalidQuery(f"pipeline: more than {MAX_NODES} distinct constructor calls")
+            size = kwargs.get("size")
+            if isinstance(size, int) and not isinstance(size, bool):
+                self._sizes += size
+                if self._sizes > MAX_SIZE:
+                    raise InvalidQuery(f"pipeline: sizes add up to more than {MAX_SIZE} rows")
             self._index[key] = len(self.nodes)
             self.nodes.append(canonical)
         return self._index[key]
@@ -616,13 +618,18 @@ class OpenDPEngine:
         text = json.dumps({"nodes": nodes}, sort_keys=True, separators=(",", ":"))
         return OpenDPRequest(pipeline_json=text, fixed_delta=fixed_delta)
 
+    @staticmethod
+    def _measurement(metadata: dict[str, Any], request: OpenDPRequest) -> Any:
+        """The built measurement, checked against the input the server feeds (400 if not)."""
+        check_input_form(request.nodes(), list(metadata["columns"]))
+        return request.measurement()
+
     def cost(self, dataset: Dataset, request: OpenDPRequest) -> PrivacyCost:
-        check_input_form(request.nodes(), list(dataset.metadata["columns"]))
-        measurement = request.measurement()
+        measurement = self._measurement(dataset.metadata, request)
         return price(measurement, int(dataset.metadata["max_ids"]), request.fixed_delta)
 
     def execute(self, loaded: LoadedDataset, request: OpenDPRequest) -> dict[str, Any]:
-        measurement = request.measurement()
+        measurement = self._measurement(loaded.metadata, request)
         text = loaded.derived(NAME, lambda ld: csv_text(ld.frame))
         value = release_json(measurement(text))
         if len(json.dumps(value)) > MAX_RESULT_CHARS:
