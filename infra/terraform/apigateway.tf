@@ -244,7 +244,7 @@ resource "aws_api_gateway_method_settings" "all" {
   settings {
     throttling_rate_limit  = var.throttling_rate_limit
     throttling_burst_limit = var.throttling_burst_limit
-    metrics_enabled        = true
+    metrics_enabled        = var.detailed_metrics
     logging_level          = "ERROR"
     data_trace_enabled     = false # never log request bodies: they hold researchers' queries
     caching_enabled        = false

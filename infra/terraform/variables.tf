@@ -115,6 +115,12 @@ variable "manage_api_gateway_account" {
   default     = true
 }
 
+variable "detailed_metrics" {
+  description = "Per-method CloudWatch metrics of the stage (billed as custom metrics, about $0.30 per metric per month while traffic flows; the stage's basic metrics are free)."
+  type        = bool
+  default     = false
+}
+
 variable "log_level" {
   description = "NEBLINA_LOG_LEVEL of both functions."
   type        = string
