@@ -325,7 +325,26 @@ def test_size_limits() -> None:
     ]
     assert f"more than {oe.MAX_NODES}" in refused({"nodes": many})
     too_deep_text = "[" * 100_000 + "]" * 100_000
-    assert "pipeline" in refused(too_deep_text)
+    assert "nested too deeply" in refused(too_deep_text)
+    # calls within lists within calls, as deep as the limits allow: walked without
+    # exhausting Python's stack (which would be a 500); one call deeper is a 400
+    for calls in (oe.MAX_DEPTH, oe.MAX_DEPTH + 1):
+        node: dict[str, Any] = {"__function__": "max_divergence", "__module__": "measures"}
+        node["__version__"] = "0.14.2"
+        for _ in range(calls):
+            wrapped: Any = node
+            for _ in range(oe.MAX_VALUE_DEPTH):
+                wrapped = [wrapped]
+            node = {
+                "__function__": "make_composition",
+                "__module__": "combinators",
+                "__kwargs__": {"measurements": wrapped},
+                "__version__": "0.14.2",
+            }
+        if calls == oe.MAX_DEPTH:
+            assert len(oe.canonical_nodes(json.dumps(node))) == calls + 1
+        else:
+            assert "nested constructor calls" in refused(json.dumps(node))
 
 
 def test_unknown_request_fields_are_refused() -> None:
