@@ -4,12 +4,17 @@ A token is ``nbl_`` followed by 43 URL-safe base64 characters (256 random bits f
 CSPRNG). Only its SHA-256 is stored; the lookup is by hash, so no secret is ever compared
 byte by byte (and the final check uses ``hmac.compare_digest``). A fast hash is right here:
 the secret has 256 bits of entropy, so there is nothing to brute-force.
+
+Last use is recorded by the authorizer at most once per :data:`LAST_USED_RESOLUTION` per
+token: the token it has just read says when it was last recorded, so most requests write
+nothing, and the write itself is conditional, so concurrent requests write once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -18,7 +23,10 @@ from datetime import datetime, timedelta
 from chalicelib.errors import Forbidden, Unauthorized
 from chalicelib.models import Token, User, utcnow
 
+log = logging.getLogger(__name__)
+
 TOKEN_PREFIX = "nbl_"  # noqa: S105 - a public prefix, not a secret
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 TOKEN_PATTERN = re.compile(r"^nbl_[A-Za-z0-9_-]{43}$")
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 
@@ -30,6 +38,11 @@ class TokenLookup:
         raise NotImplementedError
 
     def get_user(self, user_id: str) -> User | None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def touch_token(
+        self, token_hash: str, used_at: datetime, resolution: timedelta
+    ) -> bool:  # pragma: no cover - protocol
         raise NotImplementedError
 
 
@@ -93,4 +106,18 @@ def authenticate(store: TokenLookup, header: str | None, now: datetime | None = 
     user = store.get_user(token.user_id)
     if user is None or user.disabled:
         raise Forbidden("user disabled")
+    record_use(store, token, now)
     return user
+
+
+def record_use(store: TokenLookup, token: Token, now: datetime) -> None:
+    """Record the token's last use if the recorded one is older than the resolution.
+
+    Best effort: a failed write never fails the request it belongs to.
+    """
+    if token.last_used_at is not None and now - token.last_used_at < LAST_USED_RESOLUTION:
+        return
+    try:
+        store.touch_token(token.token_hash, now, LAST_USED_RESOLUTION)
+    except Exception:
+        log.warning("could not record the last use of token %s", token.token_id, exc_info=True)

@@ -25,6 +25,9 @@ class Settings:
     max_epsilon_per_query: Decimal
     max_delta_per_query: Decimal
     log_level: str
+    rate_limit: int = 600  # query and cost requests per user per window; 0: no limit
+    rate_window_seconds: int = 60
+    token_default_days: int = 90  # lifetime of a token issued without --expires-in (admin)
     mongodb_uri: str | None = None  # NEBLINA_STORE=mongodb only
     mongodb_database: str = "neblina"
 
@@ -54,6 +57,9 @@ def from_environ() -> Settings:
         max_epsilon_per_query=Decimal(os.environ.get("NEBLINA_MAX_EPSILON_PER_QUERY", "100")),
         max_delta_per_query=Decimal(os.environ.get("NEBLINA_MAX_DELTA_PER_QUERY", "0.5")),
         log_level=os.environ.get("NEBLINA_LOG_LEVEL", "INFO"),
+        rate_limit=_int("NEBLINA_RATE_LIMIT", 600),
+        rate_window_seconds=_int("NEBLINA_RATE_WINDOW_SECONDS", 60),
+        token_default_days=_int("NEBLINA_TOKEN_DEFAULT_DAYS", 90),
         mongodb_uri=os.environ.get("MONGODB_URI") or None,
         mongodb_database=os.environ.get("NEBLINA_MONGODB_DATABASE", "neblina"),
     )

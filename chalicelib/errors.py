@@ -57,6 +57,13 @@ class NoGrant(NeblinaError):
     code = "no_grant"
 
 
+class QueryCapExceeded(NeblinaError):
+    """The query costs more than one query may cost on this dataset (or deployment)."""
+
+    status_code = 403
+    code = "query_cap_exceeded"
+
+
 class NotFound(NeblinaError):
     """Unknown route."""
 

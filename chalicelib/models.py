@@ -6,7 +6,7 @@ Everything here is a frozen dataclass and imports nothing heavy, so the authoriz
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -120,9 +120,18 @@ class Token:
         return self.expires_at is not None and now >= self.expires_at
 
 
+DEFAULT_LATENCY_BUCKET_MS = 500
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A registered dataset: where its private rows live and its public metadata."""
+    """A registered dataset: where its private rows live, its public metadata, its policy.
+
+    ``per_query_cap``: the largest cost one query may have (None: only the deployment's
+    ``NEBLINA_MAX_EPSILON_PER_QUERY`` / ``NEBLINA_MAX_DELTA_PER_QUERY``). ``hardened``: query
+    and cost answers are released at multiples of ``latency_bucket_ms`` (default
+    :data:`DEFAULT_LATENCY_BUCKET_MS`) and data-dependent failures get fixed bodies.
+    """
 
     name: str
     source: str
@@ -130,6 +139,14 @@ class Dataset:
     created_at: datetime
     description: str = ""
     source_format: str = "csv"
+    per_query_cap: PrivacyCost | None = None
+    hardened: bool = False
+    latency_bucket_ms: int | None = None
+
+    @property
+    def bucket_seconds(self) -> float:
+        """The hardened-mode latency bucket, in seconds."""
+        return (self.latency_bucket_ms or DEFAULT_LATENCY_BUCKET_MS) / 1000
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,12 @@ class DatasetCap:
     def remaining(self) -> PrivacyCost | None:
         """What the limit still allows, or None without a limit."""
         return None if self.limit is None else self.limit - self.spent
+
+
+INTERRUPTED = {
+    "error": "interrupted",
+    "message": "the request stopped before completing; the cost stands",
+}
 
 
 class QueryState(StrEnum):
@@ -197,6 +220,20 @@ class QueryRecord:
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def lease_expired(self, now: datetime) -> bool:
+        """True for a record still ``running`` after its lease: its request died."""
+        return self.state is QueryState.RUNNING and now >= self.lease_expires_at
+
+    def as_seen(self, now: datetime) -> QueryRecord:
+        """The record with the lease rule applied (see ``chalicelib.service.effective_state``).
+
+        A record still ``running`` after its lease reads as ``failed`` with the error
+        :data:`INTERRUPTED`, whether or not that has been written back yet.
+        """
+        if not self.lease_expired(now):
+            return self
+        return replace(self, state=QueryState.FAILED, error=dict(INTERRUPTED))
 
     def to_json(self) -> dict[str, Any]:
         """The record as the API returns it."""

@@ -2,17 +2,24 @@
 
 The query path (``Service.query``), in order:
 
+0. the caller's request is counted against the per-user rate limit (429 beyond it);
 1. the dataset exists (404) and the caller holds a grant on it (403);
 2. the engine validates the request (400) and prices it from the metadata only (400/422);
+   the price must fit the per-query cap of the dataset and the deployment (403);
 3. ``store.reserve``: the debit and the creation of the archive record, one atomic write
    (409 when the budget does not cover the cost or the query id is taken);
-4. the dataset is loaded (cached); if that fails, no engine has seen any row: refund;
+4. the dataset is loaded (cached); if anything fails before the engine is handed the rows,
+   no engine has seen any row: refund;
 5. the engine runs once; if it fails, the record is marked failed and the spend stands;
 6. the record is completed with the released result (the archive), then the result is
-   returned. A result is never returned unless step 6 succeeded.
+   returned. A result is never returned unless step 6 succeeded; if step 6 fails the
+   record is marked failed (the spend stands) and nothing is released.
 
 A retry with the same ``query_id`` and payload returns the archived answer at step 3 and
-costs nothing.
+costs nothing. A request that dies (process killed) after step 3 leaves a ``running``
+record that the lease rule settles (:func:`effective_state`). On a hardened dataset the
+answers of the query and cost routes are released at multiples of its latency bucket and
+every engine or internal failure gets a fixed body (:class:`_Hardening`).
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 from chalicelib import validation
 from chalicelib.config import Settings
@@ -39,12 +49,23 @@ from chalicelib.errors import (
     InvalidRequest,
     NeblinaError,
     NoGrant,
+    QueryCapExceeded,
     QueryFailed,
     QueryIdConflict,
     QueryInProgress,
     QueryNotFound,
+    RateLimited,
 )
-from chalicelib.models import Dataset, Grant, PrivacyCost, QueryRecord, QueryState, utcnow
+from chalicelib.models import (
+    INTERRUPTED,
+    Dataset,
+    Grant,
+    PrivacyCost,
+    QueryRecord,
+    QueryState,
+    format_decimal,
+    utcnow,
+)
 from chalicelib.storage import QueryIdTaken, Store
 
 log = logging.getLogger(__name__)
@@ -58,29 +79,78 @@ def payload_digest(dataset: str, engine: str, canonical: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
+HARDENED_ENGINE_MESSAGE = (
+    "the query could not be answered; on this dataset failure details are withheld "
+    "(develop the query on dummy data to see the engine's messages)"
+)
+ARCHIVE_FAILED = {
+    "error": "internal_error",
+    "message": "the release could not be archived, so it was not released; the cost stands",
+}
+
+
 def effective_state(record: QueryRecord, now: datetime) -> QueryState:
     """The record's state, with the lease rule applied.
 
-    A record still ``running`` after its lease has expired belongs to a request that died
-    (process killed, timeout) after the debit. Nobody can tell whether a mechanism saw the
-    data, so the conservative reading applies: it counts as ``failed`` and the spend stands.
+    The lease rule: a record still ``running`` once its lease has expired
+    (``lease_expires_at`` = creation + ``NEBLINA_QUERY_LEASE_SECONDS``, default 900 s, the
+    Lambda maximum, so no live request is that old) belongs to a request that died after
+    the debit (process killed, timeout). Nobody can tell whether a mechanism saw the data,
+    so the conservative reading applies: it counts as ``failed`` ("interrupted") and the
+    spend stands. There is no lock to release: the user can query again at once, only the
+    dead request's ``query_id`` answers ``query_in_progress`` until the lease expires.
+
+    The reading is also persisted, lazily: the first read of such a record by the service
+    (``get_query``, ``history``, a retry of its id) writes it back with
+    ``Store.expire_query``, one write conditional on the record still ``running`` with an
+    expired lease, so it happens once and never to a live request's record. No reaper is
+    needed: nothing depends on the stored state being settled before it is read (the
+    debit was final from the start), and the admin export applies the same rule.
     """
-    if record.state is QueryState.RUNNING and now >= record.lease_expires_at:
-        return QueryState.FAILED
-    return record.state
+    return record.as_seen(now).state
 
 
 def record_json(record: QueryRecord, now: datetime) -> dict[str, Any]:
     """A record as the API returns it (lease rule applied)."""
-    document = record.to_json()
-    state = effective_state(record, now)
-    document["state"] = state.value
-    if state is QueryState.FAILED and record.state is QueryState.RUNNING:
-        document["error"] = {
-            "error": "interrupted",
-            "message": "the request stopped before completing; the cost stands",
-        }
-    return document
+    return record.as_seen(now).to_json()
+
+
+def hardened_error(error: NeblinaError) -> NeblinaError:
+    """The fixed answer that replaces a failure on a hardened dataset (same status family)."""
+    if error.status_code >= 500:
+        return InternalError()
+    if error.status_code == 422:
+        return EngineRefused(HARDENED_ENGINE_MESSAGE)
+    return error
+
+
+class _Hardening:
+    """Hardened mode for one request: fixed latency buckets and fixed failure bodies.
+
+    ``watch`` is called once the dataset is known. From then on, if the dataset is
+    hardened, the answer (success or error) is released at the next multiple of its
+    latency bucket counted from the request's start on the monotonic clock, and every
+    engine error (422) or internal error (5xx) gets a fixed body, unless the request ran on
+    dummy data, which is public. The wait is a plain sleep on the request's own thread: no
+    lock is held, so other requests are not delayed.
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.dataset: Dataset | None = None
+        self.generic = True
+
+    def watch(self, dataset: Dataset, *, generic: bool = True) -> None:
+        if dataset.hardened:
+            self.dataset = dataset
+            self.generic = generic
+
+    def release_at(self, now: float) -> float:
+        """When the answer may leave: the end of the bucket the request is in."""
+        assert self.dataset is not None
+        bucket = self.dataset.bucket_seconds
+        buckets = max(1, math.ceil((now - self.started) / bucket))
+        return self.started + buckets * bucket
 
 
 class _Lru[T]:
@@ -114,11 +184,15 @@ class Service:
         settings: Settings,
         loader: DatasetLoader,
         clock: Callable[[], datetime] = utcnow,
+        timer: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.settings = settings
         self.loader = loader
         self.clock = clock
+        self.timer = timer
+        self.sleep = sleep
         self._costs: _Lru[PrivacyCost] = _Lru(1024)
 
     # lookups -------------------------------------------------------------------------
@@ -194,7 +268,7 @@ class Service:
         records, next_cursor = self.store.list_queries(user_id, dataset.name, n, cursor or None)
         now = self.clock()
         return {
-            "queries": [record_json(r, now) for r in records],
+            "queries": [record_json(self._settle_lease(r, now), now) for r in records],
             "next_cursor": next_cursor,
         }
 
@@ -206,7 +280,17 @@ class Service:
         record = self.store.get_query(query_id)
         if record is None or record.user_id != user_id or record.dataset != dataset.name:
             raise QueryNotFound("no such query")
-        return record_json(record, self.clock())
+        now = self.clock()
+        return record_json(self._settle_lease(record, now), now)
+
+    def _settle_lease(self, record: QueryRecord, now: datetime) -> QueryRecord:
+        """Write the lease rule back for a record whose lease expired (see effective_state)."""
+        if record.lease_expired(now):
+            try:
+                self.store.expire_query(record.query_id, now, dict(INTERRUPTED))
+            except Exception:  # the answer does not depend on it: the rule is applied anyway
+                log.warning("query %s: could not persist its expired lease", record.query_id)
+        return record
 
     # cost and queries ----------------------------------------------------------------
     def _parse(self, body: object) -> tuple[Engine, EngineRequest, dict[str, Any]]:
@@ -229,22 +313,92 @@ class Service:
             self._costs.put(key, cost)
         return cost
 
+    def _throttle(self, user_id: str) -> None:
+        """Count the request against the user's rate limit (fixed windows); 429 beyond it."""
+        limit, window = self.settings.rate_limit, self.settings.rate_window_seconds
+        if limit <= 0:
+            return
+        now = self.clock().timestamp()
+        start = int(now) // window * window
+        if not self.store.take_request(user_id, datetime.fromtimestamp(start, UTC), window, limit):
+            retry_after = max(1, math.ceil(start + window - now))
+            raise RateLimited(
+                f"more than {limit} query and cost requests in {window} s; "
+                f"retry in {retry_after} s",
+                retry_after,
+            )
+
+    @contextmanager
+    def _hardening(self, hardening: _Hardening) -> Iterator[None]:
+        """Apply hardened mode (if the watched dataset has it) to whatever the block does."""
+        try:
+            yield
+        except NeblinaError as error:
+            if hardening.dataset is None or not hardening.generic:
+                raise
+            replacement = hardened_error(error)
+            if replacement is error:
+                raise
+            raise replacement from None
+        finally:
+            if hardening.dataset is not None:
+                wait = hardening.release_at(self.timer()) - self.timer()
+                if wait > 0:
+                    self.sleep(wait)
+
+    def _check_cap(self, dataset: Dataset, cost: PrivacyCost) -> None:
+        """403 when one query would cost more than the dataset (or deployment) allows."""
+        cap = PrivacyCost(
+            epsilon=self.settings.max_epsilon_per_query, delta=self.settings.max_delta_per_query
+        )
+        if dataset.per_query_cap is not None:
+            own = dataset.per_query_cap
+            cap = PrivacyCost(
+                epsilon=min(cap.epsilon, own.epsilon), delta=min(cap.delta, own.delta)
+            )
+        if not cost <= cap:
+            raise QueryCapExceeded(
+                f"this query costs epsilon {format_decimal(cost.epsilon)}, delta "
+                f"{format_decimal(cost.delta)}; one query on {dataset.name} may cost at most "
+                f"epsilon {format_decimal(cap.epsilon)}, delta {format_decimal(cap.delta)}"
+            )
+
     def cost(self, user_id: str, name: str, body: object) -> dict[str, Any]:
         """The price of a query: metadata only, no debit."""
-        engine, request, _ = self._parse(body)
-        dataset, _ = self._granted_dataset(user_id, name)
-        cost = self._price(engine, dataset, request)
-        return {"dataset": dataset.name, "engine": engine.name, "cost": cost.to_json()}
+        hardening = _Hardening(self.timer())
+        self._throttle(user_id)
+        with self._hardening(hardening):
+            engine, request, _ = self._parse(body)
+            dataset, _ = self._granted_dataset(user_id, name)
+            hardening.watch(dataset)
+            cost = self._price(engine, dataset, request)
+            return {"dataset": dataset.name, "engine": engine.name, "cost": cost.to_json()}
 
     def query(self, user_id: str, name: str, body: object) -> dict[str, Any]:
         """Run a query (see the module docstring for the order of steps)."""
-        engine, request, document = self._parse(body)
-        query_id = validation.query_id(document.get("query_id"))
-        is_dummy = validation.boolean(document.get("dummy"), "dummy", False)
-        dataset, _ = self._granted_dataset(user_id, name)
-        cost = self._price(engine, dataset, request)
-        if is_dummy:
-            return self._dummy_query(engine, dataset, request, document, query_id, cost)
+        hardening = _Hardening(self.timer())
+        self._throttle(user_id)
+        with self._hardening(hardening):
+            engine, request, document = self._parse(body)
+            query_id = validation.query_id(document.get("query_id"))
+            is_dummy = validation.boolean(document.get("dummy"), "dummy", False)
+            dataset, _ = self._granted_dataset(user_id, name)
+            hardening.watch(dataset, generic=not is_dummy)
+            cost = self._price(engine, dataset, request)
+            self._check_cap(dataset, cost)
+            if is_dummy:
+                return self._dummy_query(engine, dataset, request, document, query_id, cost)
+            return self._debit_and_run(user_id, engine, dataset, request, query_id, cost)
+
+    def _debit_and_run(
+        self,
+        user_id: str,
+        engine: Engine,
+        dataset: Dataset,
+        request: EngineRequest,
+        query_id: str,
+        cost: PrivacyCost,
+    ) -> dict[str, Any]:
         now = self.clock()
         canonical = request.canonical()
         record = QueryRecord(
@@ -276,7 +430,8 @@ class Service:
             or existing.payload_hash != record.payload_hash
         ):
             raise QueryIdConflict("query_id already used with a different payload")
-        state = effective_state(existing, self.clock())
+        now = self.clock()
+        state = effective_state(self._settle_lease(existing, now), now)
         if state is QueryState.DONE:
             return self._response(existing, existing.result, replayed=True)
         if state is QueryState.RUNNING:
@@ -291,32 +446,60 @@ class Service:
     def _run(
         self, engine: Engine, dataset: Dataset, request: EngineRequest, record: QueryRecord
     ) -> dict[str, Any]:
+        """Steps 4-6 for a reserved record; every exception leaves the record settled.
+
+        Before the engine is handed the rows, any failure refunds (nothing saw the data).
+        From then on the spend stands: an engine failure or a failed archive write marks
+        the record failed, and nothing is released unless the archive write succeeded.
+        """
         try:
             loaded = self.loader.load(dataset)
-        except DatasetUnavailable as exc:
-            # No engine has seen a row: the debit goes back.
-            self.store.refund(
-                record,
-                self.clock(),
-                {"error": "internal_error", "message": "dataset unavailable; cost refunded"},
-            )
-            log.error("query %s: dataset %s unavailable: %s", record.query_id, dataset.name, exc)
-            raise InternalError("dataset unavailable; the cost was refunded") from exc
+        except Exception as exc:
+            self._refund(record, exc)
         try:
             result = engine.execute(loaded, request)
         except Exception:
             # The mechanism saw the data: the spend stands, the message says nothing.
             log.exception("query %s: engine failed on the private data", record.query_id)
             failure = EngineFailed()
-            self.store.finish(
-                record.query_id,
-                QueryState.FAILED,
-                self.clock(),
-                error={"error": failure.code, "message": failure.message},
-            )
+            self._fail(record, {"error": failure.code, "message": failure.message})
             raise failure from None
-        self.store.finish(record.query_id, QueryState.DONE, self.clock(), result=result)
+        try:
+            self.store.finish(record.query_id, QueryState.DONE, self.clock(), result=result)
+        except Exception:
+            log.exception("query %s: the release could not be archived", record.query_id)
+            self._fail(record, dict(ARCHIVE_FAILED))
+            raise InternalError() from None
         return self._response(record, result, replayed=False)
+
+    def _refund(self, record: QueryRecord, cause: Exception) -> NoReturn:
+        """Give the debit back (no engine saw a row) and raise a generic 500."""
+        unavailable = isinstance(cause, DatasetUnavailable)
+        what = "dataset unavailable" if unavailable else "the query could not be run"
+        try:
+            self.store.refund(
+                record,
+                self.clock(),
+                {"error": "internal_error", "message": f"{what}; cost refunded"},
+            )
+        except Exception:
+            # The record stays running: the lease rule settles it (the spend stands).
+            log.exception("query %s: refund failed", record.query_id)
+            raise InternalError() from cause
+        log.error("query %s: %s before any engine ran: %r", record.query_id, what, cause)
+        raise InternalError(f"{what}; the cost was refunded") from cause
+
+    def _fail(self, record: QueryRecord, error: dict[str, str]) -> None:
+        """Mark a running record failed (the spend stands); a failure here is only logged.
+
+        If the write fails the record stays running and the lease rule settles it the same
+        way; if the record is no longer running (its release was archived after all), it
+        keeps what it says.
+        """
+        try:
+            self.store.finish(record.query_id, QueryState.FAILED, self.clock(), error=error)
+        except Exception:
+            log.exception("query %s: could not mark the record failed", record.query_id)
 
     def _dummy_query(
         self,

@@ -42,7 +42,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from stack import LocalStack
 
     local = LocalStack(
-        synthetic_rows=100_000, quiet=True, log_dir=tmp_path_factory.mktemp("stack-logs")
+        synthetic_rows=100_000,
+        quiet=True,
+        log_dir=tmp_path_factory.mktemp("stack-logs"),
+        # Concurrency tests send hundreds of queries a second as one user: the limit is
+        # counted on every request (the path is exercised) but set out of their way;
+        # tests/test_abuse_limits.py checks the limit on a server of its own.
+        extra_env={"NEBLINA_RATE_LIMIT": "1000000"},
     )
     local.start()
     saved = dict(os.environ)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from chalicelib.errors import BudgetExhausted, InvalidRequest, NoGrant
@@ -21,6 +21,7 @@ class MemoryStore:
         self.datasets: dict[str, Dataset] = {}
         self.grants: dict[tuple[str, str], Grant] = {}
         self.queries: dict[str, QueryRecord] = {}
+        self.windows: dict[str, int] = {}
 
     def create_schema(self) -> None:
         pass
@@ -42,6 +43,30 @@ class MemoryStore:
             if token.token_hash in self.tokens:
                 raise AlreadyExists("token")
             self.tokens[token.token_hash] = token
+
+    def touch_token(self, token_hash: str, used_at: datetime, resolution: timedelta) -> bool:
+        with self.lock:
+            token = self.tokens[token_hash]
+            if token.last_used_at is not None and token.last_used_at > used_at - resolution:
+                return False
+            self.tokens[token_hash] = dataclasses.replace(token, last_used_at=used_at)
+            return True
+
+    def expire_token(self, token_hash: str, expires_at: datetime) -> None:
+        with self.lock:
+            token = self.tokens[token_hash]
+            if token.expires_at is None or token.expires_at > expires_at:
+                self.tokens[token_hash] = dataclasses.replace(token, expires_at=expires_at)
+
+    def take_request(
+        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+    ) -> bool:
+        with self.lock:
+            key = f"{user_id}#{int(window_start.timestamp())}"
+            if self.windows.get(key, 0) >= limit:
+                return False
+            self.windows[key] = self.windows.get(key, 0) + 1
+            return True
 
     def get_dataset(self, name: str) -> Dataset | None:
         return self.datasets.get(name)
@@ -113,6 +138,16 @@ class MemoryStore:
             self.queries[record.query_id] = dataclasses.replace(
                 current, state=QueryState.REFUNDED, finished_at=finished_at, error=error
             )
+
+    def expire_query(self, query_id: str, now: datetime, error: dict[str, str]) -> bool:
+        with self.lock:
+            record = self.queries[query_id]
+            if not record.lease_expired(now):
+                return False
+            self.queries[query_id] = dataclasses.replace(
+                record, state=QueryState.FAILED, finished_at=now, error=error
+            )
+            return True
 
     def get_query(self, query_id: str) -> QueryRecord | None:
         return self.queries.get(query_id)

@@ -10,7 +10,7 @@ ordered, crash-safe sequence of single-document conditional updates on MongoDB (
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from chalicelib.errors import Conflict, NeblinaError, NotFound
@@ -95,6 +95,21 @@ class Store(Protocol):
 
     def revoke_token(self, token_hash: str) -> None:
         """Mark a token revoked (:class:`ItemNotFound` if absent). Idempotent."""
+
+    def expire_token(self, token_hash: str, expires_at: datetime) -> None:
+        """Make a token expire at ``expires_at`` unless it already expires earlier.
+
+        One conditional write that only ever shortens a token's life (rotation with a grace
+        period); :class:`ItemNotFound` if the token does not exist.
+        """
+
+    def touch_token(self, token_hash: str, used_at: datetime, resolution: timedelta) -> bool:
+        """Record a token's last use, unless a use within ``resolution`` is already recorded.
+
+        One conditional write (``last_used_at`` absent or older than ``used_at -
+        resolution``); returns whether it wrote. Concurrent requests of the same token
+        write at most once per ``resolution``.
+        """
 
     # datasets --------------------------------------------------------------------------
     def get_dataset(self, name: str) -> Dataset | None:
@@ -184,6 +199,15 @@ class Store(Protocol):
         still running, so a refund can never happen twice.
         """
 
+    def expire_query(self, query_id: str, now: datetime, error: dict[str, str]) -> bool:
+        """Persist the lease rule: a record still ``running`` after its lease becomes ``failed``.
+
+        One write, conditional on the record running and ``lease_expires_at <= now``; returns
+        whether it changed the record. The spend stands (nobody can tell whether a mechanism
+        saw the data). A request that outlived its lease can then no longer complete its
+        record, so it releases nothing.
+        """
+
     def get_query(self, query_id: str) -> QueryRecord | None:
         """One query record, or None."""
 
@@ -196,6 +220,17 @@ class Store(Protocol):
         self, *, user_id: str | None = None, dataset: str | None = None
     ) -> Iterator[QueryRecord]:
         """Every record of a user and/or a dataset, oldest first (the archive export)."""
+
+    # rate limits -----------------------------------------------------------------------
+    def take_request(
+        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+    ) -> bool:
+        """Count one request of ``user_id`` in the fixed window starting at ``window_start``.
+
+        One atomic conditional write on a counter keyed by (user, window): the count goes up
+        only while it is below ``limit``; returns False (nothing counted) once the window
+        holds ``limit`` requests. Counters expire on their own after the window.
+        """
 
 
 def below_spent_message(current: Grant, change: PrivacyCost) -> str:

@@ -2,16 +2,17 @@
 
 Tables (names prefixed with ``NEBLINA_TABLE_PREFIX``; the Terraform module creates the same):
 
-=========  ==========================  ======================================================
-table      key                         notes
-=========  ==========================  ======================================================
-users      user_id (S)
-tokens     token_hash (S)              GSI ``by_user`` (user_id); TTL attribute ``purge_at``
-datasets   name (S)
-grants     user_id (S) + dataset (S)   ε/δ as DynamoDB Numbers (exact decimals); ``capped``
-caps       dataset (S)                 dataset-wide budget (only for datasets given a cap)
-queries    query_id (S)                GSI ``by_owner`` (owner_key = user#dataset, created_at)
-=========  ==========================  ======================================================
+==========  ==========================  ======================================================
+table       key                         notes
+==========  ==========================  ======================================================
+users       user_id (S)
+tokens      token_hash (S)              GSI ``by_user`` (user_id); TTL attribute ``purge_at``
+datasets    name (S)                    per-query cap, hardened flag and latency bucket
+grants      user_id (S) + dataset (S)   ε/δ as DynamoDB Numbers (exact decimals); ``capped``
+caps        dataset (S)                 dataset-wide budget (only for datasets given a cap)
+queries     query_id (S)                GSI ``by_owner`` (owner_key = user#dataset, created_at)
+ratelimits  window_key (S)              TTL attribute ``purge_at``; ``hits`` per user and window
+==========  ==========================  ======================================================
 
 A debit on an uncapped dataset is a two-item transaction (query record + grant). On a
 capped dataset it has a third item, the ``caps`` item, with its own condition. Which one a
@@ -25,7 +26,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from types import SimpleNamespace
@@ -141,6 +142,10 @@ def build_models(settings: Settings) -> SimpleNamespace:
         metadata = JSONAttribute()
         description = UnicodeAttribute(default="")
         created_at = UTCDateTimeAttribute()
+        per_query_epsilon = DecimalAttribute(null=True)  # largest cost of one query
+        per_query_delta = DecimalAttribute(null=True)
+        hardened = BooleanAttribute(null=True)  # fixed latency buckets, generic failures
+        latency_bucket_ms = NumberAttribute(null=True)
 
     class GrantModel(Model):
         Meta = meta("grants")  # type: ignore[assignment]
@@ -195,6 +200,12 @@ def build_models(settings: Settings) -> SimpleNamespace:
         capped = BooleanAttribute(null=True)  # the debit also went to the dataset's cap
         by_owner = QueriesByOwner()
 
+    class RateLimitModel(Model):
+        Meta = meta("ratelimits")  # type: ignore[assignment]
+        window_key = UnicodeAttribute(hash_key=True)  # user#window start (epoch seconds)
+        hits = NumberAttribute()
+        purge_at = NumberAttribute()  # TTL: a day after the window ends
+
     return SimpleNamespace(
         User=UserModel,
         Token=TokenModel,
@@ -202,6 +213,7 @@ def build_models(settings: Settings) -> SimpleNamespace:
         Grant=GrantModel,
         Cap=CapModel,
         Query=QueryModel,
+        RateLimit=RateLimitModel,
     )
 
 
@@ -250,6 +262,9 @@ def _token(item: Any) -> Token:
 
 
 def _dataset(item: Any) -> Dataset:
+    per_query_cap = None
+    if item.per_query_epsilon is not None:
+        per_query_cap = PrivacyCost(epsilon=item.per_query_epsilon, delta=item.per_query_delta)
     return Dataset(
         name=item.name,
         source=item.source,
@@ -257,6 +272,9 @@ def _dataset(item: Any) -> Dataset:
         metadata=item.metadata,
         description=item.description or "",
         created_at=item.created_at,
+        per_query_cap=per_query_cap,
+        hardened=bool(item.hardened),
+        latency_bucket_ms=int(item.latency_bucket_ms) if item.latency_bucket_ms else None,
     )
 
 
@@ -298,6 +316,11 @@ def _decode_cursor(cursor: str, owner_key: str) -> dict[str, Any]:
     return key
 
 
+def _purge_at(expires_at: datetime) -> int:
+    """When DynamoDB's TTL may delete an expired token: 30 days after it expired."""
+    return int(expires_at.timestamp()) + 30 * 24 * 3600
+
+
 def _is_condition_failure(error: Exception) -> bool:
     cause = getattr(error, "cause_response_code", None)
     return cause == "ConditionalCheckFailedException"
@@ -334,7 +357,7 @@ class DynamoStore:
 
     def _models(self) -> tuple[Any, ...]:
         m = self.m
-        return (m.User, m.Token, m.Dataset, m.Grant, m.Cap, m.Query)
+        return (m.User, m.Token, m.Dataset, m.Grant, m.Cap, m.Query, m.RateLimit)
 
     def create_schema(self) -> None:
         for model in self._models():
@@ -375,9 +398,7 @@ class DynamoStore:
             return None
 
     def put_token(self, token: Token) -> None:
-        purge_at = None
-        if token.expires_at is not None:
-            purge_at = int(token.expires_at.timestamp()) + 30 * 24 * 3600
+        purge_at = _purge_at(token.expires_at) if token.expires_at is not None else None
         item = self.m.Token(
             token.token_hash,
             token_id=token.token_id,
@@ -406,6 +427,35 @@ class DynamoStore:
                 raise ItemNotFound("no such token") from exc
             raise
 
+    def expire_token(self, token_hash: str, expires_at: datetime) -> None:
+        T = self.m.Token
+        try:
+            T(token_hash).update(
+                actions=[T.expires_at.set(expires_at), T.purge_at.set(_purge_at(expires_at))],
+                # only ever shortens: a later expiry stays as it is
+                condition=T.token_hash.exists()
+                & (T.expires_at.does_not_exist() | (T.expires_at > expires_at)),
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            if self.get_token(token_hash) is None:
+                raise ItemNotFound("no such token") from exc
+
+    def touch_token(self, token_hash: str, used_at: datetime, resolution: timedelta) -> bool:
+        T = self.m.Token
+        try:
+            T(token_hash).update(
+                actions=[T.last_used_at.set(used_at)],
+                condition=T.token_hash.exists()
+                & (T.last_used_at.does_not_exist() | (T.last_used_at <= used_at - resolution)),
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
     # datasets ------------------------------------------------------------------------
     def get_dataset(self, name: str) -> Dataset | None:
         try:
@@ -414,6 +464,7 @@ class DynamoStore:
             return None
 
     def put_dataset(self, dataset: Dataset, *, create_only: bool = True) -> None:
+        cap = dataset.per_query_cap
         item = self.m.Dataset(
             dataset.name,
             source=dataset.source,
@@ -421,6 +472,10 @@ class DynamoStore:
             metadata=dataset.metadata,
             description=dataset.description,
             created_at=dataset.created_at,
+            per_query_epsilon=cap.epsilon if cap is not None else None,
+            per_query_delta=cap.delta if cap is not None else None,
+            hardened=True if dataset.hardened else None,
+            latency_bucket_ms=dataset.latency_bucket_ms,
         )
         self._save(item, self.m.Dataset.name.does_not_exist() if create_only else None)
 
@@ -831,6 +886,23 @@ class DynamoStore:
         except TransactWriteError as exc:
             raise InternalError() from exc
 
+    def expire_query(self, query_id: str, now: datetime, error: dict[str, str]) -> bool:
+        Q = self.m.Query
+        try:
+            Q(query_id).update(
+                actions=[
+                    Q.state.set(QueryState.FAILED.value),
+                    Q.finished_at.set(now),
+                    Q.error.set(error),
+                ],
+                condition=(Q.state == QueryState.RUNNING.value) & (Q.lease_expires_at <= now),
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
     def _query_capped(self, query_id: str) -> bool:
         try:
             item = self.m.Query.get(query_id, consistent_read=True, attributes_to_get=["capped"])
@@ -877,6 +949,25 @@ class DynamoStore:
             items = Q.scan(filter_condition=condition)
         # An export reads the whole selection; sorting needs it in memory (admin only).
         yield from sorted((_record(i) for i in items), key=lambda r: (r.created_at, r.query_id))
+
+    # rate limits ---------------------------------------------------------------------
+    def take_request(
+        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+    ) -> bool:
+        R = self.m.RateLimit
+        start = int(window_start.timestamp())
+        try:
+            # UpdateItem creates the counter on the window's first request; the condition
+            # and the increment are one step, so concurrent requests never exceed the limit.
+            R(f"{user_id}#{start}").update(
+                actions=[R.hits.add(1), R.purge_at.set(start + window_seconds + 86400)],
+                condition=R.hits.does_not_exist() | (R.hits < limit),
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
 
     # helpers -------------------------------------------------------------------------
     def _query_item(self, record: QueryRecord, capped: bool = False) -> Any:

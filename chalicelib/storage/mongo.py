@@ -2,16 +2,17 @@
 
 Collections (names prefixed with ``NEBLINA_TABLE_PREFIX``, like the DynamoDB tables):
 
-========  ===============================  ===============================================
-name      unique key                       notes
-========  ===============================  ===============================================
-users     _id = user_id
-tokens    _id = token_hash                 index user_id
-datasets  _id = name
-grants    unique index (user_id, dataset)  amounts as Decimal128; ``pending`` entries
-caps      _id = dataset                    dataset-wide budget; ``pending`` entries
-queries   _id = query_id                   index (user_id, dataset, created_at)
-========  ===============================  ===============================================
+==========  ===============================  ===============================================
+name        unique key                       notes
+==========  ===============================  ===============================================
+users       _id = user_id
+tokens      _id = token_hash                 index user_id
+datasets    _id = name                       per-query cap, hardened flag, latency bucket
+grants      unique index (user_id, dataset)  amounts as Decimal128; ``pending`` entries
+caps        _id = dataset                    dataset-wide budget; ``pending`` entries
+queries     _id = query_id                   index (user_id, dataset, created_at)
+ratelimits  _id = user#window start          ``hits``; TTL index on ``expires_at``
+==========  ===============================  ===============================================
 
 Amounts are ``Decimal128`` (34 significant digits, exact decimal arithmetic in ``$inc``);
 a value that does not fit is refused, never rounded. No multi-document transaction is used,
@@ -147,6 +148,9 @@ def _token(doc: Doc) -> Token:
 
 
 def _dataset(doc: Doc) -> Dataset:
+    per_query_cap = None
+    if doc.get("per_query_epsilon") is not None:
+        per_query_cap = _cost(doc, "per_query")
     return Dataset(
         name=doc["_id"],
         source=doc["source"],
@@ -154,6 +158,9 @@ def _dataset(doc: Doc) -> Dataset:
         metadata=doc["metadata"],
         description=doc.get("description", ""),
         created_at=_aware(doc["created_at"]),
+        per_query_cap=per_query_cap,
+        hardened=bool(doc.get("hardened", False)),
+        latency_bucket_ms=doc.get("latency_bucket_ms"),
     )
 
 
@@ -259,6 +266,10 @@ class MongoStore:
     def _queries(self) -> Collection[Doc]:
         return self._c("queries")
 
+    @property
+    def _ratelimits(self) -> Collection[Doc]:
+        return self._c("ratelimits")
+
     def create_schema(self) -> None:
         self._tokens.create_index([("user_id", ASCENDING)], name="by_user")
         self._grants.create_index(
@@ -277,6 +288,7 @@ class MongoStore:
         self._queries.create_index(
             [("dataset", ASCENDING), ("created_at", ASCENDING)], name="by_dataset"
         )
+        self._ratelimits.create_index("expires_at", expireAfterSeconds=0, name="expiry")
 
     # users -------------------------------------------------------------------------
     def get_user(self, user_id: str) -> User | None:
@@ -338,12 +350,32 @@ class MongoStore:
         ):
             raise ItemNotFound("no such token")
 
+    def expire_token(self, token_hash: str, expires_at: datetime) -> None:
+        # only ever shortens: a later expiry stays as it is
+        selector = {
+            "_id": token_hash,
+            "$or": [{"expires_at": None}, {"expires_at": {"$gt": expires_at}}],
+        }
+        if self._tokens.update_one(selector, {"$set": {"expires_at": expires_at}}).matched_count:
+            return
+        if self._tokens.find_one({"_id": token_hash}, {"_id": 1}) is None:
+            raise ItemNotFound("no such token")
+
+    def touch_token(self, token_hash: str, used_at: datetime, resolution: timedelta) -> bool:
+        selector = {
+            "_id": token_hash,
+            "$or": [{"last_used_at": None}, {"last_used_at": {"$lte": used_at - resolution}}],
+        }
+        result = self._tokens.update_one(selector, {"$set": {"last_used_at": used_at}})
+        return result.matched_count == 1
+
     # datasets ----------------------------------------------------------------------
     def get_dataset(self, name: str) -> Dataset | None:
         doc = self._datasets.find_one({"_id": name})
         return None if doc is None else _dataset(doc)
 
     def put_dataset(self, dataset: Dataset, *, create_only: bool = True) -> None:
+        cap = dataset.per_query_cap
         doc = {
             "_id": dataset.name,
             "source": dataset.source,
@@ -351,6 +383,10 @@ class MongoStore:
             "metadata": dataset.metadata,
             "description": dataset.description,
             "created_at": dataset.created_at,
+            "per_query_epsilon": _d128(cap.epsilon) if cap is not None else None,
+            "per_query_delta": _d128(cap.delta) if cap is not None else None,
+            "hardened": dataset.hardened,
+            "latency_bucket_ms": dataset.latency_bucket_ms,
         }
         if create_only:
             try:
@@ -831,6 +867,23 @@ class MongoStore:
             ).matched_count
         ) == 1
 
+    def expire_query(self, query_id: str, now: datetime, error: dict[str, str]) -> bool:
+        result = self._queries.update_one(
+            {
+                "_id": query_id,
+                "state": QueryState.RUNNING.value,
+                "lease_expires_at": {"$lte": now},
+            },
+            {
+                "$set": {
+                    "state": QueryState.FAILED.value,
+                    "finished_at": now,
+                    "error": _json(error),
+                }
+            },
+        )
+        return result.matched_count == 1
+
     # recovery ------------------------------------------------------------------------
     def reconcile(self) -> int:
         """Settle every pending entry older than the grace period; returns how many."""
@@ -907,6 +960,31 @@ class MongoStore:
             [("created_at", ASCENDING), ("_id", ASCENDING)]
         ):
             yield _record(doc)
+
+    # rate limits ---------------------------------------------------------------------
+    def take_request(
+        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+    ) -> bool:
+        key = {"_id": f"{user_id}#{int(window_start.timestamp())}"}
+        below = {**key, "hits": {"$lt": limit}}
+        try:
+            # the window's first request creates the counter (upsert); later ones increment
+            # it while it is below the limit: one atomic single-document update each
+            self._ratelimits.update_one(
+                below,
+                {
+                    "$inc": {"hits": 1},
+                    "$setOnInsert": {
+                        "expires_at": window_start + timedelta(seconds=window_seconds, days=1)
+                    },
+                },
+                upsert=True,
+            )
+            return True
+        except DuplicateKeyError:
+            # the counter exists and is at the limit (or was created by a concurrent
+            # first request): try once more without upserting
+            return self._ratelimits.update_one(below, {"$inc": {"hits": 1}}).matched_count == 1
 
 
 class _Taken(Exception):
