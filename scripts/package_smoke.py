@@ -109,6 +109,12 @@ def stub_store(user: str, token: str | None) -> Any:
         def get_user(self, user_id: str) -> User | None:
             return User(user_id, now) if user_id == user else None
 
+        def touch_token(self, token_hash: str, used_at: datetime, resolution: object) -> bool:
+            return True  # the authorizer records the last use
+
+        def take_request(self, user_id: str, window: datetime, seconds: int, limit: int) -> bool:
+            return True  # query and cost requests count against the rate limit
+
     return Stub()
 
 

@@ -44,6 +44,13 @@ locals {
       indexes       = { by_owner = { hash_key = "owner_key", range_key = "created_at" } }
       ttl_attribute = null # the archive is kept
     }
+    ratelimits = {
+      hash_key      = "window_key"
+      range_key     = null
+      attributes    = { window_key = "S" }
+      indexes       = {}
+      ttl_attribute = "purge_at" # a day after the window ends
+    }
   }
 }
 

@@ -3,12 +3,13 @@
 #
 # What the code calls (tests/test_package_lambda.py records the calls the packaged
 # functions make against the emulator and checks each is allowed here):
-#   authorizer: GetItem on tokens and users.
+#   authorizer: GetItem on tokens and users; UpdateItem on tokens (the last use, at most
+#   once a minute per token).
 #   API: GetItem on datasets; GetItem/UpdateItem on caps (a debit on a capped dataset
 #   also debits its cap); GetItem/Query/UpdateItem on grants; GetItem/PutItem/
 #   UpdateItem on queries and Query on its by_owner index (a debit is one
-#   TransactWriteItems, which IAM checks as its PutItem/UpdateItem parts); GetObject on
-#   the datasets bucket.
+#   TransactWriteItems, which IAM checks as its PutItem/UpdateItem parts); UpdateItem on
+#   ratelimits (the per-user counters); GetObject on the datasets bucket.
 
 data "aws_iam_policy_document" "lambda_assume" {
   statement {
@@ -54,6 +55,11 @@ data "aws_iam_policy_document" "api" {
     resources = [aws_dynamodb_table.neblina["queries"].arn]
   }
   statement {
+    sid       = "CountRequests"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.neblina["ratelimits"].arn]
+  }
+  statement {
     sid       = "ListOwnQueries"
     actions   = ["dynamodb:Query"]
     resources = ["${aws_dynamodb_table.neblina["queries"].arn}/index/by_owner"]
@@ -91,6 +97,11 @@ data "aws_iam_policy_document" "authorizer" {
       aws_dynamodb_table.neblina["tokens"].arn,
       aws_dynamodb_table.neblina["users"].arn,
     ]
+  }
+  statement {
+    sid       = "RecordTokenUse"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.neblina["tokens"].arn]
   }
   statement {
     sid       = "UseNeblinaKey"

@@ -33,6 +33,8 @@ locals {
     NEBLINA_DATASET_CACHE_ENTRIES = tostring(var.limits.dataset_cache_entries)
     NEBLINA_MAX_EPSILON_PER_QUERY = var.limits.max_epsilon_per_query
     NEBLINA_MAX_DELTA_PER_QUERY   = var.limits.max_delta_per_query
+    NEBLINA_RATE_LIMIT            = tostring(var.limits.rate_limit)
+    NEBLINA_RATE_WINDOW_SECONDS   = tostring(var.limits.rate_window_seconds)
   }
 
   tags = merge({ application = "neblina" }, var.tags)

@@ -137,6 +137,8 @@ variable "limits" {
     dataset_cache_entries = optional(number, 4)
     max_epsilon_per_query = optional(string, "100")
     max_delta_per_query   = optional(string, "0.5")
+    rate_limit            = optional(number, 600)
+    rate_window_seconds   = optional(number, 60)
   })
   default = {}
 }
