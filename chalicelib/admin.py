@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from chalicelib import metadata as metadata_module
 from chalicelib.auth import IssuedToken, issue_token
-from chalicelib.config import Settings
+from chalicelib.config import Settings, get_settings
 from chalicelib.errors import Conflict, InvalidRequest
 from chalicelib.models import (
     Dataset,
@@ -250,12 +250,76 @@ def remove_user(store: Store, uid: str, *, force: bool = False) -> Removal:
 
 
 # tokens ---------------------------------------------------------------------------------
-def add_token(store: Store, uid: str, expires_in: timedelta | None = None) -> IssuedToken:
-    """Issue a token for an existing user; the secret is in the result, only its hash is stored."""
+def token_lifetime(expires_in: timedelta | None, never_expires: bool) -> timedelta | None:
+    """The lifetime of a new token: as asked, else ``NEBLINA_TOKEN_DEFAULT_DAYS``.
+
+    A token that never expires is only ever issued on explicit request (``never_expires``).
+    """
+    if never_expires:
+        if expires_in is not None:
+            raise InvalidRequest("give a lifetime or ask for no expiry, not both")
+        return None
+    if expires_in is not None:
+        return expires_in
+    days = get_settings().token_default_days
+    if days <= 0:
+        raise InvalidRequest("NEBLINA_TOKEN_DEFAULT_DAYS must be a number of days above 0")
+    return timedelta(days=days)
+
+
+def add_token(
+    store: Store,
+    uid: str,
+    expires_in: timedelta | None = None,
+    *,
+    never_expires: bool = False,
+) -> IssuedToken:
+    """Issue a token for an existing user; the secret is in the result, only its hash is stored.
+
+    Without ``expires_in`` it expires after the default lifetime (``token_lifetime``).
+    """
     require_user(store, uid)
-    issued = issue_token(uid, expires_in=expires_in)
+    issued = issue_token(uid, expires_in=token_lifetime(expires_in, never_expires))
     store.put_token(issued.record)
     return issued
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """A rotated token: the new secret, and the old token as it now stands."""
+
+    issued: IssuedToken
+    old: Token
+
+
+def rotate_token(
+    store: Store,
+    token_id: str,
+    *,
+    grace: timedelta | None = None,
+    expires_in: timedelta | None = None,
+    never_expires: bool = False,
+) -> Rotation:
+    """Issue a new token for the same user, then retire the old one.
+
+    Without ``grace`` the old token is revoked at once; with it, the old token expires
+    ``grace`` from now (never later than it would have anyway), so clients can switch. The
+    new token is stored first: if the rotation is interrupted, the old one still works and
+    the rotation can be run again.
+    """
+    old = find_token(store, token_id)
+    now = utcnow()
+    if old.revoked or old.is_expired(now):
+        state = "revoked" if old.revoked else "expired"
+        raise Conflict(f"token {token_id} is {state}; issue a new one with tokens issue")
+    issued = add_token(store, old.user_id, expires_in, never_expires=never_expires)
+    if grace is None:
+        store.revoke_token(old.token_hash)
+    else:
+        store.expire_token(old.token_hash, now + grace)
+    current = store.get_token(old.token_hash)
+    assert current is not None
+    return Rotation(issued=issued, old=current)
 
 
 def find_token(store: Store, token_id: str) -> Token:
@@ -320,6 +384,24 @@ def add_dataset(
     return dataset, True
 
 
+def per_query_cap(epsilon: object, delta: object) -> PrivacyCost:
+    """The largest cost one query may have: ε > 0 and 0 <= δ < 1."""
+    cap = budget(epsilon, delta)
+    if cap.epsilon <= 0:
+        raise InvalidRequest(f"a per-query cap needs epsilon above 0 (got {epsilon!r})")
+    return cap
+
+
+def latency_bucket_ms(value: object) -> int:
+    """A hardened-mode latency bucket: whole milliseconds in 10..60000."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 10 <= value <= 60_000:
+        raise InvalidRequest(f"latency_bucket_ms must be an integer in 10..60000 (got {value!r})")
+    return value
+
+
+_KEEP: Any = object()
+
+
 def update_dataset(
     store: Store,
     name: str,
@@ -328,9 +410,21 @@ def update_dataset(
     source: str | None = None,
     source_format: str | None = None,
     description: str | None = None,
+    query_cap: PrivacyCost | None = _KEEP,
+    hardened: bool | None = None,
+    bucket_ms: int | None = _KEEP,
 ) -> Dataset:
-    """Change a dataset's metadata, source or description (validated first)."""
+    """Change a dataset's metadata, source, description or policy (validated first).
+
+    ``query_cap`` and ``bucket_ms`` are left as they are unless given (None removes them).
+    """
     current = require_dataset(store, name)
+    if query_cap is _KEEP:
+        query_cap = current.per_query_cap
+    if bucket_ms is _KEEP:
+        bucket_ms = current.latency_bucket_ms
+    elif bucket_ms is not None:
+        bucket_ms = latency_bucket_ms(bucket_ms)
     validated = current.metadata if metadata is None else metadata_module.validate(metadata)
     from chalicelib.datasets import source_format as infer_format
 
@@ -342,6 +436,9 @@ def update_dataset(
         source=new_source,
         source_format=infer_format(new_source, fmt),
         description=current.description if description is None else description,
+        per_query_cap=query_cap,
+        hardened=current.hardened if hardened is None else hardened,
+        latency_bucket_ms=bucket_ms,
     )
     store.put_dataset(changed, create_only=False)
     return changed
@@ -445,8 +542,12 @@ EXPORT_FIELDS = (
 )
 
 
-def export_row(record: QueryRecord) -> dict[str, Any]:
-    """One archived query as a flat JSON-able row (exact decimal strings)."""
+def export_row(record: QueryRecord, now: datetime | None = None) -> dict[str, Any]:
+    """One archived query as a flat JSON-able row (exact decimal strings).
+
+    The lease rule applies as in the API: a record whose request died shows ``failed``.
+    """
+    record = record.as_seen(now or utcnow())
     document = record.to_json()
     return {
         "query_id": record.query_id,

@@ -23,9 +23,18 @@ from rich.console import Console
 from rich.table import Table
 
 from chalicelib import admin, declarative
+from chalicelib.auth import IssuedToken
 from chalicelib.config import get_settings
 from chalicelib.errors import InvalidRequest, NeblinaError, NotFound
-from chalicelib.models import DatasetCap, Grant, PrivacyCost, Token, format_decimal, utcnow
+from chalicelib.models import (
+    Dataset,
+    DatasetCap,
+    Grant,
+    PrivacyCost,
+    Token,
+    format_decimal,
+    utcnow,
+)
 from chalicelib.storage import Store, get_store
 
 EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CHANGES = 1, 3, 4, 5
@@ -34,7 +43,9 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0] if __doc__ else ""
 )
 users = typer.Typer(no_args_is_help=True, help="Researchers: add, list, show, disable, remove.")
-tokens = typer.Typer(no_args_is_help=True, help="API tokens: issue (shown once), list, revoke.")
+tokens = typer.Typer(
+    no_args_is_help=True, help="API tokens: issue (shown once), list, rotate, revoke."
+)
 datasets = typer.Typer(no_args_is_help=True, help="Datasets: source + validated metadata.")
 grants = typer.Typer(no_args_is_help=True, help="Budgets per user and dataset, and caps.")
 archive = typer.Typer(no_args_is_help=True, help="Export archived queries.")
@@ -242,18 +253,18 @@ def users_remove(
 
 
 # tokens ---------------------------------------------------------------------------------
-@tokens.command("issue")
-@handled
-def tokens_issue(
-    user_id: str,
-    expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime, e.g. 90m, 12h, 30d, 2w (default: none).")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Issue a token; the secret is printed once and only its hash is stored."""
-    lifetime = admin.duration(expires_in) if expires_in is not None else None
-    issued = admin.add_token(_store(), user_id, lifetime)
+ExpiresOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Lifetime, e.g. 90m, 12h, 30d, 2w (default: NEBLINA_TOKEN_DEFAULT_DAYS, 90 days)."
+    ),
+]
+NoExpiryOpt = Annotated[
+    bool, typer.Option("--no-expiry", help="A token that never expires (only on request).")
+]
+
+
+def _print_secret(issued: IssuedToken, user_id: str, as_json: bool) -> None:
     if as_json:
         _emit_json({"token": issued.secret, **_token_json(issued.record)})
         return
@@ -261,6 +272,55 @@ def tokens_issue(
     out.print(f"token {issued.record.token_id} for {user_id} (expires: {expires})")
     out.print("secret (shown once, store it now):")
     sys.stdout.write(issued.secret + "\n")
+
+
+@tokens.command("issue")
+@handled
+def tokens_issue(
+    user_id: str,
+    expires_in: ExpiresOpt = None,
+    no_expiry: NoExpiryOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a token; the secret is printed once and only its hash is stored."""
+    lifetime = admin.duration(expires_in) if expires_in is not None else None
+    issued = admin.add_token(_store(), user_id, lifetime, never_expires=no_expiry)
+    _print_secret(issued, user_id, as_json)
+
+
+@tokens.command("rotate")
+@handled
+def tokens_rotate(
+    token_id: str,
+    grace: Annotated[
+        str | None,
+        typer.Option(help="Let the old token work this long, e.g. 10m (default: revoke now)."),
+    ] = None,
+    expires_in: ExpiresOpt = None,
+    no_expiry: NoExpiryOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a new token for the same user and retire the old one (revoked, or after --grace)."""
+    rotation = admin.rotate_token(
+        _store(),
+        token_id,
+        grace=admin.duration(grace) if grace is not None else None,
+        expires_in=admin.duration(expires_in) if expires_in is not None else None,
+        never_expires=no_expiry,
+    )
+    old = rotation.old
+    if as_json:
+        _emit_json(
+            {
+                "token": rotation.issued.secret,
+                **_token_json(rotation.issued.record),
+                "old": _token_json(old),
+            }
+        )
+        return
+    fate = "revoked" if old.revoked else f"expires {admin.iso(old.expires_at)}"
+    out.print(f"old token {old.token_id}: {fate}")
+    _print_secret(rotation.issued, old.user_id, False)
 
 
 @tokens.command("list")
@@ -411,6 +471,7 @@ def datasets_show(name: str, as_json: JsonOpt = False) -> None:
                 "metadata": dataset.metadata,
                 "cap": _cap_json(cap),
                 "grants": [_grant_json(g) for g in dataset_grants],
+                **_policy_json(dataset),
             }
         )
         return
@@ -439,6 +500,7 @@ def datasets_show(name: str, as_json: JsonOpt = False) -> None:
         ],
     )
     _print_cap(cap)
+    _print_policy(dataset)
     _print_grants(dataset_grants)
 
 
@@ -449,19 +511,74 @@ def datasets_update(
     metadata: Annotated[Path | None, typer.Option(help="New metadata YAML file.")] = None,
     source: Annotated[str | None, typer.Option(help="New source.")] = None,
     description: Annotated[str | None, typer.Option(help="New description.")] = None,
+    per_query_epsilon: Annotated[
+        str | None, typer.Option(help="Largest ε one query may cost (with --per-query-delta).")
+    ] = None,
+    per_query_delta: Annotated[
+        str | None, typer.Option(help="Largest δ one query may cost (with --per-query-epsilon).")
+    ] = None,
+    no_per_query_cap: Annotated[
+        bool, typer.Option("--no-per-query-cap", help="Remove the dataset's per-query cap.")
+    ] = False,
+    hardened: Annotated[
+        bool | None,
+        typer.Option(
+            "--hardened/--not-hardened",
+            help="Fixed latency buckets and generic failure bodies for query and cost answers.",
+        ),
+    ] = None,
+    latency_bucket_ms: Annotated[
+        int | None, typer.Option(help="Hardened mode's latency bucket (default 500 ms).")
+    ] = None,
 ) -> None:
-    """Replace a dataset's metadata, source or description (validated first)."""
-    if metadata is None and source is None and description is None:
-        raise InvalidRequest("nothing to update: give --metadata, --source or --description")
+    """Change a dataset's metadata, source, description or policy (validated first)."""
+    cap_given = per_query_epsilon is not None or per_query_delta is not None
+    if cap_given and (per_query_epsilon is None or per_query_delta is None):
+        raise InvalidRequest("give both --per-query-epsilon and --per-query-delta")
+    if cap_given and no_per_query_cap:
+        raise InvalidRequest("give a per-query cap or --no-per-query-cap, not both")
+    policy: dict[str, Any] = {}
+    if cap_given:
+        policy["query_cap"] = admin.per_query_cap(per_query_epsilon, per_query_delta)
+    elif no_per_query_cap:
+        policy["query_cap"] = None
+    if hardened is not None:
+        policy["hardened"] = hardened
+    if latency_bucket_ms is not None:
+        policy["bucket_ms"] = latency_bucket_ms
+    if metadata is None and source is None and description is None and not policy:
+        raise InvalidRequest(
+            "nothing to update: give --metadata, --source, --description or a policy option"
+        )
     settings = get_settings()
     validated = admin.read_metadata(metadata) if metadata is not None else None
     location = admin.normalise_source(source) if source is not None else None
     if location is not None:
         admin.check_source(settings, location)
     dataset = admin.update_dataset(
-        _store(), name, metadata=validated, source=location, description=description
+        _store(), name, metadata=validated, source=location, description=description, **policy
     )
     out.print(f"updated dataset {dataset.name}")
+    if policy:
+        _print_policy(dataset)
+
+
+def _policy_json(dataset: Dataset) -> dict[str, Any]:
+    cap = dataset.per_query_cap
+    return {
+        "per_query_cap": cap.to_json() if cap is not None else None,
+        "hardened": dataset.hardened,
+        "latency_bucket_ms": dataset.latency_bucket_ms,
+    }
+
+
+def _print_policy(dataset: Dataset) -> None:
+    cap = dataset.per_query_cap
+    out.print(f"  per-query cap: {_amount(cap) if cap is not None else 'deployment default'}")
+    if dataset.hardened:
+        out.print(f"  hardened: latency bucket {round(dataset.bucket_seconds * 1000)} ms")
+    else:
+        out.print("  hardened: no")
 
 
 @datasets.command("remove")

@@ -13,6 +13,9 @@
         format: csv                                 # optional (from the extension)
         description: ...                            # optional (else the metadata's)
         cap: {epsilon: 50, delta: 0.01}             # optional dataset-wide budget
+        per_query_cap: {epsilon: 2, delta: 1.0e-5}  # optional: the most one query may cost
+        hardened: true                              # optional: fixed latency buckets, ...
+        latency_bucket_ms: 500                      # ... of this size (default 500)
     grants:
       - {user: alice, dataset: PENGUIN, epsilon: 10, delta: 0.001}
 
@@ -45,7 +48,17 @@ from chalicelib.storage import Store
 
 _TOP_KEYS = {"users", "datasets", "grants"}
 _USER_KEYS = {"id", "description", "disabled"}
-_DATASET_KEYS = {"name", "source", "metadata", "format", "description", "cap"}
+_DATASET_KEYS = {
+    "name",
+    "source",
+    "metadata",
+    "format",
+    "description",
+    "cap",
+    "per_query_cap",
+    "hardened",
+    "latency_bucket_ms",
+}
 _GRANT_KEYS = {"user", "dataset", "epsilon", "delta"}
 
 
@@ -59,6 +72,9 @@ class DesiredDataset:
     source_format: str
     description: str
     cap: PrivacyCost | None
+    per_query_cap: PrivacyCost | None = None
+    hardened: bool = False
+    latency_bucket_ms: int | None = None
 
 
 @dataclass
@@ -164,6 +180,18 @@ def parse(raw: object, base: Path) -> Desired:
             fmt = entry.get("format")
             if fmt not in (None, "csv", "parquet"):
                 raise InvalidRequest(f"unknown format {fmt!r}: csv or parquet")
+            per_query = None
+            if entry.get("per_query_cap") is not None:
+                spec = entry["per_query_cap"]
+                if not isinstance(spec, dict) or set(spec) != {"epsilon", "delta"}:
+                    raise InvalidRequest("per_query_cap must be {epsilon: ..., delta: ...}")
+                per_query = admin.per_query_cap(spec["epsilon"], spec["delta"])
+            hardened = entry.get("hardened", False)
+            if not isinstance(hardened, bool):
+                raise InvalidRequest("hardened must be true or false")
+            bucket = entry.get("latency_bucket_ms")
+            if bucket is not None:
+                bucket = admin.latency_bucket_ms(bucket)
         except InvalidRequest as exc:
             _problem(problems, where, exc)
             continue
@@ -178,6 +206,9 @@ def parse(raw: object, base: Path) -> Desired:
             source_format=source_format(source, fmt),
             description=str(entry.get("description") or metadata.get("description", "")),
             cap=cap,
+            per_query_cap=per_query,
+            hardened=hardened,
+            latency_bucket_ms=bucket,
         )
     for i, entry in enumerate(_entries(raw, "grants", problems)):
         where = f"grants[{i}]"
@@ -215,6 +246,10 @@ def load(path: Path) -> Desired:
 
 def _amounts(cost: PrivacyCost) -> str:
     return f"epsilon {format_decimal(cost.epsilon)}, delta {format_decimal(cost.delta)}"
+
+
+def _cap_text(cost: PrivacyCost | None) -> str | None:
+    return None if cost is None else _amounts(cost)
 
 
 def _diff(name: str, old: object, new: object) -> str:
@@ -286,10 +321,13 @@ def plan(
             except InvalidRequest as exc:
                 _problem(problems, f"datasets.{name}", exc)
         if stored is None:
+            details = [f"source {spec.source}"]
+            if spec.per_query_cap is not None:
+                details.append(f"per_query_cap {_amounts(spec.per_query_cap)}")
+            if spec.hardened:
+                details.append(f"hardened, bucket {spec.latency_bucket_ms or 'default'} ms")
             changes.append(
-                Change(
-                    "create", "dataset", name, (f"source {spec.source}",), _put(store, spec, None)
-                )
+                Change("create", "dataset", name, tuple(details), _put(store, spec, None))
             )
         else:
             details = []
@@ -297,6 +335,9 @@ def plan(
                 ("source", stored.source, spec.source),
                 ("format", stored.source_format, spec.source_format),
                 ("description", stored.description, spec.description),
+                ("per_query_cap", _cap_text(stored.per_query_cap), _cap_text(spec.per_query_cap)),
+                ("hardened", stored.hardened, spec.hardened),
+                ("latency_bucket_ms", stored.latency_bucket_ms, spec.latency_bucket_ms),
             ):
                 if old != new:
                     details.append(_diff(label, old, new))
@@ -398,6 +439,9 @@ def _put(store: Store, spec: DesiredDataset, stored: Dataset | None) -> Callable
         created_at=stored.created_at if stored is not None else utcnow(),
         description=spec.description,
         source_format=spec.source_format,
+        per_query_cap=spec.per_query_cap,
+        hardened=spec.hardened,
+        latency_bucket_ms=spec.latency_bucket_ms,
     )
     return _later(store.put_dataset, dataset, create_only=stored is None)
 

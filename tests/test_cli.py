@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +320,9 @@ def test_commands_do_what_they_say(admin_env: Any, tmp_path: Path) -> None:
     assert not admin_env.get_user("erin").disabled
 
     issued = json.loads(cli("tokens", "issue", "erin", "--json").output)
-    assert issued["token"].startswith("nbl_") and issued["expires_at"] is None
+    assert issued["token"].startswith("nbl_")
+    lifetime = datetime.fromisoformat(issued["expires_at"]) - utcnow()  # the default: 90 days
+    assert timedelta(days=90) - timedelta(minutes=1) < lifetime <= timedelta(days=90)
     shown = cli("tokens", "list", "--user", "erin")
     assert issued["token_id"] in shown.output and issued["token"] not in shown.output
     listed_tokens = json.loads(cli("tokens", "list", "--json").output)
