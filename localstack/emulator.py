@@ -92,6 +92,48 @@ def install_item_level_rollback() -> None:
     models.DynamoDBBackend.transact_write_items = transact_write_items
 
 
+def install_normalised_numbers() -> None:
+    """Do Number arithmetic as DynamoDB does: exact decimals, stored in normal form.
+
+    moto 5.2.5 adds Numbers with ``f"{Decimal(a) + Decimal(b)}"``, which can store
+    exponent forms such as ``0E-31`` (a refund of a cost whose delta has 31 digits), and
+    parses any Number without a ``.`` with ``int()``: the next ``ADD`` on that attribute
+    then fails with a ValueError, so after one refund the grant could never be debited
+    again. DynamoDB stores Numbers normalised (``0``, ``0.0000000000000009992``), so
+    arithmetic on them never fails that way. Here both operands are read as ``Decimal``
+    and the result is written in DynamoDB's form (no exponent, no trailing zeros).
+    """
+    from decimal import Decimal
+
+    from moto.dynamodb.exceptions import IncorrectDataType
+    from moto.dynamodb.models.dynamo_type import DDBType, DynamoType
+
+    if getattr(DynamoType.__add__, "normalised", False):
+        return
+
+    def normal(value: Decimal) -> str:
+        return "0" if value == 0 else format(value.normalize(), "f")
+
+    def operands(a: Any, b: Any) -> tuple[Decimal, Decimal]:
+        if a.type != b.type:
+            raise TypeError("Different types of operandi is not allowed.")
+        if a.type != DDBType.NUMBER:
+            raise IncorrectDataType()
+        return Decimal(a.value), Decimal(b.value)
+
+    def add(self: Any, other: Any) -> Any:
+        x, y = operands(self, other)
+        return DynamoType({DDBType.NUMBER: normal(x + y)})
+
+    def sub(self: Any, other: Any) -> Any:
+        x, y = operands(self, other)
+        return DynamoType({DDBType.NUMBER: normal(x - y)})
+
+    add.normalised = True  # type: ignore[attr-defined]
+    DynamoType.__add__ = add  # type: ignore[method-assign]
+    DynamoType.__sub__ = sub  # type: ignore[method-assign]
+
+
 def skip_drain_wait() -> None:
     """Stop werkzeug from idling up to 10 ms after every response.
 
@@ -121,6 +163,7 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     """A single-threaded WSGI server around moto's multi-service dispatcher."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     install_item_level_rollback()
+    install_normalised_numbers()
     skip_drain_wait()
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,

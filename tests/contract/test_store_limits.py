@@ -151,3 +151,23 @@ def test_expire_query_settles_only_running_records_past_their_lease(backend: Any
     assert backend.get_query(crashed.query_id).result is None
     assert backend.get_grant(user, dataset).remaining == PrivacyCost(epsilon=1, delta=0)
     assert_balanced(backend, user, dataset)
+
+
+def test_a_refund_of_a_many_digit_cost_leaves_the_grant_usable(backend: Any) -> None:
+    """SmartNoise's δ slack has 31 digits: refunding it brings spent back to exactly 0.
+
+    On the emulator this used to store ``0E-31``, which moto could not add to any more, so
+    the user could never be debited again after one refund (fixed in localstack/emulator.py
+    by storing Numbers in DynamoDB's normal form).
+    """
+    user, dataset = granted(backend, "10", "0.001")
+    amount = cost("0.5", "0.0000000000000009992007221626409")
+    first = record(user, dataset, amount)
+    backend.reserve(first)
+    backend.refund(first, now(), {"error": "x", "message": "y"})
+    assert backend.get_grant(user, dataset).spent == PrivacyCost.zero()
+    for _ in range(3):
+        backend.reserve(record(user, dataset, amount))
+    grant = backend.get_grant(user, dataset)
+    assert grant.spent == cost("1.5", "0.0000000000000029976021664879227")
+    assert_balanced(backend, user, dataset)
