@@ -217,12 +217,15 @@ METADATA = {
 _ERRORS_BY_STATUS = {
     "400": "invalid request or query",
     "401": "missing, malformed or unknown API token",
-    "403": "token revoked or expired, user disabled, or no grant on the dataset",
+    "403": (
+        "token revoked or expired, user disabled, no grant on the dataset, or "
+        "(query_cap_exceeded) the query costs more than one query may on this dataset"
+    ),
     "404": "unknown dataset or query",
     "409": "budget exhausted, query_id conflict, query in progress or failed",
     "413": "request body too large",
     "422": "the engine refused the query",
-    "429": "rate limited (see Retry-After)",
+    "429": "rate limited: too many query and cost requests (see Retry-After)",
     "500": "internal error",
 }
 
@@ -231,11 +234,22 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds until the user's rate-limit window ends",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 def _errors(*statuses: str) -> dict[str, Any]:
-    return {
+    responses = {
         status: _ok({"$ref": "#/components/schemas/Error"}, _ERRORS_BY_STATUS[status])
         for status in statuses
     }
+    if "429" in responses:
+        responses["429"]["headers"] = RETRY_AFTER
+    return responses
 
 
 NAME_PARAM = {
