@@ -114,3 +114,18 @@ def test_smartnoise_conversion_declares_every_table_alias() -> None:
     }
     assert tables["df"]["species"] == {"type": "string", "nullable": False}
     assert tables["df"]["rows"] == 344 and tables["df"]["max_ids"] == 1
+
+
+def test_smartnoise_never_takes_its_float_partition_selection_path() -> None:
+    """SmartNoise's DPSU samples textbook float Laplace noise (the construction Mironov broke).
+
+    Neblina's metadata has no key that turns it on, and the tables built for SmartNoise say
+    ``use_dpsu`` is off (docs/threat-model.md, "Floating-point attacks").
+    """
+    from snsql.metadata import Metadata
+
+    with pytest.raises(M.MetadataError, match="unknown top-level keys: use_dpsu"):
+        M.validate({**copy.deepcopy(PENGUIN), "use_dpsu": True})
+    converted = M.to_smartnoise(M.validate(PENGUIN), ["df", "PENGUIN"])
+    tables = Metadata.from_dict(converted).tables()
+    assert len(tables) == 2 and all(table.use_dpsu is False for table in tables)
