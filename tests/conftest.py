@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from stackenv import emulator_env
 
 ROOT = Path(__file__).resolve().parent.parent
 for path in (ROOT, ROOT / "localstack", ROOT / "tests"):
@@ -23,17 +24,6 @@ class Researcher:
 
     user_id: str
     token: str
-
-
-def emulator_env(url: str, prefix: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "NEBLINA_TABLE_PREFIX": prefix,
-        "NEBLINA_BUCKET": "neblina-datasets",
-    }
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stackenv import emulator_env
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "lambda"
@@ -162,8 +163,6 @@ def needed_operations(calls: list[dict], prefix: str, bucket: str) -> set[tuple[
 def test_packages_work_against_the_emulator_within_their_iam_policies(
     stack: Any, make_researcher: Any, unzipped: dict
 ) -> None:
-    from conftest import emulator_env
-
     researcher = make_researcher({"PENGUIN": ("10", "0.001")})
     env = emulator_env(stack.emulator_url, stack.table_prefix)
     common = ["--store", "dynamodb", "--user", researcher.user_id, "--token", researcher.token]

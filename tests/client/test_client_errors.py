@@ -27,7 +27,7 @@ from neblina_client import (
 )
 
 if TYPE_CHECKING:
-    from conftest import FakeServer
+    from fake_server import FakeServer
 
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 

@@ -24,7 +24,7 @@ from neblina_client import (
 )
 
 if TYPE_CHECKING:
-    from conftest import FakeServer
+    from fake_server import FakeServer
 
 
 def table(dtypes: dict[str, str], *records: dict[str, Any]) -> dict[str, Any]:

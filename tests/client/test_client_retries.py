@@ -19,7 +19,7 @@ from neblina_client import (
 from neblina_client._retry import Backoff, parse_retry_after
 
 if TYPE_CHECKING:
-    from conftest import FakeServer
+    from fake_server import FakeServer
 
 SQL = "SELECT COUNT(*) AS n FROM df"
 ANSWER = {

@@ -10,36 +10,15 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from mongo_backends import mongo_database
 
 BACKENDS = ("dynamodb", "mongomock", "mongodb")
-NO_MONGODB = (
-    "MONGODB_URI is not set: no MongoDB server on this machine; the contract suite ran on "
-    "mongomock instead (set MONGODB_URI=mongodb://... to run it against a real server)"
-)
-
-
-def mongo_database(kind: str) -> Any:
-    """A database handle for ``mongomock`` or the real server at ``MONGODB_URI``."""
-    if kind == "mongomock":
-        import mongomock
-        from mongomock_decimal128 import install
-
-        install()
-        return mongomock.MongoClient(tz_aware=True)["neblina"]
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        pytest.skip(NO_MONGODB)
-    import pymongo
-
-    client: Any = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
-    return client.get_default_database(default="neblina_contract")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import mongo_database
+from mongo_backends import mongo_database
 from test_store_contract import assert_balanced, cost, granted, new_dataset, now, record
 
 from chalicelib.errors import InternalError
