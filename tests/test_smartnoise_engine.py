@@ -185,3 +185,29 @@ def test_privacy_object_carries_the_requested_parameters() -> None:
     assert isinstance(privacy, Privacy)
     assert (privacy.epsilon, privacy.delta) == (0.25, 1e-7)
     assert privacy.mechanisms.map[sn.STATS["count"]].name == "gaussian"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE df",
+        "DELETE FROM df",
+        "INSERT INTO df (study_year) VALUES (1999)",
+        "UPDATE df SET body_mass_g = 0",
+        "CREATE TABLE leak (x)",
+        "ATTACH DATABASE ':memory:' AS other",
+        "PRAGMA writable_schema = 1",
+    ],
+)
+def test_the_private_copy_refuses_everything_but_reads(statement: str) -> None:
+    """The second wall behind SmartNoise's parser: SQL that got past it could only read."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DatabaseError
+
+    data = loaded()
+    ENGINE.execute(data, request("SELECT COUNT(*) AS n FROM df"))
+    engine = data._derived[sn.NAME].db_engine
+    with pytest.raises(DatabaseError, match="not authorized"), engine.begin() as conn:
+        conn.execute(text(statement))
+    with engine.connect() as conn:  # still whole, still readable under both names
+        assert conn.execute(text('SELECT COUNT(*) FROM "PENGUIN"')).scalar() == len(FRAME)

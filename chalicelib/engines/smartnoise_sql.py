@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import re
+import sqlite3
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -210,6 +211,24 @@ class MetadataOnlyReader(SqlReader):  # type: ignore[misc]
         raise RuntimeError("the metadata-only reader cannot execute queries")
 
 
+# What SQL on the private copy may do once it is built: read it, call functions, open a
+# transaction. SmartNoise only ever emits SELECTs it rewrote from its own parse tree; this is
+# the second wall should a statement ever get past that (no writes, ATTACH, PRAGMA, DDL).
+_SQLITE_ALLOWED = frozenset(
+    (
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,
+        sqlite3.SQLITE_TRANSACTION,
+    )
+)
+
+
+def _read_only(action: int, *_: Any) -> int:
+    return sqlite3.SQLITE_OK if action in _SQLITE_ALLOWED else sqlite3.SQLITE_DENY
+
+
 class CachedSqliteReader(PandasReader):  # type: ignore[misc]
     """SmartNoise's pandas reader over one SQLite copy of the frame, built once and reused."""
 
@@ -227,6 +246,13 @@ class CachedSqliteReader(PandasReader):  # type: ignore[misc]
                     # alias is a dataset name matching IDENTIFIER (letters, digits, _)
                     view = f'CREATE VIEW "{alias}" AS SELECT * FROM df'  # noqa: S608
                     connection.execute(text(view))
+        raw = engine.raw_connection()  # StaticPool: the one connection every query uses
+        try:
+            driver = raw.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            driver.set_authorizer(_read_only)
+        finally:
+            raw.close()  # back to the pool, not closed
         self.db_engine = engine
         self._lock = threading.Lock()
 
