@@ -211,3 +211,17 @@ def test_the_private_copy_refuses_everything_but_reads(statement: str) -> None:
         conn.execute(text(statement))
     with engine.connect() as conn:  # still whole, still readable under both names
         assert conn.execute(text('SELECT COUNT(*) FROM "PENGUIN"')).scalar() == len(FRAME)
+
+
+def test_without_censor_dims_the_group_keys_present_in_the_data_are_released() -> None:
+    """A documented non-guarantee (docs/threat-model.md, docs/metadata.md): which keys appear.
+
+    With ``censor_dims: false`` SmartNoise releases a noisy row for every group present in
+    the private rows and none for the others, so the set of keys is not protected: 5 of the
+    9 species x island combinations exist among the penguins, and exactly those 5 come out.
+    """
+    query = "SELECT species, island, COUNT(*) AS n FROM df GROUP BY species, island"
+    released = ENGINE.execute(loaded(), request(query))["records"]
+    present = set(FRAME.groupby(["species", "island"]).size().index)
+    assert len(present) == 5
+    assert {(r["species"], r["island"]) for r in released} == present
