@@ -21,6 +21,29 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, make_server
 
 
+def _key_of(table: Any, op: dict[str, Any]) -> dict[str, Any] | None:
+    """The primary key named by one write (``Key``, or the key attributes of ``Item``)."""
+    if "Key" in op:
+        return dict(op["Key"])
+    item = op.get("Item") or {}
+    names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
+    if not all(name in item for name in names):
+        return None  # moto will refuse the operation; nothing to undo
+    return {name: item[name] for name in names}
+
+
+def _restore(table: Any, key: dict[str, Any], attributes: dict[str, Any] | None) -> None:
+    """Put one item back as it was (``None``: it did not exist)."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    hash_value = DynamoType(key[table.hash_key_attr])
+    range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+    if table.get_item(hash_value, range_value) is not None:
+        table.delete_item(hash_value, range_value)
+    if attributes is not None:
+        table.put_item(attributes)
+
+
 def install_item_level_rollback() -> None:
     """Make moto's TransactWriteItems cost O(items in the transaction), not O(table size).
 
@@ -34,7 +57,6 @@ def install_item_level_rollback() -> None:
     import copy
 
     import moto.dynamodb.models as models
-    from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.dynamodb.models.table import Table
 
     original = models.DynamoDBBackend.transact_write_items
@@ -51,29 +73,12 @@ def install_item_level_rollback() -> None:
         def __getattr__(self, name: str) -> Any:
             return getattr(copy, name)
 
-    def key_of(table: Any, op: dict[str, Any]) -> dict[str, Any] | None:
-        if "Key" in op:
-            return dict(op["Key"])
-        item = op.get("Item") or {}
-        names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
-        if not all(name in item for name in names):
-            return None  # moto will refuse the operation; nothing to undo
-        return {name: item[name] for name in names}
-
-    def restore(table: Any, key: dict[str, Any], attributes: dict[str, Any] | None) -> None:
-        hash_value = DynamoType(key[table.hash_key_attr])
-        range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
-        if table.get_item(hash_value, range_value) is not None:
-            table.delete_item(hash_value, range_value)
-        if attributes is not None:
-            table.put_item(attributes)
-
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
         undo = []
         for entry in transact_items:
             op = next(iter(entry.values()))
             table = self.tables.get(op.get("TableName"))
-            key = key_of(table, op) if table is not None else None
+            key = _key_of(table, op) if table is not None else None
             if table is None or key is None:
                 continue
             item = self.get_item(table.name, key)
@@ -83,13 +88,47 @@ def install_item_level_rollback() -> None:
             original(self, transact_items)
         except Exception:
             for table, key, attributes in reversed(undo):
-                restore(table, key, copy.deepcopy(attributes))
+                _restore(table, key, copy.deepcopy(attributes))
             raise
         finally:
             models.copy = copy
 
     transact_write_items.item_level_rollback = True  # type: ignore[attr-defined]
     models.DynamoDBBackend.transact_write_items = transact_write_items
+
+
+def install_atomic_updates() -> None:
+    """Make UpdateItem all-or-nothing, as on DynamoDB.
+
+    moto 5.2.5 applies an update expression one action at a time to the stored item and
+    checks the 400 KB item limit as each attribute is set. An update whose last action
+    makes the item too large (a query record completed with a large result) failed with
+    ``ValidationException`` but left its earlier actions applied: the record read ``done``
+    with no result, where DynamoDB leaves it untouched (still ``running``). Here the item
+    is put back as it was whenever the update raises; the server is single-threaded, so
+    nothing can read the half-applied item in between.
+    """
+    import copy
+
+    import moto.dynamodb.models as models
+
+    original = models.DynamoDBBackend.update_item
+    if getattr(original, "atomic", False):
+        return
+
+    def update_item(self: Any, table_name: str, key: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        table = self.tables.get(table_name)
+        item = self.get_item(table_name, key) if table is not None else None
+        before = None if item is None else copy.deepcopy(item.to_json()["Attributes"])
+        try:
+            return original(self, table_name, key, *args, **kw)
+        except Exception:
+            if table is not None:
+                _restore(table, _key_of(table, {"Key": key}) or key, before)
+            raise
+
+    update_item.atomic = True  # type: ignore[attr-defined]
+    models.DynamoDBBackend.update_item = update_item
 
 
 def install_normalised_numbers() -> None:
@@ -163,6 +202,7 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     """A single-threaded WSGI server around moto's multi-service dispatcher."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     install_item_level_rollback()
+    install_atomic_updates()
     install_normalised_numbers()
     skip_drain_wait()
     from moto.moto_server.werkzeug_app import (
