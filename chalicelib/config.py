@@ -30,6 +30,13 @@ class Settings:
     token_default_days: int = 90  # lifetime of a token issued without --expires-in (admin)
     mongodb_uri: str | None = None  # NEBLINA_STORE=mongodb only
     mongodb_database: str = "neblina"
+    # A released result whose JSON is larger than this is archived in S3 (the bucket's
+    # archive/ prefix) and its record keeps a pointer: a DynamoDB item holds 400 KB at most.
+    inline_result_bytes: int = 300_000
+    # No result larger than this is released (the engine ran: the cost stands). 3 MB: the
+    # API Gateway proxy escapes the body once more, at worst doubling it, and Lambda's
+    # synchronous response limit is 6 MB (6,291,456 bytes).
+    max_result_bytes: int = 3_000_000
 
     def table_name(self, kind: str) -> str:
         """Physical name of one of the tables (users, tokens, datasets, grants, queries)."""
@@ -62,6 +69,8 @@ def from_environ() -> Settings:
         token_default_days=_int("NEBLINA_TOKEN_DEFAULT_DAYS", 90),
         mongodb_uri=os.environ.get("MONGODB_URI") or None,
         mongodb_database=os.environ.get("NEBLINA_MONGODB_DATABASE", "neblina"),
+        inline_result_bytes=_int("NEBLINA_INLINE_RESULT_BYTES", 300_000),
+        max_result_bytes=_int("NEBLINA_MAX_RESULT_BYTES", 3_000_000),
     )
 
 

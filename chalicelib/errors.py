@@ -144,6 +144,24 @@ class EngineFailed(EngineRefused):
         super().__init__(self.FIXED_MESSAGE)
 
 
+class ResultTooLarge(NeblinaError):
+    """The released result is over ``NEBLINA_MAX_RESULT_BYTES``: nothing is released.
+
+    The message is fixed apart from the limit, which is public configuration. That the
+    result is large is the only thing it says about the data (see ``docs/ledger.md``).
+    """
+
+    status_code = 422
+    code = "result_too_large"
+
+    def __init__(self, limit: int, *, spent: bool) -> None:
+        outcome = "the cost of the query stands" if spent else "a query on dummy data costs nothing"
+        super().__init__(
+            f"the result is larger than {limit} bytes, so it was not released; {outcome}. "
+            "Ask for fewer rows (fewer or coarser GROUP BY columns)."
+        )
+
+
 class RateLimited(NeblinaError):
     """Too many requests."""
 

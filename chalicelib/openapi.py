@@ -224,7 +224,10 @@ _ERRORS_BY_STATUS = {
     "404": "unknown dataset or query",
     "409": "budget exhausted, query_id conflict, query in progress or failed",
     "413": "request body too large",
-    "422": "the engine refused the query",
+    "422": (
+        "the engine refused the query, or (result_too_large) its result is over "
+        "NEBLINA_MAX_RESULT_BYTES and was not released (the cost stands)"
+    ),
     "429": "rate limited: too many query and cost requests (see Retry-After)",
     "500": "internal error",
 }

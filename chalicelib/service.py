@@ -12,8 +12,11 @@ The query path (``Service.query``), in order:
    no engine has seen any row: refund;
 5. the engine runs once; if it fails, the record is marked failed and the spend stands;
 6. the record is completed with the released result (the archive), then the result is
-   returned. A result is never returned unless step 6 succeeded; if step 6 fails the
-   record is marked failed (the spend stands) and nothing is released.
+   returned. A result over ``NEBLINA_MAX_RESULT_BYTES`` is not released (422, the record
+   fails, the spend stands); one over ``NEBLINA_INLINE_RESULT_BYTES`` is first written to
+   S3 and the record keeps a pointer to it (:mod:`chalicelib.archive`). A result is never
+   returned unless step 6 succeeded; if step 6 fails the record is marked failed (the
+   spend stands) and nothing is released.
 
 A retry with the same ``query_id`` and payload returns the archived answer at step 3 and
 costs nothing. A request that dies (process killed) after step 3 leaves a ``running``
@@ -32,12 +35,14 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-from chalicelib import validation
+from chalicelib import archive, validation
+from chalicelib.archive import ResultArchive
 from chalicelib.config import Settings
 from chalicelib.datasets import DatasetLoader, DatasetUnavailable
 from chalicelib.engines import Engine, EngineRequest, get_engine
@@ -55,6 +60,7 @@ from chalicelib.errors import (
     QueryInProgress,
     QueryNotFound,
     RateLimited,
+    ResultTooLarge,
 )
 from chalicelib.models import (
     INTERRUPTED,
@@ -113,6 +119,17 @@ def effective_state(record: QueryRecord, now: datetime) -> QueryState:
 def record_json(record: QueryRecord, now: datetime) -> dict[str, Any]:
     """A record as the API returns it (lease rule applied)."""
     return record.as_seen(now).to_json()
+
+
+def _record_bytes(record: QueryRecord) -> int:
+    """About how many bytes a record takes in a history page (archived results at size)."""
+    result = record.result
+    if archive.is_pointer(result):
+        assert result is not None
+        size = int(result["bytes"])
+    else:
+        size = len(archive.encode(result)) if result is not None else 0
+    return size + len(json.dumps(record.request)) + 512
 
 
 def hardened_error(error: NeblinaError) -> NeblinaError:
@@ -186,10 +203,12 @@ class Service:
         clock: Callable[[], datetime] = utcnow,
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        results: ResultArchive | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.loader = loader
+        self.results = results or ResultArchive(settings)
         self.clock = clock
         self.timer = timer
         self.sleep = sleep
@@ -260,17 +279,39 @@ class Service:
         }
 
     def history(self, user_id: str, name: str, limit: object, cursor: object) -> dict[str, Any]:
-        """The caller's archive on a dataset, newest first."""
+        """The caller's archive on a dataset, newest first.
+
+        A page holds at most ``limit`` records and, beyond its first record, no more than
+        ``NEBLINA_MAX_RESULT_BYTES`` of records (archived results counted at their size),
+        so that it fits a response; ``next_cursor`` continues after its last record.
+        """
         n = validation.integer(limit, "limit", 20, 1, 100)
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidRequest("invalid cursor")
         dataset, _ = self._granted_dataset(user_id, name)
         records, next_cursor = self.store.list_queries(user_id, dataset.name, n, cursor or None)
+        fitting = self._fitting(records)
+        while fitting < len(records):  # ask again for fewer, so the cursor follows the last
+            records, next_cursor = self.store.list_queries(
+                user_id, dataset.name, fitting, cursor or None
+            )
+            fitting = min(fitting, self._fitting(records))
         now = self.clock()
         return {
-            "queries": [record_json(self._settle_lease(r, now), now) for r in records],
+            "queries": [
+                record_json(self._released(self._settle_lease(r, now)), now) for r in records
+            ],
             "next_cursor": next_cursor,
         }
+
+    def _fitting(self, records: Sequence[QueryRecord]) -> int:
+        """How many of ``records`` (at least one) fit a history page's byte budget."""
+        total = 0
+        for count, record in enumerate(records):
+            total += _record_bytes(record)
+            if count and total > self.settings.max_result_bytes:
+                return count
+        return len(records)
 
     def get_query(self, user_id: str, name: str, query_id: str) -> dict[str, Any]:
         """One of the caller's archived queries."""
@@ -281,7 +322,22 @@ class Service:
         if record is None or record.user_id != user_id or record.dataset != dataset.name:
             raise QueryNotFound("no such query")
         now = self.clock()
-        return record_json(self._settle_lease(record, now), now)
+        return record_json(self._released(self._settle_lease(record, now)), now)
+
+    def _released(self, record: QueryRecord) -> QueryRecord:
+        """The record with an archived result fetched from S3 and checked against its pointer.
+
+        An object that is missing or altered is never served: generic 500 (logged).
+        """
+        if not archive.is_pointer(record.result):
+            return record
+        assert record.result is not None
+        try:
+            result = self.results.get(record.query_id, record.result)
+        except Exception:
+            log.exception("query %s: its archived result cannot be served", record.query_id)
+            raise InternalError() from None
+        return replace(record, result=result)
 
     def _settle_lease(self, record: QueryRecord, now: datetime) -> QueryRecord:
         """Write the lease rule back for a record whose lease expired (see effective_state)."""
@@ -433,7 +489,7 @@ class Service:
         now = self.clock()
         state = effective_state(self._settle_lease(existing, now), now)
         if state is QueryState.DONE:
-            return self._response(existing, existing.result, replayed=True)
+            return self._response(existing, self._released(existing).result, replayed=True)
         if state is QueryState.RUNNING:
             raise QueryInProgress("this query_id is still running; retry later")
         if state is QueryState.REFUNDED:  # refunded meanwhile: a new attempt may run
@@ -464,13 +520,43 @@ class Service:
             failure = EngineFailed()
             self._fail(record, {"error": failure.code, "message": failure.message})
             raise failure from None
+        self._archive(dataset, record, result)
+        return self._response(record, result, replayed=False)
+
+    def _archive(self, dataset: Dataset, record: QueryRecord, result: dict[str, Any]) -> None:
+        """Step 6: complete the record with the result (or a pointer to it in S3), or fail it.
+
+        Over ``max_result_bytes`` nothing is released: the record fails with a fixed
+        message (on a hardened dataset, the same one as an engine failure) and the spend
+        stands. Over ``inline_result_bytes`` the result is written to S3 first and the
+        record keeps a pointer; if the record write then fails, the object is left behind
+        unreferenced (an orphan) and nothing is released.
+        """
         try:
-            self.store.finish(record.query_id, QueryState.DONE, self.clock(), result=result)
+            body = archive.encode(result)
+        except Exception:
+            log.exception("query %s: the result cannot be encoded", record.query_id)
+            self._fail(record, dict(ARCHIVE_FAILED))
+            raise InternalError() from None
+        if len(body) > self.settings.max_result_bytes:
+            too_large = ResultTooLarge(self.settings.max_result_bytes, spent=True)
+            log.warning("query %s: result of %d bytes not released", record.query_id, len(body))
+            stored: NeblinaError = EngineFailed() if dataset.hardened else too_large
+            self._fail(record, {"error": stored.code, "message": stored.message})
+            raise too_large
+        inline = len(body) <= self.settings.inline_result_bytes
+        try:
+            kept = result if inline else self.results.put(record.query_id, body)
+        except Exception:
+            log.exception("query %s: the result could not be written to S3", record.query_id)
+            self._fail(record, dict(ARCHIVE_FAILED))
+            raise InternalError() from None
+        try:
+            self.store.finish(record.query_id, QueryState.DONE, self.clock(), result=kept)
         except Exception:
             log.exception("query %s: the release could not be archived", record.query_id)
             self._fail(record, dict(ARCHIVE_FAILED))
             raise InternalError() from None
-        return self._response(record, result, replayed=False)
 
     def _refund(self, record: QueryRecord, cause: Exception) -> NoReturn:
         """Give the debit back (no engine saw a row) and raise a generic 500."""
@@ -522,6 +608,8 @@ class Service:
         except Exception as exc:
             # Dummy rows are public: the engine's own message is safe to return.
             raise EngineRefused(str(exc).splitlines()[0][:500] or type(exc).__name__) from exc
+        if len(archive.encode(result)) > self.settings.max_result_bytes:
+            raise ResultTooLarge(self.settings.max_result_bytes, spent=False)
         return {
             "query_id": query_id,
             "dataset": dataset.name,

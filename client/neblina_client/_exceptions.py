@@ -104,7 +104,8 @@ class PayloadTooLargeError(NeblinaError):
 
 
 class EngineError(NeblinaError):
-    """422: the DP engine refused the query."""
+    """422: the DP engine refused the query, or (``result_too_large``) its result was too
+    large to release."""
 
     default_code = "engine_error"
 
@@ -148,6 +149,7 @@ _BY_CODE: dict[str, type[NeblinaError]] = {
     "query_in_progress": QueryInProgressError,
     "payload_too_large": PayloadTooLargeError,
     "engine_error": EngineError,
+    "result_too_large": EngineError,
     "rate_limited": RateLimitedError,
     "internal_error": ServerError,
 }
