@@ -62,7 +62,8 @@ class AuthenticationError(NeblinaError):
 
 
 class PermissionDeniedError(NeblinaError):
-    """403: token revoked or expired, user disabled, or no grant on the dataset."""
+    """403: token revoked or expired, user disabled, no grant on the dataset, or
+    (``query_cap_exceeded``) the query costs more than one query may on this dataset."""
 
     default_code = "forbidden"
 
@@ -140,6 +141,7 @@ _BY_CODE: dict[str, type[NeblinaError]] = {
     "unauthorized": AuthenticationError,
     "forbidden": PermissionDeniedError,
     "no_grant": PermissionDeniedError,
+    "query_cap_exceeded": PermissionDeniedError,
     "dataset_not_found": NotFoundError,
     "query_not_found": NotFoundError,
     "not_found": NotFoundError,

@@ -38,6 +38,7 @@ EXPECTED: dict[str, tuple[int, type[NeblinaError]]] = {
     "unauthorized": (401, AuthenticationError),
     "forbidden": (403, PermissionDeniedError),
     "no_grant": (403, PermissionDeniedError),
+    "query_cap_exceeded": (403, PermissionDeniedError),
     "dataset_not_found": (404, NotFoundError),
     "query_not_found": (404, NotFoundError),
     "not_found": (404, NotFoundError),
