@@ -10,7 +10,8 @@ Lambda runtime provides), then the standard library. Nothing else.
 
 - ``--function api``: imports ``app`` (checking that the import pulls in no pandas or DP
   library), then sends one API Gateway proxy event through ``app.app``: a SmartNoise SQL
-  query on dummy rows of the PENGUIN metadata (``POST /v1/datasets/PENGUIN/queries``).
+  query on dummy rows of the PENGUIN metadata (``POST /v1/datasets/PENGUIN/queries``);
+  ``--replay`` sends the warm call with the same ``query_id`` (answered from the archive).
 - ``--function authorizer``: calls ``app.token_authorizer`` with a TOKEN event.
 - ``--store stub``: an in-process store answers the few lookups (no AWS at all);
   ``--store dynamodb``: the real DynamoDB code against ``AWS_ENDPOINT_URL`` (an emulator),
@@ -44,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dataset", default="PENGUIN")
     parser.add_argument("--real", action="store_true", help="query the private rows, not dummy")
     parser.add_argument("--query", default="SELECT COUNT(*) AS n FROM df")
+    parser.add_argument("--replay", action="store_true", help="warm call: the same query_id")
     parser.add_argument("--list-modules", action="store_true", help="report every module file")
     return parser.parse_args()
 
@@ -188,7 +190,7 @@ def main() -> int:
         timings = []
         response: dict[str, Any] = {}
         for attempt in range(2):  # cold, then warm
-            if attempt:
+            if attempt and not args.replay:
                 body["query_id"] += "w"
             started = time.perf_counter()
             response = app.app(api_event(args.dataset, args.user, body), None)

@@ -9,7 +9,9 @@
 #   also debits its cap); GetItem/Query/UpdateItem on grants; GetItem/PutItem/
 #   UpdateItem on queries and Query on its by_owner index (a debit is one
 #   TransactWriteItems, which IAM checks as its PutItem/UpdateItem parts); UpdateItem on
-#   ratelimits (the per-user counters); GetObject on the datasets bucket.
+#   ratelimits (the per-user counters); GetObject on the datasets bucket (datasets, and
+#   archived results when a query or record is read); PutObject on its archive/ prefix
+#   only (results over NEBLINA_INLINE_RESULT_BYTES, written before their record).
 
 data "aws_iam_policy_document" "lambda_assume" {
   statement {
@@ -71,6 +73,13 @@ data "aws_iam_policy_document" "api" {
       ["${aws_s3_bucket.neblina["datasets"].arn}/*"],
       [for arn in var.extra_dataset_bucket_arns : "${arn}/*"],
     )
+  }
+  statement {
+    # Results too large for a queries item (chalicelib/archive.py), create-only; nothing
+    # else in the bucket is writable. Reading them back is ReadDatasetObjects.
+    sid       = "ArchiveLargeResults"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.neblina["datasets"].arn}/archive/*"]
   }
   statement {
     sid       = "UseNeblinaKey"

@@ -35,6 +35,8 @@ locals {
     NEBLINA_MAX_DELTA_PER_QUERY   = var.limits.max_delta_per_query
     NEBLINA_RATE_LIMIT            = tostring(var.limits.rate_limit)
     NEBLINA_RATE_WINDOW_SECONDS   = tostring(var.limits.rate_window_seconds)
+    NEBLINA_INLINE_RESULT_BYTES   = tostring(var.limits.inline_result_bytes)
+    NEBLINA_MAX_RESULT_BYTES      = tostring(var.limits.max_result_bytes)
   }
 
   tags = merge({ application = "neblina" }, var.tags)

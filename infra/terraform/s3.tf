@@ -1,7 +1,9 @@
 # Buckets: "datasets" (the private data and its metadata, read by the API) and "artifacts"
 # (the Lambda zips), both private, versioned, KMS-encrypted, TLS-only, with server access
 # logs in a third bucket. There is no archive bucket: the archive of releases is the
-# queries table (point-in-time recovery, never expires).
+# queries table (point-in-time recovery, never expires), except results too large for an
+# item, which the API writes once under the datasets bucket's archive/ prefix (versioned,
+# never expired; the record keeps the key, size and SHA-256).
 locals {
   buckets = {
     datasets  = local.datasets_name

@@ -139,6 +139,8 @@ variable "limits" {
     max_delta_per_query   = optional(string, "0.5")
     rate_limit            = optional(number, 600)
     rate_window_seconds   = optional(number, 60)
+    inline_result_bytes   = optional(number, 300000)
+    max_result_bytes      = optional(number, 3000000)
   })
   default = {}
 }
