@@ -64,6 +64,8 @@ def seed(
     _say(quiet, f"seed: tables with prefix {settings.table_prefix!r} ...")
     store.create_schema()
     _say(quiet, f"seed: bucket {settings.bucket} ...")
+    # The datasets, and (written by the API) results too large for a record under its
+    # archive/ prefix: S3 has no folders to create, the bucket is all they need.
     admin.ensure_bucket(settings, settings.bucket)
     admin.upload(
         settings, settings.bucket, "PENGUIN/penguins.csv", (DATA / "penguins.csv").read_bytes()
