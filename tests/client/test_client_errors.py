@@ -48,6 +48,7 @@ EXPECTED: dict[str, tuple[int, type[NeblinaError]]] = {
     "query_failed": (409, QueryConflictError),
     "payload_too_large": (413, PayloadTooLargeError),
     "engine_error": (422, EngineError),
+    "result_too_large": (422, EngineError),
     "rate_limited": (429, RateLimitedError),
     "internal_error": (500, ServerError),
 }
