@@ -258,6 +258,20 @@ def render(figures: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {n} | {p50:.0f} | {p95:.0f} | {p99:.0f} |")
     lines += ["", "| outcome | count |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in figures["statuses"].items()]
+    queued = figures["clients"] / figures["throughput"]
+    limited = sum(v for k, v in figures["statuses"].items() if "429" in k)
+    lines += [
+        "",
+        f"Reading: with {figures['clients']} clients always waiting, the mean time in the system"
+        f" is clients / throughput = {queued:.1f} s (Little's law): the latencies are queueing"
+        " in front of the local stack, whose emulator serves one AWS call at a time (by design,"
+        " PLATFORM-NOTES) on 2 cores shared with the API server and the clients. The history"
+        " tail is the emulator's: moto answers a query on a global secondary index by scanning"
+        " every item of the table, and the queries table grows by each release. These are"
+        " correctness figures under contention (the audit), not a forecast of Lambda and"
+        " DynamoDB latency. Answers 429 from the per-user rate limit (NEBLINA_RATE_LIMIT,"
+        f" default 600 per 60 s): {limited}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
