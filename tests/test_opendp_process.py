@@ -64,9 +64,10 @@ from chalicelib.engines import get_engine
 if {after_sql!r}:
     from opendp_pipelines import loaded as sql_frame
     sql = get_engine("smartnoise_sql")
-    request = sql.parse({{"engine": "smartnoise_sql", "query": "SELECT COUNT(*) AS n FROM df",
-                          "epsilon": 1.0, "delta": 1e-5}})
-    sql.execute(sql_frame(), request)
+    for mechanism in ("laplace", "gaussian"):  # the Gaussian also sets the default int type
+        request = sql.parse({{"engine": "smartnoise_sql", "query": "SELECT COUNT(*) AS n FROM df",
+                              "epsilon": 1.0, "delta": 1e-5, "mechanisms": {{"count": mechanism}}}})
+        sql.execute(sql_frame(), request)
 engine = get_engine("opendp")
 features = sorted(GLOBAL_FEATURES)
 import opendp_pipelines as p
