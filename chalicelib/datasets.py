@@ -110,8 +110,29 @@ def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
             series = pd.to_datetime(series, errors="coerce")
         else:
             series = series.astype(object).where(series.notna(), None)
-        out[name] = series
+        out[name] = _within_public_domain(series, spec)
     return pd.DataFrame(out)
+
+
+def _within_public_domain(series: pd.Series, spec: dict[str, Any]) -> pd.Series:
+    """Keep group keys inside what the metadata declares public.
+
+    SmartNoise clamps values only where it aggregates them; a GROUP BY key is released as
+    found. So a value outside the declared ``categories`` becomes missing, and an int
+    outside ``lower``..``upper`` is clamped into it, before any engine sees the rows
+    (the engine's GROUP BY rule relies on this: chalicelib/engines/smartnoise_sql.py).
+    """
+    if "categories" in spec:
+        inside = series.isin(spec["categories"]) | series.isna()
+        if inside.all():
+            return series
+        if spec["type"] == "int":  # a nullable int keeps its integer dtype
+            nullable = "Int32" if spec.get("precision") == 32 else "Int64"
+            return series.astype(nullable).where(inside, pd.NA)
+        return series.where(inside, None)
+    if spec["type"] == "int" and "lower" in spec and "upper" in spec:
+        return series.clip(spec["lower"], spec["upper"])
+    return series
 
 
 class DatasetLoader:

@@ -131,3 +131,22 @@ def test_the_s3_object_of_the_stack_is_cached_by_etag(stack: object) -> None:
     first = loader.load(penguin)
     assert loader.load(penguin) is first and loader.reads == 1
     assert first.version.startswith('"')  # an S3 ETag
+
+
+def test_values_outside_the_declared_domain_never_reach_an_engine() -> None:
+    """GROUP BY releases keys as found: out-of-category values go missing, ints are clamped."""
+    raw = pd.read_csv(
+        io.StringIO(
+            "species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,"
+            "study_year\nAdelie,Dream,1,2,3,4,,2008\nEmperor,Mars,1,2,3,4,male,2020\n"
+            "Gentoo,Biscoe,1,2,3,4,female,1999\n"
+        )
+    )
+    frame = coerce_types(raw, META)
+    assert frame["species"].tolist() == ["Adelie", None, "Gentoo"]
+    assert frame["island"].tolist() == ["Dream", None, "Biscoe"]
+    assert frame["study_year"].tolist() == [2008, 2009, 2007]  # clamped to 2007..2009
+    assert frame["body_mass_g"].tolist() == [4.0, 4.0, 4.0]  # aggregated values: SmartNoise clamps
+    coded = {**META, "columns": {"code": {"type": "int", "categories": [3, 5, 7]}}}
+    codes = coerce_types(pd.DataFrame({"code": [3, 9, 7]}), M.validate(coded))["code"]
+    assert codes.tolist()[0::2] == [3, 7] and codes.isna().tolist() == [False, True, False]

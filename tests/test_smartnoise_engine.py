@@ -225,3 +225,34 @@ def test_without_censor_dims_the_group_keys_present_in_the_data_are_released() -
     present = set(FRAME.groupby(["species", "island"]).size().index)
     assert len(present) == 5
     assert {(r["species"], r["island"]) for r in released} == present
+
+
+@pytest.mark.parametrize(
+    ("query", "refused"),
+    [
+        ("SELECT species, island, COUNT(*) AS n FROM df GROUP BY species, island", None),
+        ("SELECT study_year, COUNT(*) AS n FROM df GROUP BY study_year", None),  # bounded int
+        ("SELECT body_mass_g, COUNT(*) AS n FROM df GROUP BY body_mass_g", "body_mass_g"),
+        ("SELECT COUNT(*) AS n FROM PENGUIN GROUP BY body_mass_g * 2", "plain columns"),
+        ("SELECT note, COUNT(*) AS n FROM df GROUP BY note", "note"),  # free text
+    ],
+)
+def test_without_censor_dims_only_public_keys_may_be_grouped(query: str, refused: str) -> None:
+    """Grouping by a float, free text or an id would publish every value found in the data."""
+    raw = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
+    columns = {
+        **raw["columns"],
+        "note": {"type": "string"},
+        "who": {"type": "int", "lower": 0, "upper": 10_000, "private_id": True},
+    }
+    grouped_by_id = "SELECT who, COUNT(*) AS n FROM df GROUP BY who"
+    for censor in (False, True):
+        meta = M.validate({**raw, "row_privacy": False, "columns": columns, "censor_dims": censor})
+        dataset = Dataset("PENGUIN", "unused", meta, utcnow())
+        if refused is None or censor:  # censored keys are SmartNoise's to protect
+            assert ENGINE.cost(dataset, request(query)).epsilon > 0
+        else:
+            with pytest.raises(InvalidQuery, match=refused):
+                ENGINE.cost(dataset, request(query))
+        with pytest.raises((InvalidQuery, EngineRefused), match="who"):  # never the private id
+            ENGINE.cost(dataset, request(grouped_by_id))

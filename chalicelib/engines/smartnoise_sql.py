@@ -26,10 +26,12 @@ from typing import Any
 import pandas as pd
 from opendp.typing import set_default_int_type
 from snsql import Privacy
+from snsql._ast.tokens import Column
 from snsql.metadata import Metadata
 from snsql.sql._mechanisms.base import Mechanism
 from snsql.sql._mechanisms.gaussian import Gaussian
 from snsql.sql._mechanisms.laplace import Laplace
+from snsql.sql.parse import QueryParser
 from snsql.sql.privacy import Mechanisms, Stat
 from snsql.sql.private_reader import PrivateReader
 from snsql.sql.reader.base import SqlReader
@@ -268,6 +270,41 @@ def _classify(exc: Exception) -> Exception:
     return EngineRefused(message)
 
 
+def _check_public_keys(metadata: Metadata, ours: dict[str, Any], query: str) -> None:
+    """Without ``censor_dims``, GROUP BY only on columns whose possible keys are public.
+
+    SmartNoise then releases a row for every key present in the private rows, uncensored:
+    grouping by a float, a free-text string, a datetime or an identifier would publish the
+    exact values found in the data. Allowed: boolean columns, columns with declared
+    ``categories``, and bounded ints (an enumerable public range); never the ``private_id``.
+    Which of those keys occur is still disclosed (docs/threat-model.md).
+    """
+    try:
+        parsed = QueryParser(metadata).query(query)
+    except Exception as exc:  # pragma: no cover - get_privacy_cost parsed it already
+        raise _classify(exc) from exc
+    if parsed.agg is None:
+        return
+    columns = ours["columns"]
+    for grouping in parsed.agg.groupingExpressions:
+        expression = grouping.expression
+        name = str(getattr(expression, "name", "")).split(".")[-1].strip('"`[]')
+        if not isinstance(expression, Column) or name not in columns:
+            raise InvalidQuery(
+                f"GROUP BY {expression}: with censor_dims false, group only by plain columns"
+                " whose keys are public (booleans, declared categories, bounded ints)"
+            )
+        spec = columns[name]
+        public = spec["type"] in ("boolean", "int") or "categories" in spec
+        if spec["private_id"] or not public:
+            raise InvalidQuery(
+                f"GROUP BY {name}: its values are not public (a {spec['type']} column without"
+                " declared categories), and with censor_dims false every value present in"
+                " the data would be released; declare its categories, group by a coarser"
+                " column, or ask the data owner for censor_dims: true"
+            )
+
+
 class SmartnoiseSqlEngine:
     """The SmartNoise SQL engine (see the module docstring)."""
 
@@ -314,6 +351,8 @@ class SmartnoiseSqlEngine:
             epsilon, delta = reader.get_privacy_cost(request.query)
         except Exception as exc:
             raise _classify(exc) from exc
+        if not dataset.metadata["censor_dims"]:
+            _check_public_keys(metadata, dataset.metadata, request.query)
         return PrivacyCost(epsilon=to_decimal(float(epsilon)), delta=to_decimal(float(delta)))
 
     def _reader(self, loaded: LoadedDataset) -> CachedSqliteReader:
