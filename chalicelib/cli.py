@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 
 from chalicelib import admin, declarative
-from chalicelib import metadata as metadata_module
 from chalicelib.auth import IssuedToken
 from chalicelib.config import get_settings
 from chalicelib.errors import InvalidRequest, NeblinaError, NotFound
@@ -416,7 +415,6 @@ def datasets_add(
         err.print(f"error: dataset {name} already exists (use datasets update)", markup=False)
         raise typer.Exit(EXIT_REFUSED)
     out.print(f"created dataset {dataset.name} <- {dataset.source} ({dataset.source_format})")
-    _print_notes(dataset.name, dataset.metadata)
 
 
 @datasets.command("list")
@@ -563,14 +561,6 @@ def datasets_update(
     out.print(f"updated dataset {dataset.name}")
     if policy:
         _print_policy(dataset)
-    if validated is not None:
-        _print_notes(dataset.name, dataset.metadata)
-
-
-def _print_notes(name: str, validated: dict[str, Any]) -> None:
-    """Disclosures the metadata allows beyond DP (on stderr: they do not fail the command)."""
-    for note in metadata_module.disclosure_notes(validated):
-        err.print(f"note: dataset {name}: {note}", markup=False)
 
 
 def _policy_json(dataset: Dataset) -> dict[str, Any]:
@@ -821,12 +811,6 @@ def apply_command(file: FileArg) -> None:
     for change in changes:
         out.print(change.line(), markup=False)
     out.print(f"Applied: {declarative.summary(changes)}.")
-    for change in changes:
-        new_metadata = change.action == "create" or any(
-            d.startswith("metadata.") for d in change.details
-        )
-        if change.kind == "dataset" and change.action != "remove" and new_metadata:
-            _print_notes(change.key, desired.datasets[change.key].metadata)
 
 
 def main() -> None:

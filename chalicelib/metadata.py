@@ -212,20 +212,6 @@ def column_bounds(spec: dict[str, Any]) -> tuple[Any, Any] | None:
     return None
 
 
-def disclosure_notes(metadata: dict[str, Any]) -> list[str]:
-    """What validated metadata lets answers reveal beyond DP, for the operator to confirm.
-
-    With ``censor_dims: false`` SmartNoise answers a GROUP BY (on any column) with a row for
-    exactly the keys present in the private rows (docs/threat-model.md).
-    """
-    if metadata["censor_dims"]:
-        return []
-    return [
-        "censor_dims is false: a GROUP BY answer shows exactly which keys exist in the"
-        " private rows (set censor_dims: true where that is sensitive; docs/metadata.md)"
-    ]
-
-
 def to_smartnoise(metadata: dict[str, Any], table_names: list[str]) -> dict[str, Any]:
     """SmartNoise SQL's metadata dict, one identical table per name in ``table_names``."""
     table: dict[str, Any] = {

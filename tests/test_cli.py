@@ -416,21 +416,3 @@ def test_the_installed_console_script(admin_env: Any, tmp_path: Path) -> None:
         timeout=60,
     )
     assert missing.returncode == 3 and "error: unknown user nobody" in missing.stderr
-
-
-def test_metadata_that_reveals_group_keys_gets_a_note(admin_env: Any, tmp_path: Path) -> None:
-    """censor_dims false with groupable columns: a note on stderr, the command still works."""
-    note = "note: dataset {}: censor_dims is false: a GROUP BY answer shows exactly which keys"
-    first = cli("apply", str(declarative_file(tmp_path)))
-    assert first.exit_code == 0
-    assert note.format("PENGUIN") in first.stderr and note.format("PENGUIN_S3") in first.stderr
-    again = cli("apply", str(declarative_file(tmp_path)))  # nothing created or changed
-    assert again.exit_code == 0 and "note:" not in again.stderr
-    write(tmp_path / "censored.yaml", {**PENGUIN_META, "censor_dims": True})
-    added = cli(
-        "datasets", "add", "QUIET", "--source", str(PENGUIN_CSV), "--metadata", "censored.yaml"
-    )
-    assert added.exit_code == 0 and "note:" not in added.stderr
-    updated = cli("datasets", "update", "QUIET", "--metadata", "penguin.yaml")
-    assert updated.exit_code == 0 and note.format("QUIET") in updated.stderr
-    assert admin_env.get_dataset("QUIET").metadata["censor_dims"] is False

@@ -129,9 +129,3 @@ def test_smartnoise_never_takes_its_float_partition_selection_path() -> None:
     converted = M.to_smartnoise(M.validate(PENGUIN), ["df", "PENGUIN"])
     tables = Metadata.from_dict(converted).tables()
     assert len(tables) == 2 and all(table.use_dpsu is False for table in tables)
-
-
-def test_disclosure_notes_say_when_group_keys_are_not_censored() -> None:
-    (note,) = M.disclosure_notes(M.validate(PENGUIN))
-    assert "a GROUP BY answer shows exactly which keys exist in the private rows" in note
-    assert M.disclosure_notes(M.validate({**PENGUIN, "censor_dims": True})) == []
