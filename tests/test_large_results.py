@@ -30,7 +30,7 @@ from chalicelib.storage.dynamo import DynamoStore
 
 pytestmark = pytest.mark.stack
 
-LARGE = "SELECT age, hours, region, COUNT(*) AS n FROM df GROUP BY age, hours, region"
+LARGE = "SELECT age, hours, sex, COUNT(*) AS n FROM df GROUP BY age, hours, sex"
 GROUPS = "SELECT species, island, sex, COUNT(*) AS n FROM df GROUP BY species, island, sex"
 COUNT = "SELECT COUNT(*) AS n FROM df"
 PENGUINS = "s3://neblina-datasets/PENGUIN/penguins.csv"

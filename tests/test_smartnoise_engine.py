@@ -213,18 +213,41 @@ def test_the_private_copy_refuses_everything_but_reads(statement: str) -> None:
         assert conn.execute(text('SELECT COUNT(*) FROM "PENGUIN"')).scalar() == len(FRAME)
 
 
-def test_without_censor_dims_the_group_keys_present_in_the_data_are_released() -> None:
-    """A documented non-guarantee (docs/threat-model.md, docs/metadata.md): which keys appear.
+def test_without_censor_dims_every_public_key_is_answered_whatever_the_data() -> None:
+    """The keys released are the metadata's domain, not the keys found in the rows.
 
-    With ``censor_dims: false`` SmartNoise releases a noisy row for every group present in
-    the private rows and none for the others, so the set of keys is not protected: 5 of the
-    9 species x island combinations exist among the penguins, and exactly those 5 come out.
+    SmartNoise alone answers only the 5 species x island pairs present among the penguins;
+    Neblina answers all 9, with noise on the empty ones, and the same 9 under any WHERE,
+    so no predicate reveals which keys occur (docs/threat-model.md).
     """
-    query = "SELECT species, island, COUNT(*) AS n FROM df GROUP BY species, island"
-    released = ENGINE.execute(loaded(), request(query))["records"]
-    present = set(FRAME.groupby(["species", "island"]).size().index)
-    assert len(present) == 5
-    assert {(r["species"], r["island"]) for r in released} == present
+    domain = {
+        (s, i)
+        for s in ("Adelie", "Chinstrap", "Gentoo")
+        for i in META["columns"]["island"]["categories"]
+    }
+    assert len(set(FRAME.groupby(["species", "island"]).size().index)) == 5 < len(domain) == 9
+    for where in ("", "WHERE body_mass_g > 6000", "WHERE bill_length_mm < 0"):
+        query = f"SELECT species, island, COUNT(*) AS n FROM df {where} GROUP BY species, island"  # noqa: S608
+        released = ENGINE.execute(loaded(), request(query))["records"]
+        assert [(r["species"], r["island"]) for r in released] == sorted(domain)
+    keys_only = "SELECT sex, island FROM df WHERE body_mass_g > 6000 GROUP BY sex, island"
+    assert ENGINE.cost(DATASET, request(keys_only)).epsilon == 0  # free: it must say nothing
+    released = ENGINE.execute(loaded(), request(keys_only))["records"]
+    assert len(released) == 3 * 3  # female, male, missing (sex is nullable) x 3 islands
+    raw = ENGINE.execute(
+        loaded(), request(keys_only.replace("sex, island", "island"), postprocess=False)
+    )
+    assert len(raw["records"]) == 3  # the raw sub-aggregates too
+
+
+def test_the_public_domain_of_a_group_by_is_bounded_before_anything_is_read() -> None:
+    synthetic = M.validate(yaml.safe_load((ROOT / "localstack/data/synthetic.yaml").read_text()))
+    dataset = Dataset("SYNTHETIC", "unused", synthetic, utcnow())
+    fine = "SELECT age, hours, sex, COUNT(*) AS n FROM df GROUP BY age, hours, sex"  # 11,826
+    assert ENGINE.cost(dataset, request(fine)).epsilon == 1
+    too_many = "SELECT age, hours, region, COUNT(*) AS n FROM df GROUP BY age, hours, region"
+    with pytest.raises(InvalidQuery, match="118,260 possible keys"):
+        ENGINE.cost(dataset, request(too_many))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ from typing import Any
 import pandas as pd
 from opendp.typing import set_default_int_type
 from snsql import Privacy
+from snsql._ast.ast import AggFunction
 from snsql._ast.tokens import Column
 from snsql.metadata import Metadata
 from snsql.sql._mechanisms.base import Mechanism
@@ -89,6 +91,8 @@ class _ScaleCache:
 
 
 SCALES = _ScaleCache()
+# An uncensored GROUP BY answers every key of its public domain: at most this many rows.
+MAX_PUBLIC_KEYS = 20_000
 
 
 def _found_scale(mechanism: Any) -> float:
@@ -286,6 +290,7 @@ def _check_public_keys(metadata: Metadata, ours: dict[str, Any], query: str) -> 
     if parsed.agg is None:
         return
     columns = ours["columns"]
+    keys = 1
     for grouping in parsed.agg.groupingExpressions:
         expression = grouping.expression
         name = str(getattr(expression, "name", "")).split(".")[-1].strip('"`[]')
@@ -303,6 +308,74 @@ def _check_public_keys(metadata: Metadata, ours: dict[str, Any], query: str) -> 
                 " the data would be released; declare its categories, group by a coarser"
                 " column, or ask the data owner for censor_dims: true"
             )
+        keys *= len(key_domain(spec))
+    if keys > MAX_PUBLIC_KEYS:
+        raise InvalidQuery(
+            f"GROUP BY: {keys:,} possible keys (every one is answered, present in the data or"
+            f" not); at most {MAX_PUBLIC_KEYS:,}: group by fewer or coarser columns"
+        )
+
+
+def key_domain(spec: dict[str, Any]) -> list[Any]:
+    """Every key a public GROUP BY column can take, ``None`` included when it is nullable."""
+    if "categories" in spec:
+        values = list(spec["categories"])
+    elif spec["type"] == "boolean":
+        values = [False, True]
+    else:
+        values = list(range(int(spec["lower"]), int(spec["upper"]) + 1))
+    return [*values, None] if spec["nullable"] else values
+
+
+class PublicKeysReader(PrivateReader):  # type: ignore[misc]
+    """SmartNoise's private reader, answering every public key of an uncensored GROUP BY.
+
+    With ``censor_dims`` false SmartNoise answers a row per key *found in the data*, so
+    which keys exist would be released exactly. Here the exact per-key aggregates get a row
+    for every other key of the public domain (the product of :func:`key_domain`, checked
+    against :data:`MAX_PUBLIC_KEYS` when the query is priced) with no value, which
+    SmartNoise treats as 0 before it adds noise to each, and rows whose key is outside the
+    domain are dropped. The set of keys released is then fixed by the metadata alone.
+    """
+
+    columns: dict[str, Any]
+
+    def _get_reader(self, query_ast: Any) -> Any:
+        inner = super()._get_reader(query_ast)
+        if query_ast.agg is None:
+            return inner
+        return _CompletingReader(inner, self.columns)
+
+
+class _CompletingReader:
+    """Runs the exact per-key subquery, then completes its rows to the public domain."""
+
+    def __init__(self, inner: Any, columns: dict[str, Any]) -> None:
+        self.inner, self.columns = inner, columns
+
+    def _execute_ast(self, subquery: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        rows = list(self.inner._execute_ast(subquery, *args, **kwargs))
+        header, found = rows[0], rows[1:]
+        keys = [
+            (i, self.columns[_column_name(symbol.expression)])
+            for i, symbol in enumerate(subquery._select_symbols)
+            if not isinstance(symbol.expression, AggFunction)
+        ]
+        domains = [key_domain(spec) for _, spec in keys]
+        by_key = {tuple(row[i] for i, _ in keys): row for row in found}
+        completed = [header]
+        for key in itertools.product(*domains):
+            row = by_key.get(key)
+            if row is None:
+                row = [None] * len(header)
+                for (i, _), value in zip(keys, key, strict=True):
+                    row[i] = value
+            completed.append(row)
+        return completed
+
+
+def _column_name(expression: Any) -> str:
+    return str(getattr(expression, "colname", None) or expression).split(".")[-1].strip('"`[]')
 
 
 class SmartnoiseSqlEngine:
@@ -363,11 +436,14 @@ class SmartnoiseSqlEngine:
         )
 
     def execute(self, loaded: LoadedDataset, request: SqlRequest) -> dict[str, Any]:
-        reader = PrivateReader(
+        kind = PrivateReader if loaded.metadata["censor_dims"] else PublicKeysReader
+        reader = kind(
             self._reader(loaded),
             metadata_for(loaded.name, loaded.metadata),
             privacy=request.privacy(),
         )
+        if isinstance(reader, PublicKeysReader):
+            reader.columns = loaded.metadata["columns"]
         if request.postprocess:
             frame = reader.execute_df(request.query)
         else:
