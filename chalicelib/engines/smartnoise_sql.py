@@ -293,7 +293,7 @@ def _check_public_keys(metadata: Metadata, ours: dict[str, Any], query: str) -> 
     keys = 1
     for grouping in parsed.agg.groupingExpressions:
         expression = grouping.expression
-        name = str(getattr(expression, "name", "")).split(".")[-1].strip('"`[]')
+        name = _column_name(expression)
         if not isinstance(expression, Column) or name not in columns:
             raise InvalidQuery(
                 f"GROUP BY {expression}: with censor_dims false, group only by plain columns"
@@ -338,7 +338,9 @@ class PublicKeysReader(PrivateReader):  # type: ignore[misc]
     domain are dropped. The set of keys released is then fixed by the metadata alone.
     """
 
-    columns: dict[str, Any]
+    def __init__(self, *args: Any, columns: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.columns = columns  # the validated metadata's, which key_domain reads
 
     def _get_reader(self, query_ast: Any) -> Any:
         inner = super()._get_reader(query_ast)
@@ -436,14 +438,14 @@ class SmartnoiseSqlEngine:
         )
 
     def execute(self, loaded: LoadedDataset, request: SqlRequest) -> dict[str, Any]:
-        kind = PrivateReader if loaded.metadata["censor_dims"] else PublicKeysReader
-        reader = kind(
-            self._reader(loaded),
-            metadata_for(loaded.name, loaded.metadata),
-            privacy=request.privacy(),
-        )
-        if isinstance(reader, PublicKeysReader):
-            reader.columns = loaded.metadata["columns"]
+        source = self._reader(loaded)
+        metadata = metadata_for(loaded.name, loaded.metadata)
+        if loaded.metadata["censor_dims"]:
+            reader = PrivateReader(source, metadata, privacy=request.privacy())
+        else:
+            reader = PublicKeysReader(
+                source, metadata, privacy=request.privacy(), columns=loaded.metadata["columns"]
+            )
         if request.postprocess:
             frame = reader.execute_df(request.query)
         else:
