@@ -279,3 +279,17 @@ def test_without_censor_dims_only_public_keys_may_be_grouped(query: str, refused
                 ENGINE.cost(dataset, request(query))
         with pytest.raises((InvalidQuery, EngineRefused), match="who"):  # never the private id
             ENGINE.cost(dataset, request(grouped_by_id))
+
+
+def test_boolean_and_int_keys_are_completed_too() -> None:
+    """Only adults and only 2008 in the rows: both booleans and all three years come out."""
+    frame = FRAME[FRAME["study_year"] == 2008].assign(adult=True)
+    raw = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
+    meta = M.validate({**raw, "columns": {**raw["columns"], "adult": {"type": "boolean"}}})
+    data = LoadedDataset("PENGUIN", "v-bool", meta, frame)
+    query = "SELECT adult, study_year, COUNT(*) AS n FROM df GROUP BY adult, study_year"
+    table = ENGINE.execute(data, request(query))
+    assert [(r["adult"], r["study_year"]) for r in table["records"]] == [
+        (adult, year) for adult in (False, True) for year in (2007, 2008, 2009)
+    ]
+    assert table["dtypes"]["adult"] == "bool"
