@@ -36,6 +36,16 @@ COUNT = "SELECT COUNT(*) AS n FROM df"
 PENGUINS = "s3://neblina-datasets/PENGUIN/penguins.csv"
 
 
+def hardened_penguin(store: DynamoStore) -> str:
+    """A hardened copy of PENGUIN (same object and metadata, 10 ms bucket); its name."""
+    name = f"HARD{uuid.uuid4().hex[:6]}"
+    penguin = store.get_dataset("PENGUIN")
+    assert penguin is not None
+    admin.add_dataset(store, name, PENGUINS, penguin.metadata)
+    admin.update_dataset(store, name, hardened=True, bucket_ms=10)
+    return name
+
+
 def body(query: str, query_id: str | None = None, **extra: Any) -> dict[str, Any]:
     return {
         "engine": "smartnoise_sql",
@@ -132,11 +142,7 @@ def test_over_http_with_low_thresholds(
     stack: Any, store: DynamoStore, make_researcher: Any, tmp_path: Any
 ) -> None:
     """A server of its own: every result goes to S3, any over 200 bytes is refused."""
-    name = f"HARD{uuid.uuid4().hex[:6]}"
-    penguin = store.get_dataset("PENGUIN")
-    assert penguin is not None
-    admin.add_dataset(store, name, PENGUINS, penguin.metadata)
-    admin.update_dataset(store, name, hardened=True, bucket_ms=10)
+    name = hardened_penguin(store)
     who = make_researcher({"PENGUIN": ("10", "0.001"), name: ("10", "0.001")})
     env = {"NEBLINA_INLINE_RESULT_BYTES": "0", "NEBLINA_MAX_RESULT_BYTES": "200"}
     with api_server(stack, env, tmp_path) as api:
@@ -258,11 +264,7 @@ def test_over_the_hard_limit_nothing_is_released_and_the_cost_stands(
 def test_over_the_hard_limit_a_hardened_dataset_answers_like_an_engine_failure(
     store: DynamoStore, make_researcher: Any
 ) -> None:
-    name = f"HARD{uuid.uuid4().hex[:6]}"
-    penguin = store.get_dataset("PENGUIN")
-    assert penguin is not None
-    admin.add_dataset(store, name, PENGUINS, penguin.metadata)
-    admin.update_dataset(store, name, hardened=True, bucket_ms=10)
+    name = hardened_penguin(store)
     who = make_researcher({name: ("10", "0.001")})
     service = service_with(store, max_result_bytes=200)
     query_id = uuid.uuid4().hex
