@@ -1,15 +1,25 @@
 """Loading private datasets (S3, http(s), local path), cached across warm requests.
 
-A loaded frame is cached under ``(dataset name, source version)``, where the version is the
-S3 ETag and VersionId, the HTTP ETag/Last-Modified, or the file's mtime and size. Each
-request asks the source for its version (one cheap HEAD/stat), so a replaced object is
-reloaded, while an unchanged one is never read twice. Engines hang their own derived objects
-(SmartNoise readers, ...) on the cached entry, so those are reused and evicted with it.
+A loaded frame is cached under ``(dataset name, source version, metadata digest)``, where
+the version is the S3 ETag and VersionId, the HTTP ETag/Last-Modified, or the file's mtime
+and size, and the digest is :func:`metadata_digest` of the metadata the frame was coerced
+with. Each request asks the source for its version (one cheap HEAD/stat), so a replaced
+object is reloaded, while an unchanged one is never read twice. Engines hang their own
+derived objects (SmartNoise readers, ...) on the cached entry, so those are reused and
+evicted with it.
+
+The metadata is part of the key because execution must use exactly the metadata the query
+was priced with: an entry loaded under older metadata (``max_ids`` 1, ``censor_dims``
+true) would otherwise run a query priced under the new one (``max_ids`` 5) with the old
+sensitivity. The service checks the digest of what it loaded against what it priced.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import io
+import json
 import logging
 import os
 import threading
@@ -37,17 +47,31 @@ class DatasetUnavailable(Exception):
     """The source could not be read. Raised before any engine has seen the data."""
 
 
+def metadata_digest(metadata: dict[str, Any]) -> str:
+    """SHA-256 of a dataset's metadata (canonical JSON): what a loaded frame was made with."""
+    text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass
 class LoadedDataset:
-    """A frame ready for the engines, plus their derived objects (memoized per entry)."""
+    """A frame ready for the engines, plus their derived objects (memoized per entry).
+
+    ``metadata`` is the one the frame was coerced with and the engines run with;
+    ``digest`` is its :func:`metadata_digest`.
+    """
 
     name: str
     version: str
     metadata: dict[str, Any]
     frame: pd.DataFrame
     is_dummy: bool = False
+    digest: str = field(init=False)
     _derived: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.digest = metadata_digest(self.metadata)
 
     def derived(self, key: str, build: Callable[[LoadedDataset], T]) -> T:
         """The engine object ``key`` built on this frame, built once."""
@@ -140,10 +164,10 @@ class DatasetLoader:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._cache: OrderedDict[tuple[str, str], LoadedDataset] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, str], LoadedDataset] = OrderedDict()
         self._dummy_cache: OrderedDict[tuple[str, str, int, int], LoadedDataset] = OrderedDict()
         self._lock = threading.Lock()
-        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._key_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self.reads = 0  # how many times a source was actually read (tests and benchmarks)
 
     # versions ---------------------------------------------------------------------
@@ -185,7 +209,7 @@ class DatasetLoader:
         with open(_local_path(source), "rb") as handle:
             return handle.read()
 
-    def _read_frame(self, dataset: Dataset) -> pd.DataFrame:
+    def _read_frame(self, dataset: Dataset, metadata: dict[str, Any]) -> pd.DataFrame:
         started = time.perf_counter()
         raw = self._read_bytes(dataset.source)
         self.reads += 1
@@ -194,7 +218,7 @@ class DatasetLoader:
             frame = pd.read_parquet(io.BytesIO(raw), engine="fastparquet")
         else:
             frame = pd.read_csv(io.BytesIO(raw))
-        frame = coerce_types(frame, dataset.metadata)
+        frame = coerce_types(frame, metadata)
         log.info(
             "dataset %s: %d rows loaded in %.2f s",
             dataset.name,
@@ -204,9 +228,11 @@ class DatasetLoader:
         return frame
 
     def load(self, dataset: Dataset) -> LoadedDataset:
-        """The dataset's frame, from the cache when its source has not changed."""
+        """The dataset's frame under its current metadata, cached while neither changes."""
         version = self.version(dataset)
-        key = (dataset.name, version)
+        metadata = copy.deepcopy(dataset.metadata)  # the entry's own: nobody mutates it later
+        digest = metadata_digest(metadata)
+        key = (dataset.name, version, digest)
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None:
@@ -219,16 +245,16 @@ class DatasetLoader:
                 if entry is not None:
                     return entry
             try:
-                frame = self._read_frame(dataset)
+                frame = self._read_frame(dataset, metadata)
             except DatasetUnavailable:
                 raise
             except Exception as exc:
                 log.warning("dataset %s: cannot load source: %s", dataset.name, exc)
                 raise DatasetUnavailable("dataset source unavailable") from exc
-            entry = LoadedDataset(dataset.name, version, dataset.metadata, frame)
+            entry = LoadedDataset(dataset.name, version, metadata, frame)
             with self._lock:
                 for old in [k for k in self._cache if k[0] == dataset.name]:
-                    del self._cache[old]  # an older version of the same dataset
+                    del self._cache[old]  # an older version (or metadata) of the same dataset
                 self._cache[key] = entry
                 while len(self._cache) > self._settings.dataset_cache_entries:
                     self._cache.popitem(last=False)
@@ -237,20 +263,16 @@ class DatasetLoader:
 
     def dummy(self, dataset: Dataset, rows: int, seed: int) -> LoadedDataset:
         """A dummy frame for the dataset (metadata only), cached per (metadata, rows, seed)."""
-        import hashlib
-        import json
-
-        digest = hashlib.sha256(
-            json.dumps(dataset.metadata, sort_keys=True, default=str).encode()
-        ).hexdigest()
+        metadata = copy.deepcopy(dataset.metadata)
+        digest = metadata_digest(metadata)
         key = (dataset.name, digest, rows, seed)
         with self._lock:
             entry = self._dummy_cache.get(key)
             if entry is not None:
                 self._dummy_cache.move_to_end(key)
                 return entry
-        frame = make_dummy(dataset.metadata, rows, seed)
-        entry = LoadedDataset(dataset.name, digest, dataset.metadata, frame, is_dummy=True)
+        frame = make_dummy(metadata, rows, seed)
+        entry = LoadedDataset(dataset.name, digest, metadata, frame, is_dummy=True)
         with self._lock:
             self._dummy_cache[key] = entry
             while len(self._dummy_cache) > 16:

@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 from chalicelib import archive, validation
 from chalicelib.archive import ResultArchive
 from chalicelib.config import Settings
-from chalicelib.datasets import DatasetLoader, DatasetUnavailable
+from chalicelib.datasets import DatasetLoader, DatasetUnavailable, metadata_digest
 from chalicelib.engines import Engine, EngineRequest, get_engine
 from chalicelib.errors import (
     DatasetNotFound,
@@ -510,6 +510,8 @@ class Service:
         """
         try:
             loaded = self.loader.load(dataset)
+            if loaded.digest != metadata_digest(dataset.metadata):  # pragma: no cover - keyed so
+                raise RuntimeError("the rows were loaded under other metadata than was priced")
         except Exception as exc:
             self._refund(record, exc)
         try:

@@ -291,3 +291,54 @@ def test_memoised_prices_follow_metadata_changes(service: Service, store: Memory
     store.datasets["PENGUIN"] = dataclasses.replace(store.datasets["PENGUIN"], metadata=narrowed)
     with pytest.raises(InvalidQuery):  # priced again against the new metadata, not remembered
         service.cost("alice", "PENGUIN", group)
+
+
+class RecordingEngine:
+    """The real SmartNoise engine, noting the metadata it priced with and the one it ran with."""
+
+    name = "smartnoise_sql"
+
+    def __init__(self) -> None:
+        from chalicelib.engines import smartnoise_sql
+
+        self.inner = smartnoise_sql.ENGINE
+        self.priced: list[dict[str, Any]] = []
+        self.ran: list[dict[str, Any]] = []
+
+    def parse(self, body: dict[str, Any]) -> Any:
+        return self.inner.parse(body)
+
+    def cost(self, dataset: Dataset, request: Any) -> PrivacyCost:
+        self.priced.append(dataset.metadata)
+        return self.inner.cost(dataset, request)
+
+    def execute(self, loaded: Any, request: Any) -> dict[str, Any]:
+        self.ran.append(loaded.metadata)
+        return self.inner.execute(loaded, request)
+
+
+def test_a_warm_process_runs_with_exactly_the_metadata_it_priced(
+    service: Service, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An administrator changes max_ids 1 -> 5, then censor_dims true -> false, between
+    queries served by one process (same source version, so the loaded rows are warm): each
+    query runs with the metadata it was priced with, never with the cached older one."""
+    from chalicelib import metadata
+
+    recorder = RecordingEngine()
+    monkeypatch.setitem(engines._LOADED, "smartnoise_sql", recorder)
+    group = "SELECT species, island, COUNT(*) AS n FROM df GROUP BY species, island"
+    updates = [
+        {"censor_dims": True, "max_ids": 1},
+        {"censor_dims": True, "max_ids": 5},
+        {"censor_dims": False, "max_ids": 5},
+    ]
+    for i, update in enumerate(updates):
+        meta = metadata.validate({**META, **update})
+        store.datasets["PENGUIN"] = dataclasses.replace(store.datasets["PENGUIN"], metadata=meta)
+        body = {**COUNT, "query": group, "delta": 1e-5, "query_id": f"q-0000020{i}"}
+        answer = service.query("alice", "PENGUIN", body)
+        assert recorder.ran[-1] == recorder.priced[-1] == meta
+    # uncensored, every one of the 3 x 3 public keys is answered (censored: only those found)
+    assert len(answer["result"]["records"]) == 9
+    assert service.loader.reads == len(updates)  # new metadata, new entry (coerced anew)
