@@ -28,10 +28,12 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 
 from chalicelib.config import Settings
@@ -111,12 +113,17 @@ def _local_path(source: str) -> str:
 
 
 def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
-    """Keep the declared columns, in declared order, with dtypes that match the metadata."""
+    """Keep the declared columns, in declared order, with dtypes that match the metadata.
+
+    Every value is then kept inside its column's declared domain (:func:`_within_public_domain`),
+    except the ``private_id``'s, and rows without a ``private_id`` are dropped.
+    """
     columns = metadata["columns"]
     missing = [name for name in columns if name not in frame.columns]
     if missing:
         raise DatasetUnavailable(f"source lacks declared columns: {', '.join(missing)}")
     out = {}
+    identifier = None
     for name, spec in columns.items():
         series = frame[name]
         kind = spec["type"]
@@ -131,31 +138,101 @@ def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
         elif kind == "boolean":
             series = series.astype("boolean")
         elif kind == "datetime":
-            series = pd.to_datetime(series, errors="coerce")
+            series = _datetimes(series)
         else:
             series = series.astype(object).where(series.notna(), None)
-        out[name] = _within_public_domain(series, spec)
-    return pd.DataFrame(out)
+        if spec.get("private_id"):
+            identifier = name
+            out[name] = series  # never clamped: ids outside a range stay distinct persons
+        else:
+            out[name] = _within_public_domain(series, spec)
+    coerced = pd.DataFrame(out)
+    if identifier is not None and coerced[identifier].isna().any():
+        # A row nobody owns cannot be bounded per person (SmartNoise would pool all of them
+        # into one pseudo-person): it is left out, a row-by-row stable transformation.
+        coerced = coerced[coerced[identifier].notna()].reset_index(drop=True)
+        if columns[identifier]["type"] == "int":  # no missing id left: a plain int dtype
+            coerced[identifier] = coerced[identifier].astype(str(coerced[identifier].dtype).lower())
+    return coerced
+
+
+_OFFSET = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"
+
+
+def _datetimes(series: pd.Series) -> pd.Series:
+    """A datetime column in one representation, naive UTC (aware values are converted).
+
+    Text is read as ISO 8601, the form the metadata's bounds take (anything else is
+    missing); naive and aware text are parsed apart, because pandas, given both in one
+    call, reads a naive value in the offset of the aware value before it (one row's value
+    would then depend on another's).
+    """
+    if pd.api.types.is_datetime64_any_dtype(series):
+        if series.dt.tz is not None:
+            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+        return series.astype("datetime64[ns]")
+    parsed = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns]")
+    text = series.map(lambda value: value if isinstance(value, str) else None)
+    aware = text.str.contains(_OFFSET, na=False)
+    for mask, utc in ((aware, True), (text.notna() & ~aware, False)):
+        if mask.any():
+            values = pd.to_datetime(text[mask], errors="coerce", utc=utc, format="ISO8601")
+            if utc:
+                values = values.dt.tz_localize(None)
+            parsed[mask] = values.astype("datetime64[ns]")
+    objects = series.map(lambda value: isinstance(value, date))  # datetime objects
+    if objects.any():
+        parsed[objects] = series[objects].map(_timestamp).astype("datetime64[ns]")
+    return parsed
+
+
+def _timestamp(value: Any) -> pd.Timestamp:
+    """A declared datetime bound as a naive UTC timestamp (the loaded column's form)."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
+def _float_bounds(spec: dict[str, Any], dtype: Any) -> tuple[Any, Any]:
+    """The declared float bounds in the column's dtype, rounded inwards (never outside)."""
+    kind = np.dtype(dtype).type
+    lower, upper = kind(spec["lower"]), kind(spec["upper"])
+    if float(lower) < spec["lower"]:
+        lower = np.nextafter(lower, kind(np.inf))
+    if float(upper) > spec["upper"]:
+        upper = np.nextafter(upper, kind(-np.inf))
+    return lower, upper
 
 
 def _within_public_domain(series: pd.Series, spec: dict[str, Any]) -> pd.Series:
-    """Keep group keys inside what the metadata declares public.
+    """Keep every value inside what the metadata declares, row by row.
 
-    SmartNoise clamps values only where it aggregates them; a GROUP BY key is released as
-    found. So a value outside the declared ``categories`` becomes missing, and an int
-    outside ``lower``..``upper`` is clamped into it, before any engine sees the rows
-    (the engine's GROUP BY rule relies on this: chalicelib/engines/smartnoise_sql.py).
+    SmartNoise clamps values only where it aggregates them, and not at all in a column it
+    groups by: a GROUP BY key is released as found, and with ``censor_dims`` true a
+    ``SUM(x) ... GROUP BY x`` would add up unclamped values (50 rows at 1e6 would come out
+    as about 5e7 against noise of scale 65). So before any engine sees the rows, a value
+    outside the declared ``categories`` becomes missing, and an int, float or datetime
+    outside ``lower``..``upper`` is clamped into it (missing values stay missing). Each row
+    is mapped on its own, so one person's rows still change at most their own rows.
+    The engines' GROUP BY rule relies on this (chalicelib/engines/smartnoise_sql.py).
     """
+    kind = spec["type"]
     if "categories" in spec:
         inside = series.isin(spec["categories"]) | series.isna()
         if inside.all():
             return series
-        if spec["type"] == "int":  # a nullable int keeps its integer dtype
+        if kind == "int":  # a nullable int keeps its integer dtype
             nullable = "Int32" if spec.get("precision") == 32 else "Int64"
             return series.astype(nullable).where(inside, pd.NA)
         return series.where(inside, None)
-    if spec["type"] == "int" and "lower" in spec and "upper" in spec:
+    if "lower" not in spec or "upper" not in spec:
+        return series
+    if kind == "int":
         return series.clip(spec["lower"], spec["upper"])
+    if kind == "float":
+        lower, upper = _float_bounds(spec, series.dtype)
+        return series.clip(lower, upper)
+    if kind == "datetime":
+        return series.clip(_timestamp(spec["lower"]), _timestamp(spec["upper"]))
     return series
 
 

@@ -134,7 +134,7 @@ def test_the_s3_object_of_the_stack_is_cached_by_etag(stack: object) -> None:
 
 
 def test_values_outside_the_declared_domain_never_reach_an_engine() -> None:
-    """GROUP BY releases keys as found: out-of-category values go missing, ints are clamped."""
+    """Out-of-category values go missing; ints and floats are clamped into their bounds."""
     raw = pd.read_csv(
         io.StringIO(
             "species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,"
@@ -146,7 +146,92 @@ def test_values_outside_the_declared_domain_never_reach_an_engine() -> None:
     assert frame["species"].tolist() == ["Adelie", None, "Gentoo"]
     assert frame["island"].tolist() == ["Dream", None, "Biscoe"]
     assert frame["study_year"].tolist() == [2008, 2009, 2007]  # clamped to 2007..2009
-    assert frame["body_mass_g"].tolist() == [4.0, 4.0, 4.0]  # aggregated values: SmartNoise clamps
+    assert frame["body_mass_g"].tolist() == [2000.0, 2000.0, 2000.0]  # floats too (lower 2000)
+    assert frame["bill_length_mm"].tolist() == [30.0, 30.0, 30.0]
     coded = {**META, "columns": {"code": {"type": "int", "categories": [3, 5, 7]}}}
     codes = coerce_types(pd.DataFrame({"code": [3, 9, 7]}), M.validate(coded))["code"]
     assert codes.tolist()[0::2] == [3, 7] and codes.isna().tolist() == [False, True, False]
+
+
+def test_floats_and_datetimes_are_clamped_to_their_declared_bounds_row_by_row() -> None:
+    """A grouped column is not clamped by SmartNoise: the loader clamps every bounded type.
+
+    Missing values stay missing; infinities clamp to a bound; a 32-bit float's bounds are
+    rounded inwards so that no clamped value lies outside the declared interval; aware
+    datetimes become naive UTC before they are compared with the bounds.
+    """
+    meta = M.validate(
+        {
+            "max_ids": 1,
+            "rows": 4,
+            "row_privacy": True,
+            "columns": {
+                "x": {"type": "float", "lower": 30.1, "upper": 65.1, "precision": 32},
+                "y": {"type": "float", "lower": 30.0, "upper": 65.0, "nullable": True},
+                "t": {"type": "datetime", "lower": "2020-01-01", "upper": "2020-12-31"},
+            },
+        }
+    )
+    raw = pd.DataFrame(
+        {
+            "x": [1e6, -5, 40, "inf"],
+            "y": [None, 1e6, 40, -1e9],
+            "t": ["2019-05-01", "2021-06-01", "2020-06-01T12:00:00", "2020-03-01T00:00:00"],
+        }
+    )
+    frame = coerce_types(raw, meta)
+    assert frame["y"].isna().tolist() == [True, False, False, False]
+    assert frame["y"].tolist()[1:] == [65.0, 40.0, 30.0]
+    x = frame["x"].astype(float)
+    assert str(frame["x"].dtype) == "float32"
+    assert x.min() >= 30.1 and x.max() <= 65.1 and x[2] == 40.0
+    assert x.max() > 65.09999 and x.min() < 30.10001  # clamped to the bound, not beyond it
+    assert frame["t"].tolist() == [
+        pd.Timestamp("2020-01-01"),
+        pd.Timestamp("2020-12-31"),
+        pd.Timestamp("2020-06-01T12:00:00"),
+        pd.Timestamp("2020-03-01"),
+    ]
+    aware = coerce_types(raw.assign(t=["2021-01-01T00:30:00+01:00"] * 4), meta)["t"]
+    assert aware.tolist() == [pd.Timestamp("2020-12-31")] * 4  # 23:30 UTC, then clamped
+    mixed = ["2020-05-01T10:00:00+02:00", "2020-05-01T10:00:00", "no date", None]
+    assert coerce_types(raw.assign(t=mixed), meta)["t"].tolist()[:2] == [
+        pd.Timestamp("2020-05-01T08:00:00"),
+        pd.Timestamp("2020-05-01T10:00:00"),  # a naive value is not read in its neighbour's zone
+    ]
+
+
+def test_private_ids_are_never_clamped_and_rows_without_one_are_dropped() -> None:
+    """Ids outside the declared range stay distinct persons; a row nobody owns is left out.
+
+    Clamped, ids 5000 and 6000 would both become 10 (one pseudo-person with both rows), so
+    one real person could change up to 2 x max_ids of the rows SmartNoise samples.
+    """
+    meta = M.validate(
+        {
+            "max_ids": 1,
+            "rows": 5,
+            "row_privacy": False,
+            "columns": {
+                "who": {"type": "int", "lower": 0, "upper": 10, "private_id": True},
+                "name": {"type": "string", "categories": ["a"], "private_id": False},
+                "x": {"type": "int", "lower": 0, "upper": 1},
+            },
+        }
+    )
+    raw = pd.DataFrame({"who": [1, 5000, None, 6000, -3], "name": "a", "x": [0, 1, 1, 5, 0]})
+    frame = coerce_types(raw, meta)
+    assert frame["who"].tolist() == [1, 5000, 6000, -3]
+    assert str(frame["who"].dtype) == "int64"
+    assert frame["x"].tolist() == [0, 1, 1, 0]  # the other columns are still clamped
+    named = M.validate(
+        {
+            **meta,
+            "columns": {
+                "who": {"type": "string", "categories": ["p1"], "private_id": True},
+                "x": {"type": "int", "lower": 0, "upper": 1},
+            },
+        }
+    )
+    ids = coerce_types(pd.DataFrame({"who": ["p1", "p2", None], "x": 0}), named)["who"]
+    assert ids.tolist() == ["p1", "p2"]  # not turned missing for lying outside categories

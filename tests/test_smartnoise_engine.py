@@ -293,3 +293,49 @@ def test_boolean_and_int_keys_are_completed_too() -> None:
         (adult, year) for adult in (False, True) for year in (2007, 2008, 2009)
     ]
     assert table["dtypes"]["adult"] == "bool"
+
+
+def test_a_sum_over_the_grouped_column_is_clamped_like_any_other() -> None:
+    """censor_dims true: SmartNoise does not clamp a column it groups by, the loader does.
+
+    1,000 penguins at 40 mm and 50 at 1e6 mm (declared upper bound: 65). Unclamped, the
+    second group's SUM would come out near 5e7 (and its key would say 1e6) against Laplace
+    noise of scale b (about 65 at epsilon 1); clamped, its key is 65 and its sum 50 x 65.
+    P(|noise| > b ln(1e7)) = 1e-7 per release, so a wrong failure of the bound on either
+    group has probability below 1e-6; the 1e6 group is kept by the threshold unless its
+    noisy count of 50 falls under about 13, which has probability below 1e-15.
+    """
+    raw = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
+    meta = M.validate({**raw, "censor_dims": True})
+    rows = pd.read_csv(ROOT / "localstack/data/penguins.csv").head(1)
+    frame = pd.concat([rows] * 1050, ignore_index=True)
+    frame["bill_length_mm"] = [40.0] * 1000 + [1e6] * 50
+    data = LoadedDataset("PENGUIN", "v-sum", meta, coerce_types(frame, meta))
+    query = "SELECT bill_length_mm, SUM(bill_length_mm) AS s FROM df GROUP BY bill_length_mm"
+    scale = sn.MemoLaplace(epsilon=1.0, lower=30.0, upper=65.0, max_contrib=1).scale
+    assert 60 < scale < 70
+    released = ENGINE.execute(data, request(query))["records"]
+    sums = {r["bill_length_mm"]: r["s"] for r in released}
+    assert set(sums) == {40.0, 65.0}
+    assert abs(sums[65.0] - 50 * 65) <= scale * math.log(1e7)
+    assert abs(sums[40.0] - 1000 * 40) <= scale * math.log(1e7)
+
+
+def test_ids_outside_their_declared_range_stay_distinct_persons() -> None:
+    """100 persons with one row each, ids 5000..5099, declared 0..10, max_ids 1.
+
+    Clamped to 10, they would be one pseudo-person of whom SmartNoise keeps one row: a
+    COUNT(*) near 1. Kept apart, the count is 100 plus Laplace noise of scale 1 at
+    epsilon 1: |noise| > ln(1e7) has probability 1e-7, and 100 - ln(1e7) > 80.
+    """
+    raw = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
+    columns = {
+        **raw["columns"],
+        "who": {"type": "int", "lower": 0, "upper": 10, "private_id": True},
+    }
+    meta = M.validate({**raw, "row_privacy": False, "columns": columns})
+    frame = pd.read_csv(ROOT / "localstack/data/penguins.csv").head(100)
+    frame["who"] = range(5000, 5100)
+    data = LoadedDataset("PENGUIN", "v-ids", meta, coerce_types(frame, meta))
+    count = ENGINE.execute(data, request("SELECT COUNT(*) AS n FROM df", delta=0.0))
+    assert count["records"][0]["n"] > 80
