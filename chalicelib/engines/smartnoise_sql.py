@@ -350,7 +350,13 @@ class PublicKeysReader(PrivateReader):  # type: ignore[misc]
 
 
 class _CompletingReader:
-    """Runs the exact per-key subquery, then completes its rows to the public domain."""
+    """Runs the exact per-key subquery, then completes its rows to the public domain.
+
+    Every key written out is the domain's own value, found in the rows or not: SQLite
+    returns a boolean key as ``0``/``1`` where the domain says ``False``/``True`` (equal in
+    Python, so the lookup matches), and a key in the representation of the rows would tell
+    which keys were found.
+    """
 
     def __init__(self, inner: Any, columns: dict[str, Any]) -> None:
         self.inner, self.columns = inner, columns
@@ -367,11 +373,10 @@ class _CompletingReader:
         by_key = {tuple(row[i] for i, _ in keys): row for row in found}
         completed = [header]
         for key in itertools.product(*domains):
-            row = by_key.get(key)
-            if row is None:
-                row = [None] * len(header)
-                for (i, _), value in zip(keys, key, strict=True):
-                    row[i] = value
+            found_row = by_key.get(key)
+            row = [None] * len(header) if found_row is None else list(found_row)
+            for (i, _), value in zip(keys, key, strict=True):
+                row[i] = value  # the declared value, never the rows' representation of it
             completed.append(row)
         return completed
 
