@@ -39,6 +39,14 @@ Input form
     spaces, so that every row is exactly one line: a value can never split one individual's
     row into two (which would break ``d_in``).
 
+    On a dataset with ``row_privacy: false`` nothing in the rows limits how many belong to
+    one ``private_id``, while the price assumes at most ``max_ids``. So before each release
+    the server keeps, for every ``private_id`` with more rows than that, a uniformly random
+    ``max_ids`` of them (as SmartNoise's reservoir does; fresh randomness per release, from
+    a generator seeded by the OS's CSPRNG) and feeds only those (:class:`PersonLines`). One
+    individual then changes at most ``max_ids`` lines of the input, which is the ``d_in``
+    the release is priced at.
+
 Cost
     ``d_in`` is the metadata's ``max_ids`` (rows one individual may add or remove). The
     output measure decides the charge: ``max_divergence`` → (ε, 0) with ε = ``map(d_in)``;
@@ -69,6 +77,7 @@ import inspect
 import json
 import math
 import re
+import secrets
 import threading
 import warnings
 from collections import OrderedDict
@@ -557,8 +566,45 @@ def csv_text(frame: pd.DataFrame) -> str:
     Missing values are empty, booleans ``true``/``false``, floats their shortest repr; commas
     and line breaks inside values become spaces, so a row is always exactly one line.
     """
+    return "".join(csv_lines(frame))
+
+
+def csv_lines(frame: pd.DataFrame) -> list[str]:
+    """The lines of :func:`csv_text`, one per row, each ending with ``\\n``."""
     columns = [frame[name].astype(object).map(_cell).tolist() for name in frame.columns]
-    return "".join(SEPARATOR.join(row) + "\n" for row in zip(*columns, strict=True))
+    return [SEPARATOR.join(row) + "\n" for row in zip(*columns, strict=True)]
+
+
+class PersonLines:
+    """A ``row_privacy: false`` dataset as CSV lines, bounded per person for each release.
+
+    The lines and the person of each are computed once per loaded dataset;
+    :meth:`sample` then keeps, for each person, a uniformly random ``max_ids`` of their
+    lines (all of them when they have no more), in the original row order.
+    """
+
+    def __init__(self, frame: pd.DataFrame, id_column: str) -> None:
+        self.lines = np.array(csv_lines(frame), dtype=object)
+        # one code per distinct id (a missing id, possible only in dummy rows, is one code)
+        codes, _ = pd.factorize(frame[id_column], use_na_sentinel=False)
+        self.codes = codes.astype(np.int64)
+        self.largest = int(np.bincount(self.codes).max()) if len(self.codes) else 0
+        self._whole = "".join(self.lines)
+
+    def sample(self, max_ids: int, rng: np.random.Generator) -> str:
+        """The CSV text with at most ``max_ids`` lines per person, chosen at random."""
+        if self.largest <= max_ids:
+            return self._whole
+        order = np.lexsort((rng.random(len(self.codes)), self.codes))  # by person, shuffled
+        grouped = self.codes[order]
+        rank = np.arange(len(grouped)) - np.searchsorted(grouped, grouped, side="left")
+        kept = np.sort(order[rank < max_ids])
+        return "".join(self.lines[kept])
+
+
+def _fresh_rng() -> np.random.Generator:
+    """A generator for one release, seeded with 128 bits from the OS's CSPRNG."""
+    return np.random.default_rng(secrets.randbits(128))
 
 
 def release_json(value: Any, nesting: int = 0) -> Any:
@@ -634,8 +680,14 @@ class OpenDPEngine:
         return price(measurement, int(dataset.metadata["max_ids"]), request.fixed_delta)
 
     def execute(self, loaded: LoadedDataset, request: OpenDPRequest) -> dict[str, Any]:
-        measurement = self._measurement(loaded.metadata, request)
-        text = loaded.derived(NAME, lambda ld: csv_text(ld.frame))
+        metadata = loaded.metadata
+        measurement = self._measurement(metadata, request)
+        if metadata["row_privacy"]:
+            text = loaded.derived(NAME, lambda ld: csv_text(ld.frame))
+        else:  # bound each person's rows to max_ids, afresh for every release
+            (id_column,) = [n for n, spec in metadata["columns"].items() if spec["private_id"]]
+            lines = loaded.derived(f"{NAME}:persons", lambda ld: PersonLines(ld.frame, id_column))
+            text = lines.sample(int(metadata["max_ids"]), _fresh_rng())
         value = release_json(measurement(text))
         if len(json.dumps(value)) > MAX_RESULT_CHARS:
             raise ValueError(f"the release is larger than {MAX_RESULT_CHARS} characters of JSON")
