@@ -93,9 +93,16 @@ def sha256_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+# Build time only: generates chalicelib/openapi.json (with pydantic, which is not shipped).
+BUILD_ONLY_SOURCES = {"api_models.py"}
+# Data files the API reads: the OpenAPI document it serves.
+API_DATA_FILES = ("openapi.json",)
+
+
 def app_sources() -> list[Path]:
     """app.py and every chalicelib source file (what both functions are built from)."""
-    return [ROOT / "app.py", *sorted((ROOT / "chalicelib").rglob("*.py"))]
+    data = [ROOT / "chalicelib" / name for name in API_DATA_FILES]
+    return [ROOT / "app.py", *sorted((ROOT / "chalicelib").rglob("*.py")), *data]
 
 
 def lambda_requirements() -> list[str]:
@@ -228,9 +235,12 @@ def copy_app(stage: Path, chalicelib_files: list[str] | None) -> None:
     shutil.copy2(chalice.app.__file__, stage / "chalice" / "app.py")
     source = ROOT / "chalicelib"
     names = chalicelib_files or [
-        str(p.relative_to(source))
-        for p in sorted(source.rglob("*.py"))
-        if "__pycache__" not in p.parts
+        *(
+            str(p.relative_to(source))
+            for p in sorted(source.rglob("*.py"))
+            if "__pycache__" not in p.parts and p.name not in BUILD_ONLY_SOURCES
+        ),
+        *API_DATA_FILES,
     ]
     for name in names:
         target = stage / "chalicelib" / name

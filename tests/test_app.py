@@ -40,16 +40,110 @@ def test_openapi_document_is_valid_and_covers_every_route() -> None:
 
 
 def test_error_codes_in_the_code_are_documented() -> None:
-    from chalicelib import errors
+    from chalicelib.api_models import error_codes
 
-    codes = {
-        cls.code
-        for cls in vars(errors).values()
-        if isinstance(cls, type) and issubclass(cls, errors.NeblinaError)
-    } - {"conflict"}  # the abstract base of the 409s
     api_doc = (ROOT / "docs/api.md").read_text()
+    codes = [code for found in error_codes().values() for code in found]
     missing = sorted(code for code in codes if f"`{code}`" not in api_doc)
     assert missing == []
+
+
+def test_the_openapi_document_lists_every_error_code_under_its_status() -> None:
+    import app
+    from chalicelib import errors
+
+    doc = app.openapi().body
+    listed: dict[str, str] = {}
+    for item in doc["paths"].values():
+        for method, operation in item.items():
+            if method != "parameters":
+                for status, response in operation["responses"].items():
+                    listed[status] = listed.get(status, "") + response["description"]
+    classes = [
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.NeblinaError)
+    ]
+    missing = sorted(
+        f"{cls.status_code} {cls.code}"
+        for cls in classes
+        if cls is not errors.Conflict
+        and f"`{cls.code}`" not in listed.get(str(cls.status_code), "")
+    )
+    assert missing == []
+
+
+def test_the_committed_openapi_document_is_a_fresh_generation_from_the_models() -> None:
+    """Regenerate with `.venv/bin/python -m chalicelib.api_models` when this fails."""
+    from app import VERSION
+    from chalicelib.api_models import render
+
+    assert (ROOT / "chalicelib/openapi.json").read_text() == render(VERSION)
+
+
+def _schemas_in(node: object) -> list[dict[str, object]]:
+    """Every schema object below ``node`` (anything with a type, a $ref or a combinator)."""
+    found: list[dict[str, object]] = []
+    if isinstance(node, dict):
+        if {"type", "$ref", "oneOf", "anyOf", "allOf"} & set(node):
+            found.append(node)
+        for value in node.values():
+            found += _schemas_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _schemas_in(value)
+    return found
+
+
+def test_every_array_has_items_and_every_body_is_a_named_component() -> None:
+    import app
+
+    doc = app.openapi().body
+    arrays = [s for s in _schemas_in(doc) if s.get("type") == "array"]
+    assert arrays and all("items" in s for s in arrays)
+    bodies = []
+    for item in doc["paths"].values():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            bodies += [
+                r["content"]["application/json"]["schema"] for r in operation["responses"].values()
+            ]
+            if "requestBody" in operation:
+                bodies.append(operation["requestBody"]["content"]["application/json"]["schema"])
+    inline = [b for b in bodies if "$ref" not in b and b != {"type": "object"}]
+    assert inline == []
+    names = set(doc["components"]["schemas"])
+    assert {
+        "Cost",
+        "Budget",
+        "DatasetSummary",
+        "Table",
+        "QueryRecord",
+        "Error",
+        "Metadata",
+    } <= names
+    assert {"SqlQueryRequest", "OpenDPQueryRequest", "SqlCostRequest", "OpenDPCostRequest"} <= names
+
+
+def test_serving_the_openapi_document_loads_neither_pydantic_nor_the_models() -> None:
+    script = """
+import json, sys
+import app
+body = app.openapi().body
+assert body["info"]["version"] == app.VERSION and body["paths"], body
+print(json.dumps(sorted(m for m in sys.modules
+                        if m.split(".")[0] == "pydantic" or m == "chalicelib.api_models")))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_the_authorizer_imports_no_pandas_and_no_dp_library() -> None:

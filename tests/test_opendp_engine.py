@@ -530,7 +530,7 @@ def test_the_openapi_document_describes_both_engines() -> None:
         assert set(schemas[name]["discriminator"]["mapping"]) == {"smartnoise_sql", "opendp"}
     assert set(schemas["OpenDPQueryRequest"]["properties"]) == oe.FIELDS | oe.DUMMY_FIELDS
     assert set(schemas["OpenDPCostRequest"]["properties"]) == {"engine", "pipeline", "fixed_delta"}
-    assert schemas["Value"]["properties"]["type"]["enum"] == ["value"]
+    assert schemas["Value"]["properties"]["type"]["const"] == "value"
 
 
 def test_the_documented_allowlist_is_the_allowlist() -> None:

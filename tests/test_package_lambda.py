@@ -94,6 +94,23 @@ def test_slimmed_api_package_imports_and_answers_a_query(unzipped: dict) -> None
     assert {"pandas", "snsql", "opendp"} <= set(report["heavy_at_end"])
 
 
+def test_api_package_serves_the_openapi_document_without_pydantic(unzipped: dict) -> None:
+    script = (
+        "import json, sys; import app; body = app.openapi().body; "
+        "print(json.dumps([body['info']['version'], len(body['paths']), "
+        "sorted(m for m in sys.modules if m.startswith(('pydantic', 'chalicelib.api_models')))]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", f"import sys; sys.path[:0] = [sys.argv[1]]; {script}",
+         str(unzipped["api"])],
+        capture_output=True, text=True, check=False, timeout=120, cwd=unzipped["api"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    version, paths, loaded = json.loads(result.stdout.splitlines()[-1])
+    assert version and paths >= 9 and loaded == []
+    assert not (unzipped["api"] / "chalicelib" / "api_models.py").exists(), "build time only"
+
+
 def test_authorizer_package_authorizes_from_its_unzipped_folder(unzipped: dict) -> None:
     token = "nbl_" + "A" * 43
     report = smoke(unzipped["authorizer"], "authorizer", "--store", "stub", "--token", token)

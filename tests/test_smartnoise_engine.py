@@ -384,3 +384,11 @@ def test_completed_keys_are_the_same_json_on_neighbouring_datasets(
     assert keys[0] == keys[1]
     domain = sn.key_domain(meta["columns"][column])
     assert json.loads(keys[0])[2] == json.loads(json.dumps(domain))  # the declared values
+
+
+def test_the_openapi_models_describe_the_engines_fields_stats_and_mechanisms() -> None:
+    from chalicelib import api_models
+
+    assert set(api_models.SqlQueryRequest.model_fields) == sn.FIELDS | sn.DUMMY_FIELDS
+    assert set(api_models.Mechanisms.model_fields) == set(sn.STATS)
+    assert {m.value for m in api_models.Mechanism} == set(sn.MECHANISMS)

@@ -1,0 +1,561 @@
+"""The API's request and response models, from which the OpenAPI document is generated.
+
+Build time only: pydantic is a development dependency, never shipped to Lambda. The server
+validates requests with its own plain functions (``validation``, the engines) and serves the
+document committed as ``chalicelib/openapi.json``; regenerate it after changing this file
+(a test fails while the committed file differs from a fresh generation)::
+
+    .venv/bin/python -m chalicelib.api_models
+
+Adding an endpoint: its models here, one ``Operation`` in ``OPERATIONS``, then regenerate.
+Response models accept unknown fields (a new field in an answer breaks no client); request
+models refuse them, as the server does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema, models_json_schema
+
+from chalicelib import errors
+from chalicelib.models import QueryState
+
+DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
+REF = "#/components/schemas/{model}"
+
+Decimal = Annotated[
+    str,
+    Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="an exact decimal", examples=["1.5"]),
+]
+Amount = Annotated[
+    float | Annotated[str, Field(pattern=r"^[0-9.eE+-]+$")],
+    Field(description="a JSON number or a decimal string"),
+]
+# an optional field the server leaves out rather than sending null
+Absent = SkipJsonSchema[None]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+DatasetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+QueryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+
+class Response(BaseModel):
+    """A response body: documents what the server sends and tolerates what it may add."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Request(BaseModel):
+    """A request body: unknown fields are refused (400), as the server does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- values shared by many answers -----------------------------------------------------
+class Cost(Response):
+    """A privacy cost, or an amount of budget, as exact decimal strings."""
+
+    epsilon: Decimal
+    delta: Decimal
+
+
+class Error(Response):
+    """Every error answer: branch on ``error`` (a stable code), never on ``message``."""
+
+    error: str = Field(description="stable code (docs/api.md lists them by status)")
+    message: str
+
+
+class Table(Response):
+    """Rows (dummy data, SQL results): one object per row, ``null`` for missing values."""
+
+    type: Literal["table"]
+    columns: list[str]
+    dtypes: dict[str, str] = Field(description="pandas dtype of each column")
+    records: list[dict[str, Any]]
+
+
+class Value(Response):
+    """An OpenDP release: a number, or a (possibly nested) list of numbers."""
+
+    type: Literal["value"]
+    value: Any
+
+
+Result = Annotated[Table | Value, Field(discriminator="type")]
+
+
+# --- datasets --------------------------------------------------------------------------
+class DatasetSummary(Response):
+    """A dataset the caller holds a grant on."""
+
+    name: str
+    description: str
+    rows: int
+
+
+class DatasetList(Response):
+    """The datasets the caller holds a grant on."""
+
+    datasets: list[DatasetSummary]
+
+
+class Precision(IntEnum):
+    """Bits of a numeric column."""
+
+    BITS_32 = 32
+    BITS_64 = 64
+
+
+class _Column(Response):
+    nullable: bool = False
+    private_id: bool = False
+    description: str | Absent = None
+
+
+class StringColumn(_Column):
+    """Text; with ``categories`` its values are public (usable in GROUP BY)."""
+
+    type: Literal["string"]
+    categories: list[str] | Absent = None
+    cardinality: int | Absent = None
+
+
+class IntColumn(_Column):
+    """An integer column, bounded by ``lower``/``upper`` or given by ``categories``."""
+
+    type: Literal["int"]
+    lower: int | Absent = None
+    upper: int | Absent = None
+    categories: list[int] | Absent = None
+    cardinality: int | Absent = None
+    precision: Precision = Precision.BITS_64
+
+
+class FloatColumn(_Column):
+    """A real-valued column with public bounds."""
+
+    type: Literal["float"]
+    lower: float
+    upper: float
+    precision: Precision = Precision.BITS_64
+
+
+class BooleanColumn(_Column):
+    """A boolean column."""
+
+    type: Literal["boolean"]
+
+
+class DatetimeColumn(_Column):
+    """A date or datetime column with public bounds (ISO 8601 strings)."""
+
+    type: Literal["datetime"]
+    lower: str
+    upper: str
+
+
+Column = Annotated[
+    StringColumn | IntColumn | FloatColumn | BooleanColumn | DatetimeColumn,
+    Field(discriminator="type"),
+]
+
+
+class Metadata(Response):
+    """Public metadata of a dataset (docs/metadata.md)."""
+
+    max_ids: int = Field(ge=1, description="rows one individual may contribute")
+    rows: int = Field(ge=1, description="public (approximate) number of rows")
+    row_privacy: bool
+    censor_dims: bool
+    description: str | Absent = None
+    columns: dict[str, Column]
+
+
+class DatasetMetadata(Response):
+    """A dataset's public metadata."""
+
+    dataset: str
+    metadata: Metadata
+
+
+class DummyParams(Request):
+    """Query parameters of the dummy route."""
+
+    rows: int = Field(default=100, ge=1, le=100000)
+    seed: int = Field(default=42, ge=0, le=4294967295)
+
+
+class DummyTable(Response):
+    """Dummy rows generated from the metadata only."""
+
+    dataset: str
+    rows: int
+    seed: int
+    table: Table
+
+
+class Budget(Response):
+    """The caller's grant on a dataset: ``remaining = initial - spent`` exactly."""
+
+    dataset: str
+    initial: Cost
+    spent: Cost
+    remaining: Cost
+
+
+# --- queries ---------------------------------------------------------------------------
+class Mechanism(StrEnum):
+    """A SmartNoise mechanism."""
+
+    LAPLACE = "laplace"
+    GEOMETRIC = "geometric"
+    DISCRETE_LAPLACE = "discrete_laplace"
+    GAUSSIAN = "gaussian"
+
+
+class Mechanisms(Request):
+    """Override of SmartNoise's mechanism per statistic."""
+
+    count: Mechanism | Absent = None
+    sum_int: Mechanism | Absent = None
+    sum_large_int: Mechanism | Absent = None
+    sum_float: Mechanism | Absent = None
+    sum_large_float: Mechanism | Absent = None
+    threshold: Mechanism | Absent = None
+
+
+class SqlCostRequest(Request):
+    """A SmartNoise SQL query to price."""
+
+    engine: Literal["smartnoise_sql"]
+    query: str = Field(min_length=1, max_length=10000)
+    epsilon: Amount
+    delta: Amount
+    mechanisms: Mechanisms | Absent = None
+
+
+class _QueryFields(Request):
+    query_id: QueryId = Field(description="chosen by the client; a retry with it is free")
+    dummy: bool = False
+    dummy_rows: int = Field(default=100, ge=1, le=100000)
+    dummy_seed: int = Field(default=42, ge=0, le=4294967295)
+
+
+class SqlQueryRequest(SqlCostRequest, _QueryFields):
+    """A SmartNoise SQL query to run."""
+
+    postprocess: bool = True
+
+
+class PipelineNodes(Request):
+    """The node form of an OpenDP pipeline: ``{"__ref__": i}`` stands for node ``i``."""
+
+    nodes: list[dict[str, Any]] = Field(min_length=1)
+
+
+class OpenDPCostRequest(Request):
+    """An OpenDP measurement to price."""
+
+    engine: Literal["opendp"]
+    pipeline: str | PipelineNodes = Field(
+        description=(
+            "an OpenDP Measurement: dp.serialize's JSON text, or the same JSON with repeated "
+            "calls written once (the last node is the pipeline; see docs/opendp.md)"
+        )
+    )
+    fixed_delta: Amount | Absent = Field(
+        default=None, description="required for zCDP and smoothed max divergence, else refused"
+    )
+
+
+class OpenDPQueryRequest(OpenDPCostRequest, _QueryFields):
+    """An OpenDP measurement to run."""
+
+
+class CostRequest(RootModel[SqlCostRequest | OpenDPCostRequest]):
+    """A query to price, by engine."""
+
+    root: SqlCostRequest | OpenDPCostRequest = Field(discriminator="engine")
+
+
+class QueryRequest(RootModel[SqlQueryRequest | OpenDPQueryRequest]):
+    """A query to run, by engine."""
+
+    root: SqlQueryRequest | OpenDPQueryRequest = Field(discriminator="engine")
+
+
+class CostEstimate(Response):
+    """The price of a query (from the metadata only)."""
+
+    dataset: str
+    engine: str
+    cost: Cost
+
+
+class QueryResponse(Response):
+    """A release (or the stored answer of a replayed ``query_id``)."""
+
+    query_id: str
+    dataset: str
+    engine: str
+    dummy: bool
+    replayed: bool
+    cost: Cost
+    created_at: Timestamp
+    result: Result
+
+
+class QueryRecord(Response):
+    """One archived query of the caller."""
+
+    query_id: str
+    dataset: str
+    engine: str
+    state: QueryState
+    request: dict[str, Any] = Field(description="the query body without query_id")
+    cost: Cost
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    result: Result | None
+    error: Error | None
+
+
+class HistoryParams(Request):
+    """Query parameters of the history route."""
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | Absent = None
+
+
+class QueryHistory(Response):
+    """A page of the caller's archive, newest first."""
+
+    queries: list[QueryRecord]
+    next_cursor: str | None = Field(description="pass back as cursor for the next page")
+
+
+class Health(Response):
+    """Liveness."""
+
+    status: str
+    version: str
+
+
+# --- operations ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Operation:
+    """One route: its models and the error statuses it adds to those of every route."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    response: type[BaseModel] | None
+    body: type[BaseModel] | None = None
+    params: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    authenticated: bool = True
+
+
+AUTH_ERRORS = (401, 403, 404, 429, 500)
+NAME = "/v1/datasets/{name}"
+OPERATIONS = (
+    Operation("get", "/health", "health", "Liveness (no authentication)", Health,
+              authenticated=False),
+    Operation("get", "/v1/openapi.json", "openapi", "This document (no authentication)", None,
+              authenticated=False),
+    Operation("get", "/v1/datasets", "listDatasets", "Datasets the caller holds a grant on",
+              DatasetList),
+    Operation("get", f"{NAME}/metadata", "getMetadata", "Public metadata of a dataset",
+              DatasetMetadata, errors=(400,)),
+    Operation("get", f"{NAME}/dummy", "getDummy", "Dummy rows generated from the metadata only",
+              DummyTable, params=DummyParams, errors=(400,)),
+    Operation("get", f"{NAME}/budget", "getBudget", "Initial, spent and remaining budget",
+              Budget, errors=(400,)),
+    Operation("post", f"{NAME}/cost", "estimateCost",
+              "Price of a query (metadata only, no debit)", CostEstimate, body=CostRequest,
+              errors=(400, 413, 422)),
+    Operation("post", f"{NAME}/queries", "runQuery",
+              "Run a query (debits the grant unless dummy)", QueryResponse, body=QueryRequest,
+              errors=(400, 409, 413, 422)),
+    Operation("get", f"{NAME}/queries", "listQueries",
+              "The caller's archive on this dataset, newest first", QueryHistory,
+              params=HistoryParams, errors=(400,)),
+    Operation("get", f"{NAME}/queries/{{query_id}}", "getQuery",
+              "One archived query and its released result", QueryRecord, errors=(400,)),
+)  # fmt: skip
+
+WHEN = {
+    400: "invalid request or query",
+    401: "missing, malformed or unknown API token",
+    403: "token revoked or expired, user disabled, no grant on the dataset, or the query "
+    "costs more than one query may on this dataset",
+    404: "unknown dataset or query",
+    409: "budget exhausted, query_id conflict, query in progress or failed",
+    413: "request body too large",
+    422: "the engine refused the query, or its result is over NEBLINA_MAX_RESULT_BYTES and "
+    "was not released (the cost stands)",
+    429: "rate limited: too many query and cost requests (see Retry-After)",
+    500: "internal error",
+}
+
+
+def error_codes() -> dict[int, list[str]]:
+    """The stable error codes of ``chalicelib.errors``, by HTTP status."""
+    codes: dict[int, set[str]] = {}
+    for cls in vars(errors).values():
+        # errors.Conflict is the abstract base of the 409s: no answer carries its code
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, errors.NeblinaError)
+            and cls is not errors.Conflict
+        ):
+            codes.setdefault(cls.status_code, set()).add(cls.code)
+    return {status: sorted(found) for status, found in sorted(codes.items())}
+
+
+# --- generation ------------------------------------------------------------------------
+class _Schemas(GenerateJsonSchema):
+    """pydantic's JSON Schema without per-field titles (clients name things by component)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _without_null_defaults(node: Any) -> Any:
+    """Drop ``"default": null`` from fields that are left out rather than sent as null."""
+    if isinstance(node, dict):
+        return {
+            key: _without_null_defaults(value)
+            for key, value in node.items()
+            if not (key == "default" and value is None)
+        }
+    if isinstance(node, list):
+        return [_without_null_defaults(value) for value in node]
+    return node
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    properties = model.model_json_schema(schema_generator=_Schemas)["properties"]
+    return [
+        {"name": name, "in": "query", "required": False, "schema": _without_null_defaults(schema)}
+        for name, schema in properties.items()
+    ]
+
+
+def _operation(operation: Operation, codes: dict[int, list[str]]) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "OK"}
+    if operation.response is not None:
+        ok["content"] = _json({"$ref": REF.format(model=operation.response.__name__)})
+    else:
+        ok["content"] = _json({"type": "object"})
+    responses: dict[str, Any] = {"200": ok}
+    statuses = (*AUTH_ERRORS, *operation.errors) if operation.authenticated else ()
+    for status in sorted(statuses):
+        listed = ", ".join(f"`{code}`" for code in codes[status])
+        response: dict[str, Any] = {
+            "description": f"{WHEN[status]} ({listed})",
+            "content": _json({"$ref": REF.format(model="Error")}),
+        }
+        if status == 429:
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "seconds until the user's rate-limit window ends",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            }
+        responses[str(status)] = response
+    result: dict[str, Any] = {
+        "operationId": operation.operation_id,
+        "summary": operation.summary,
+    }
+    if operation.params is not None:
+        result["parameters"] = _parameters(operation.params)
+    if operation.body is not None:
+        result["requestBody"] = {
+            "required": True,
+            "content": _json({"$ref": REF.format(model=operation.body.__name__)}),
+        }
+    result["responses"] = responses
+    if operation.authenticated:
+        result["security"] = [{"bearerToken": []}]
+    return result
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    found = []
+    if "{name}" in path:
+        schema = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}
+        found.append({"name": "name", "in": "path", "required": True, "schema": schema})
+    if "{query_id}" in path:
+        schema = {"type": "string"}
+        found.append({"name": "query_id", "in": "path", "required": True, "schema": schema})
+    return found
+
+
+def generate(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, from the models and operations above."""
+    models = [op.response for op in OPERATIONS if op.response is not None]
+    models += [op.body for op in OPERATIONS if op.body is not None]
+    models.append(Error)
+    unique = list(dict.fromkeys(models))
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in unique],
+        ref_template=REF,
+        schema_generator=_Schemas,
+    )
+    codes = error_codes()
+    paths: dict[str, Any] = {}
+    for operation in OPERATIONS:
+        item = paths.setdefault(operation.path, {})
+        if "parameters" not in item and _path_parameters(operation.path):
+            item["parameters"] = _path_parameters(operation.path)
+        item[operation.method] = _operation(operation, codes)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Neblina API",
+            "description": "Remote data science under differential privacy. See docs/api.md.",
+            "version": version,
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "nbl_<43 chars>",
+                }
+            },
+            "schemas": _without_null_defaults(dict(sorted(definitions["$defs"].items()))),
+        },
+        "paths": paths,
+    }
+
+
+def render(version: str) -> str:
+    """The document as the committed file holds it."""
+    return json.dumps(generate(version), indent=1, sort_keys=False) + "\n"
+
+
+def main() -> None:
+    """Write ``chalicelib/openapi.json``."""
+    version = importlib.import_module("app").VERSION  # app.py, at the repository's root
+
+    DOCUMENT_PATH.write_text(render(str(version)))
+    print(f"wrote {DOCUMENT_PATH}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
