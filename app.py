@@ -7,7 +7,6 @@ imported on the first request that needs it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -125,10 +124,9 @@ def json_body() -> Any:
         raise PayloadTooLarge(f"request body larger than {get_settings().max_body_bytes} bytes")
     if not raw:
         raise InvalidRequest("a JSON body is required")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the request body is not valid JSON") from exc
+    from chalicelib.validation import json_document
+
+    return json_document(raw)
 
 
 def query_param(name: str) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from decimal import Decimal
 from typing import Any
@@ -11,6 +13,65 @@ from chalicelib.models import to_decimal
 
 QUERY_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+# How deeply a request body may nest arrays and objects. Every body the API reads is shallow
+# (an OpenDP pipeline in the client's node form: 6 levels); 256 leaves room for the deepest
+# pipeline the engine accepts written inline (64 nested constructor calls, 3 levels each).
+MAX_BODY_DEPTH = 256
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_document(raw: bytes) -> Any:
+    """A request body decoded as strict JSON (400 ``invalid_request`` on anything else).
+
+    Refused: text that is not UTF-8 JSON, ``NaN``/``Infinity``, numbers that overflow a float
+    (``1e400``), integers of more than 4300 digits, and nesting deeper than
+    :data:`MAX_BODY_DEPTH` (the decoder recurses: a 20 KB body of nested arrays would
+    otherwise exhaust the stack).
+    """
+    try:
+        document = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidRequest(
+            f"the request body nests arrays or objects more than {MAX_BODY_DEPTH} deep"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON ({str(exc)[:120]})") from None
+    if _depth(document) > MAX_BODY_DEPTH:
+        raise InvalidRequest(
+            f"the request body nests arrays or objects more than {MAX_BODY_DEPTH} deep"
+        )
+    return document
+
+
+def _depth(document: Any) -> int:
+    """How deeply arrays and objects nest in a decoded document (iterative: no recursion)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(document, 0)]
+    while pending:
+        value, level = pending.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        if deepest > MAX_BODY_DEPTH:
+            return deepest
+        pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def require_object(body: object) -> dict[str, Any]:
