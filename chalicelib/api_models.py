@@ -393,6 +393,7 @@ OPERATIONS = (
               "One archived query and its released result", QueryRecord, errors=(400,)),
 )  # fmt: skip
 
+# What each error status means; the codes listed with it come from chalicelib/errors.py.
 WHEN = {
     400: "invalid request or query",
     401: "missing, malformed or unknown API token",
@@ -405,6 +406,8 @@ WHEN = {
     "was not released (the cost stands)",
     429: "rate limited: too many query and cost requests (see Retry-After)",
     500: "internal error",
+    503: "the dataset's source cannot be read; the cost was refunded; not worth retrying "
+    "until the source is fixed",
 }
 
 
@@ -464,7 +467,7 @@ def _operation(operation: Operation, codes: dict[int, list[str]]) -> dict[str, A
     responses: dict[str, Any] = {"200": ok}
     statuses = (*AUTH_ERRORS, *operation.errors) if operation.authenticated else ()
     for status in sorted(statuses):
-        listed = ", ".join(f"`{code}`" for code in codes[status])
+        listed = ", ".join(f"`{code}`" for code in codes.get(status, ()))
         response: dict[str, Any] = {
             "description": f"{WHEN[status]} ({listed})",
             "content": _json({"$ref": REF.format(model="Error")}),

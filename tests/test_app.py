@@ -70,15 +70,18 @@ def test_the_openapi_document_lists_every_error_code_under_its_status() -> None:
         if cls is not errors.Conflict
         and f"`{cls.code}`" not in listed.get(str(cls.status_code), "")
     )
-    assert missing == []
+    assert missing == [], (
+        "add each status to the errors of the operations that answer it "
+        "(chalicelib/api_models.py: OPERATIONS, WHEN), then regenerate the document"
+    )
 
 
 def test_the_committed_openapi_document_is_a_fresh_generation_from_the_models() -> None:
-    """Regenerate with `.venv/bin/python -m chalicelib.api_models` when this fails."""
     from app import VERSION
     from chalicelib.api_models import render
 
-    assert (ROOT / "chalicelib/openapi.json").read_text() == render(VERSION)
+    fresh = (ROOT / "chalicelib/openapi.json").read_text() == render(VERSION)
+    assert fresh, "stale: run `.venv/bin/python -m chalicelib.api_models` and commit the file"
 
 
 def _schemas_in(node: object) -> list[dict[str, object]]:
