@@ -86,7 +86,7 @@ class Value(Response):
     """An OpenDP release: a number, or a (possibly nested) list of numbers."""
 
     type: Literal["value"]
-    value: Any
+    value: Any = Field(description="a number, or a (possibly nested) list of numbers")
 
 
 Result = Annotated[Table | Value, Field(discriminator="type")]
@@ -249,7 +249,7 @@ class _QueryFields(Request):
     dummy_seed: int = Field(default=42, ge=0, le=4294967295)
 
 
-class SqlQueryRequest(SqlCostRequest, _QueryFields):
+class SqlQueryRequest(_QueryFields, SqlCostRequest):
     """A SmartNoise SQL query to run."""
 
     postprocess: bool = True
@@ -276,7 +276,7 @@ class OpenDPCostRequest(Request):
     )
 
 
-class OpenDPQueryRequest(OpenDPCostRequest, _QueryFields):
+class OpenDPQueryRequest(_QueryFields, OpenDPCostRequest):
     """An OpenDP measurement to run."""
 
 
