@@ -156,7 +156,8 @@ def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
     return coerced
 
 
-_OFFSET = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"
+# ISO 8601 text with a time and a UTC offset (no "+"/"-" in the time, so no backtracking)
+_AWARE = r"\d{4}-?\d\d-?\d\d[Tt ][\d:.,]+(?:[Zz]|[+-]\d\d(?::?\d\d)?)"
 
 
 def _datetimes(series: pd.Series) -> pd.Series:
@@ -164,7 +165,7 @@ def _datetimes(series: pd.Series) -> pd.Series:
 
     Text is read as ISO 8601, the form the metadata's bounds take (anything else is
     missing); naive and aware text are parsed apart, because pandas, given both in one
-    call, reads a naive value in the offset of the aware value before it (one row's value
+    call, reads a naive time in the offset of the aware value before it (one row's value
     would then depend on another's).
     """
     if pd.api.types.is_datetime64_any_dtype(series):
@@ -172,17 +173,22 @@ def _datetimes(series: pd.Series) -> pd.Series:
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)
         return series.astype("datetime64[ns]")
     parsed = pd.Series(pd.NaT, index=series.index, dtype="datetime64[ns]")
-    text = series.map(lambda value: value if isinstance(value, str) else None)
-    aware = text.str.contains(_OFFSET, na=False)
-    for mask, utc in ((aware, True), (text.notna() & ~aware, False)):
+    kind = pd.api.types.infer_dtype(series, skipna=True)
+    if kind in ("string", "empty"):
+        text = series
+    else:  # datetime objects (e.g. from Parquet) one by one, anything else is missing
+        objects = series.map(lambda value: isinstance(value, date))
+        if objects.any():
+            parsed[objects] = series[objects].map(_timestamp).astype("datetime64[ns]")
+        text = series.map(lambda value: value if isinstance(value, str) else None)
+    present = text.notna()
+    aware = present & text.str.fullmatch(_AWARE, na=False).astype(bool)
+    for mask, utc in ((aware, True), (present & ~aware, False)):
         if mask.any():
             values = pd.to_datetime(text[mask], errors="coerce", utc=utc, format="ISO8601")
             if utc:
                 values = values.dt.tz_localize(None)
             parsed[mask] = values.astype("datetime64[ns]")
-    objects = series.map(lambda value: isinstance(value, date))  # datetime objects
-    if objects.any():
-        parsed[objects] = series[objects].map(_timestamp).astype("datetime64[ns]")
     return parsed
 
 
