@@ -385,7 +385,7 @@ OPERATIONS = (
               errors=(400, 413, 422)),
     Operation("post", f"{NAME}/queries", "runQuery",
               "Run a query (debits the grant unless dummy)", QueryResponse, body=QueryRequest,
-              errors=(400, 409, 413, 422)),
+              errors=(400, 409, 413, 422, 503)),
     Operation("get", f"{NAME}/queries", "listQueries",
               "The caller's archive on this dataset, newest first", QueryHistory,
               params=HistoryParams, errors=(400,)),

@@ -180,5 +180,24 @@ class InternalError(NeblinaError):
     """Anything unexpected; reported without detail."""
 
 
+class DatasetUnavailableError(NeblinaError):
+    """The dataset's source could not be read or parsed; nothing was released, cost refunded.
+
+    The message is fixed: the cause (a missing file, a column that no longer parses) is only
+    logged. Sending the query again cannot succeed until an administrator fixes the source,
+    so clients do not retry it.
+    """
+
+    status_code = 503
+    code = "dataset_unavailable"
+    FIXED_MESSAGE = (
+        "the dataset's source cannot be read right now; no data was used and the cost was "
+        "refunded. Tell the dataset's administrator (neblina-admin datasets check)"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.FIXED_MESSAGE)
+
+
 class StorageUnavailable(InternalError):
     """The storage backend failed; reported as a generic 500."""

@@ -48,6 +48,7 @@ from chalicelib.datasets import DatasetLoader, DatasetUnavailable, metadata_dige
 from chalicelib.engines import Engine, EngineRequest, get_engine
 from chalicelib.errors import (
     DatasetNotFound,
+    DatasetUnavailableError,
     EngineFailed,
     EngineRefused,
     InternalError,
@@ -134,6 +135,8 @@ def _record_bytes(record: QueryRecord) -> int:
 
 def hardened_error(error: NeblinaError) -> NeblinaError:
     """The fixed answer that replaces a failure on a hardened dataset (same status family)."""
+    if isinstance(error, DatasetUnavailableError):
+        return error  # a fixed body already, about the source, not about the query
     if error.status_code >= 500:
         return InternalError()
     if error.status_code == 422:
@@ -561,21 +564,28 @@ class Service:
             raise InternalError() from None
 
     def _refund(self, record: QueryRecord, cause: Exception) -> NoReturn:
-        """Give the debit back (no engine saw a row) and raise a generic 500."""
-        unavailable = isinstance(cause, DatasetUnavailable)
-        what = "dataset unavailable" if unavailable else "the query could not be run"
+        """Give the debit back (no engine saw a row) and raise.
+
+        A source that cannot be read or parsed is 503 ``dataset_unavailable`` (fixed
+        message; retrying cannot help until the source is fixed); anything else a generic
+        500.
+        """
+        failure: NeblinaError
+        if isinstance(cause, DatasetUnavailable):
+            failure, what = DatasetUnavailableError(), "dataset unavailable"
+        else:
+            what = "the query could not be run"
+            failure = InternalError(f"{what}; the cost was refunded")
         try:
             self.store.refund(
-                record,
-                self.clock(),
-                {"error": "internal_error", "message": f"{what}; cost refunded"},
+                record, self.clock(), {"error": failure.code, "message": failure.message}
             )
         except Exception:
             # The record stays running: the lease rule settles it (the spend stands).
             log.exception("query %s: refund failed", record.query_id)
             raise InternalError() from cause
         log.error("query %s: %s before any engine ran: %r", record.query_id, what, cause)
-        raise InternalError(f"{what}; the cost was refunded") from cause
+        raise failure from cause
 
     def _fail(self, record: QueryRecord, error: dict[str, str]) -> None:
         """Mark a running record failed (the spend stands); a failure here is only logged.

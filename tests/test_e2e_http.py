@@ -17,6 +17,7 @@ from neblina_client import (
     BudgetExhaustedError,
     Client,
     Cost,
+    DatasetUnavailableError,
     EngineError,
     InvalidRequestError,
     NotFoundError,
@@ -297,9 +298,18 @@ def test_cost_estimates_never_read_the_private_data(stack, store, make_researche
                 "query_id": "ghost-0001",
             },
         )
-        assert response.status_code == 500 and response.json()["error"] == "internal_error"
+        assert response.status_code == 503
+        assert response.json()["error"] == "dataset_unavailable"
+        assert "the cost was refunded" in response.json()["message"]
         assert c.budget() == before  # refunded: no engine saw any row
         assert c.result("ghost-0001").state == "refunded"
+    # the client, with its default retries, sends it once: it cannot succeed
+    with Client(url=stack.api_url, token=who.token, dataset=name) as c:
+        with pytest.raises(DatasetUnavailableError):
+            c.sql.query(COUNT, 1.0, 1e-5)
+        history = c.history(limit=100)
+        assert [q.state for q in history] == ["refunded", "refunded"]  # no retries recorded
+        assert c.budget() == before
 
 
 def test_concurrent_queries_over_http_never_overspend(stack, make_researcher) -> None:  # type: ignore[no-untyped-def]

@@ -25,8 +25,8 @@ from chalicelib.config import from_environ
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import (
     BudgetExhausted,
+    DatasetUnavailableError,
     EngineRefused,
-    InternalError,
     InvalidQuery,
     NeblinaError,
 )
@@ -144,8 +144,9 @@ def test_data_dependent_failures_get_fixed_bodies_and_wait_too(
         assert clock.slept == [0.5]
     clock.slept.clear()
     error = _error(lambda: run(service, "HARD_GONE", COUNT))  # refunded after a load failure
-    assert (error.status_code, error.message) == (500, "internal error")
-    assert isinstance(error, InternalError) and clock.slept == [0.5]
+    # already a fixed body, about the source and not the query: kept, so clients stop retrying
+    assert (error.status_code, error.code) == (503, "dataset_unavailable")
+    assert error.message == DatasetUnavailableError.FIXED_MESSAGE and clock.slept == [0.5]
     assert memory.get_grant("alice", "HARD_GONE").spent == PrivacyCost.zero()
 
 

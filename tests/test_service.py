@@ -17,8 +17,8 @@ from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import (
     BudgetExhausted,
     DatasetNotFound,
+    DatasetUnavailableError,
     EngineFailed,
-    InternalError,
     InvalidQuery,
     InvalidRequest,
     NoGrant,
@@ -160,7 +160,7 @@ def test_over_budget_is_409_and_debits_nothing(service: Service, store: MemorySt
 
 
 def test_failure_before_data_is_read_refunds(service: Service, store: MemoryStore) -> None:
-    with pytest.raises(InternalError):
+    with pytest.raises(DatasetUnavailableError):
         service.query("alice", "GONE", {**COUNT, "query_id": "q-00000006"})
     assert remaining(store, "GONE") == PrivacyCost(epsilon=5, delta="0.001")
     record = store.get_query("q-00000006")
@@ -168,7 +168,7 @@ def test_failure_before_data_is_read_refunds(service: Service, store: MemoryStor
 
 
 def test_a_refunded_query_may_run_again_under_its_id(service: Service, store: MemoryStore) -> None:
-    with pytest.raises(InternalError):
+    with pytest.raises(DatasetUnavailableError):
         service.query("alice", "GONE", {**COUNT, "query_id": "q-00000007"})
     store.datasets["GONE"] = dataclasses.replace(
         store.datasets["GONE"], source=str(ROOT / "localstack/data/penguins.csv")

@@ -135,6 +135,13 @@ class ServerError(NeblinaError):
     default_code = "internal_error"
 
 
+class DatasetUnavailableError(ServerError):
+    """503 ``dataset_unavailable``: the dataset's source cannot be read; the cost was
+    refunded. Not retried: it cannot succeed until an administrator fixes the source."""
+
+    default_code = "dataset_unavailable"
+
+
 _BY_CODE: dict[str, type[NeblinaError]] = {
     "invalid_request": InvalidRequestError,
     "invalid_query": InvalidRequestError,
@@ -154,6 +161,7 @@ _BY_CODE: dict[str, type[NeblinaError]] = {
     "result_too_large": EngineError,
     "rate_limited": RateLimitedError,
     "internal_error": ServerError,
+    "dataset_unavailable": DatasetUnavailableError,
 }
 
 # For bodies without a known code (a proxy's HTML page, API Gateway's {"message": ...}).

@@ -35,8 +35,14 @@ def is_retryable(status_code: int, code: str | None) -> bool:
 
     Every route is safe to resend: GETs and ``/cost`` change nothing, and ``/queries`` is
     idempotent by ``query_id`` (the retry carries the same id, so it is never charged twice).
+    ``dataset_unavailable`` (503) is not retried: the source must be fixed first.
     """
+    if code in NOT_RETRYABLE:
+        return False
     return status_code >= 500 or status_code == 429 or code == "query_in_progress"
+
+
+NOT_RETRYABLE = frozenset({"dataset_unavailable"})
 
 
 def parse_retry_after(value: str | None) -> float | None:

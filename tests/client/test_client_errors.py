@@ -13,6 +13,7 @@ import neblina_client
 from neblina_client import (
     AuthenticationError,
     BudgetExhaustedError,
+    DatasetUnavailableError,
     EngineError,
     InvalidRequestError,
     NeblinaConnectionError,
@@ -51,6 +52,7 @@ EXPECTED: dict[str, tuple[int, type[NeblinaError]]] = {
     "result_too_large": (422, EngineError),
     "rate_limited": (429, RateLimitedError),
     "internal_error": (500, ServerError),
+    "dataset_unavailable": (503, DatasetUnavailableError),
 }
 
 
@@ -149,7 +151,7 @@ def test_every_error_is_a_neblina_error() -> None:
         for name in neblina_client.__all__
         if name.endswith("Error") and name != "NeblinaError"
     ]
-    assert len(classes) == 13
+    assert len(classes) == 14
     for cls in classes:
         assert issubclass(cls, NeblinaError), cls
 

@@ -24,6 +24,7 @@ def test_all_is_pinned() -> None:
         "ConfigurationError",
         "Cost",
         "DatasetInfo",
+        "DatasetUnavailableError",
         "EngineError",
         "InvalidRequestError",
         "NeblinaConnectionError",

@@ -9,6 +9,7 @@ import pytest
 
 from neblina_client import (
     BudgetExhaustedError,
+    DatasetUnavailableError,
     InvalidRequestError,
     NeblinaConnectionError,
     NeblinaError,
@@ -165,6 +166,7 @@ def test_query_in_progress_after_retries_raises_with_the_id(server: FakeServer) 
         (409, "query_failed", NeblinaError),
         (413, "payload_too_large", NeblinaError),
         (422, "engine_error", NeblinaError),
+        (503, "dataset_unavailable", DatasetUnavailableError),
     ],
 )
 def test_client_errors_are_not_retried(
