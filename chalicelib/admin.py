@@ -139,6 +139,29 @@ def check_source(settings: Settings, source: str) -> None:
         raise InvalidRequest(f"source {source} is not a readable file")
 
 
+def check_data(
+    settings: Settings, name: str, source: str, metadata: dict[str, Any], fmt: str | None = None
+) -> None:
+    """Read the source as the engines do and refuse it unless it matches the metadata.
+
+    Raises ``InvalidRequest`` naming every problem (see :mod:`chalicelib.sourcecheck`).
+    """
+    from chalicelib import sourcecheck
+    from chalicelib.datasets import DatasetLoader, source_format
+
+    resolved = source_format(source, fmt)
+    dataset = Dataset(
+        name=name, source=source, metadata=metadata, created_at=utcnow(), source_format=resolved
+    )
+    try:
+        frame = DatasetLoader(settings).read_source(dataset)
+    except Exception as exc:
+        raise InvalidRequest(f"source {source} cannot be read as {resolved}: {exc}") from exc
+    found = sourcecheck.problems(frame, metadata, resolved)
+    if found:
+        raise InvalidRequest(f"source {source} does not match its metadata: " + "; ".join(found))
+
+
 # S3 -------------------------------------------------------------------------------------
 def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client for the configured endpoint."""

@@ -408,6 +408,7 @@ def datasets_add(
         key = f"{name}/{Path(location).name}"
         location = admin.upload(settings, settings.bucket, key, Path(location).read_bytes())
     admin.check_source(settings, location)
+    admin.check_data(settings, name, location, validated, fmt)
     dataset, created = admin.add_dataset(
         store, name, location, validated, description=description, source_format=fmt
     )
@@ -555,6 +556,15 @@ def datasets_update(
     location = admin.normalise_source(source) if source is not None else None
     if location is not None:
         admin.check_source(settings, location)
+    if validated is not None or location is not None:
+        current = admin.require_dataset(_store(), name)
+        admin.check_data(
+            settings,
+            name,
+            location or current.source,
+            validated or current.metadata,
+            None if location is not None else current.source_format,
+        )
     dataset = admin.update_dataset(
         _store(), name, metadata=validated, source=location, description=description, **policy
     )
@@ -579,6 +589,15 @@ def _print_policy(dataset: Dataset) -> None:
         out.print(f"  hardened: latency bucket {round(dataset.bucket_seconds * 1000)} ms")
     else:
         out.print("  hardened: no")
+
+
+@datasets.command("check")
+@handled
+def datasets_check(name: str) -> None:
+    """Read a dataset's source as the engines do and check it against its metadata."""
+    dataset = admin.require_dataset(_store(), name)
+    admin.check_data(get_settings(), name, dataset.source, dataset.metadata, dataset.source_format)
+    out.print(f"dataset {name}: {dataset.source} matches its metadata")
 
 
 @datasets.command("remove")

@@ -292,16 +292,18 @@ class DatasetLoader:
         with open(_local_path(source), "rb") as handle:
             return handle.read()
 
-    def _read_frame(self, dataset: Dataset, metadata: dict[str, Any]) -> pd.DataFrame:
-        started = time.perf_counter()
+    def read_source(self, dataset: Dataset) -> pd.DataFrame:
+        """The source as parsed, before ``coerce_types`` (the admin's strict check reads this)."""
         raw = self._read_bytes(dataset.source)
         self.reads += 1
         log.info("dataset %s: read %d bytes from its source", dataset.name, len(raw))
         if source_format(dataset.source, dataset.source_format) == "parquet":
-            frame = pd.read_parquet(io.BytesIO(raw), engine="fastparquet")
-        else:
-            frame = pd.read_csv(io.BytesIO(raw))
-        frame = coerce_types(frame, metadata)
+            return pd.read_parquet(io.BytesIO(raw), engine="fastparquet")
+        return pd.read_csv(io.BytesIO(raw))
+
+    def _read_frame(self, dataset: Dataset, metadata: dict[str, Any]) -> pd.DataFrame:
+        started = time.perf_counter()
+        frame = coerce_types(self.read_source(dataset), metadata)
         log.info(
             "dataset %s: %d rows loaded in %.2f s",
             dataset.name,

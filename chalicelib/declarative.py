@@ -22,7 +22,8 @@
 The file is the whole desired state, as in Terraform: what is stored but not in the file is
 removed (a removed user's tokens are revoked; the archive is never deleted). ``plan``
 compares and changes nothing; ``apply`` validates everything first (metadata, budgets,
-references, grants below what was spent) and writes only when all of it is valid.
+references, grants below what was spent, and each new or changed source read as the engines
+read it and checked against its metadata) and writes only when all of it is valid.
 """
 
 from __future__ import annotations
@@ -288,7 +289,9 @@ def plan(
 ) -> tuple[list[Change], list[str]]:
     """The changes that would make the store match, and the problems that forbid applying.
 
-    Reads only. With ``settings``, each new or changed source is checked to exist.
+    Reads only. With ``settings``, each new or changed source is checked to exist and, as
+    is each dataset whose metadata or format changed, read and checked against its metadata
+    (:func:`admin.check_data`).
     """
     changes: list[Change] = []
     problems: list[str] = []
@@ -315,9 +318,17 @@ def plan(
     for name, spec in desired.datasets.items():
         stored = datasets.get(name)
         source_changed = stored is None or stored.source != spec.source
-        if source_changed and settings is not None:
+        data_changed = (
+            source_changed
+            or stored is None
+            or stored.metadata != spec.metadata
+            or stored.source_format != spec.source_format
+        )
+        if data_changed and settings is not None:
             try:
-                admin.check_source(settings, spec.source)
+                if source_changed:
+                    admin.check_source(settings, spec.source)
+                admin.check_data(settings, name, spec.source, spec.metadata, spec.source_format)
             except InvalidRequest as exc:
                 _problem(problems, f"datasets.{name}", exc)
         if stored is None:
