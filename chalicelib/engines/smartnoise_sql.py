@@ -16,6 +16,7 @@ import copy
 import itertools
 import json
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -27,7 +28,7 @@ from typing import Any
 import pandas as pd
 from opendp.typing import set_default_int_type
 from snsql import Privacy
-from snsql._ast.ast import AggFunction
+from snsql._ast.ast import AggFunction, TableColumn
 from snsql._ast.tokens import Column
 from snsql.metadata import Metadata
 from snsql.sql._mechanisms.base import Mechanism
@@ -327,48 +328,98 @@ def key_domain(spec: dict[str, Any]) -> list[Any]:
     return [*values, None] if spec["nullable"] else values
 
 
-class PublicKeysReader(PrivateReader):  # type: ignore[misc]
-    """SmartNoise's private reader, answering every public key of an uncensored GROUP BY.
+def declared_key(value: Any, spec: dict[str, Any]) -> Any:
+    """A GROUP BY key as the declared domain writes it.
 
-    With ``censor_dims`` false SmartNoise answers a row per key *found in the data*, so
-    which keys exist would be released exactly. Here the exact per-key aggregates get a row
-    for every other key of the public domain (the product of :func:`key_domain`, checked
-    against :data:`MAX_PUBLIC_KEYS` when the query is priced) with no value, which
-    SmartNoise treats as 0 before it adds noise to each, and rows whose key is outside the
-    domain are dropped. The set of keys released is then fixed by the metadata alone.
+    SQLite gives a boolean key as ``0``/``1`` and a pandas column of ints with a missing
+    value holds floats (``3.0``); the declared domain says ``False``/``True`` and ``3``.
+    Strings, floats and datetimes are kept as they come.
+    """
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if spec["type"] == "boolean":
+        return bool(value)
+    if spec["type"] == "int":
+        return int(value)
+    return value
+
+
+def key_dtype(spec: dict[str, Any], values: list[Any]) -> str | None:
+    """The dtype a released key column has: the declared type's, nullable if declared so.
+
+    A missing key in a column not declared nullable (the loader keeps it; with
+    ``censor_dims`` true SmartNoise may release it) takes the nullable dtype, so that it
+    stays missing rather than becoming ``False`` or ``0``. ``None``: let pandas decide.
+    """
+    nullable = spec["nullable"] or any(value is None for value in values)
+    if spec["type"] == "boolean":
+        return "boolean" if nullable else "bool"
+    if spec["type"] == "int":
+        return "Int64" if nullable else "int64"
+    return None
+
+
+class DomainKeysReader(PrivateReader):  # type: ignore[misc]
+    """SmartNoise's private reader, releasing GROUP BY keys as the declared domain has them.
+
+    Every plain-column key in the exact per-key aggregates is rewritten by
+    :func:`declared_key` before SmartNoise adds noise, with ``censor_dims`` true or false;
+    :attr:`raw_keys` then says which columns of the raw (not post-processed) rows are keys.
+
+    With ``complete`` (``censor_dims`` false) SmartNoise would answer a row per key *found
+    in the data*, so which keys exist would be released exactly. Here the exact per-key
+    aggregates get a row for every other key of the public domain (the product of
+    :func:`key_domain`, checked against :data:`MAX_PUBLIC_KEYS` when the query is priced)
+    with no value, which SmartNoise treats as 0 before it adds noise to each, and rows
+    whose key is outside the domain are dropped. The set of keys released is then fixed
+    by the metadata alone.
     """
 
-    def __init__(self, *args: Any, columns: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, columns: dict[str, Any], complete: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.columns = columns  # the validated metadata's, which key_domain reads
+        self.complete = complete
+        self.raw_keys: dict[int, dict[str, Any]] = {}  # raw column position -> its spec
 
     def _get_reader(self, query_ast: Any) -> Any:
         inner = super()._get_reader(query_ast)
         if query_ast.agg is None:
             return inner
-        return _CompletingReader(inner, self.columns)
+        return _DomainKeysInnerReader(inner, self)
 
 
-class _CompletingReader:
-    """Runs the exact per-key subquery, then completes its rows to the public domain.
+class _DomainKeysInnerReader:
+    """Runs the exact per-key subquery, then writes its keys as declared (and completes).
 
-    Every key written out is the domain's own value, found in the rows or not: SQLite
-    returns a boolean key as ``0``/``1`` where the domain says ``False``/``True`` (equal in
-    Python, so the lookup matches), and a key in the representation of the rows would tell
-    which keys were found.
+    Every key written out is the domain's own value, found in the rows or not: a key in
+    the representation of the rows would tell which keys were found.
     """
 
-    def __init__(self, inner: Any, columns: dict[str, Any]) -> None:
-        self.inner, self.columns = inner, columns
+    def __init__(self, inner: Any, owner: DomainKeysReader) -> None:
+        self.inner, self.owner = inner, owner
 
     def _execute_ast(self, subquery: Any, *args: Any, **kwargs: Any) -> list[Any]:
         rows = list(self.inner._execute_ast(subquery, *args, **kwargs))
-        header, found = rows[0], rows[1:]
-        keys = [
-            (i, self.columns[_column_name(symbol.expression)])
+        header, found = rows[0], [list(row) for row in rows[1:]]
+        columns = self.owner.columns
+        groups = [
+            (i, symbol.expression)
             for i, symbol in enumerate(subquery._select_symbols)
             if not isinstance(symbol.expression, AggFunction)
         ]
+        keys = [
+            (i, columns[_column_name(expression)])
+            for i, expression in groups
+            if isinstance(expression, TableColumn | Column) and _column_name(expression) in columns
+        ]
+        if self.owner.complete and len(keys) != len(groups):  # pragma: no cover - priced away
+            raise EngineRefused("GROUP BY: only plain columns with public keys")
+        self.owner.raw_keys = dict(keys)
+        for row in found:
+            for i, spec in keys:
+                row[i] = declared_key(row[i], spec)
+        if not self.owner.complete:
+            return [header, *found]
         domains = [key_domain(spec) for _, spec in keys]
         by_key = {tuple(row[i] for i, _ in keys): row for row in found}
         completed = [header]
@@ -379,6 +430,31 @@ class _CompletingReader:
                 row[i] = value  # the declared value, never the rows' representation of it
             completed.append(row)
         return completed
+
+
+def _output_keys(metadata: Metadata, columns: dict[str, Any], query: str) -> dict[int, Any]:
+    """Which columns of the post-processed answer are plain GROUP BY keys, with their spec."""
+    parsed = QueryParser(metadata).query(query)
+    if parsed.agg is None:
+        return {}
+    keys = {}
+    for i, named in enumerate(parsed.select.namedExpressions):
+        expression = named.expression
+        if isinstance(expression, Column) and _column_name(expression) in columns:
+            keys[i] = columns[_column_name(expression)]
+    return keys
+
+
+def _keyed_frame(header: list[str], rows: list[list[Any]], keys: dict[int, Any]) -> pd.DataFrame:
+    """The answer's frame, each key column in its declared values and dtype."""
+    frame = pd.DataFrame(rows, columns=header)
+    for i, spec in keys.items():
+        if i >= len(header):
+            continue
+        values = [declared_key(row[i], spec) for row in rows]
+        dtype = key_dtype(spec, values)
+        frame.isetitem(i, pd.Series(values, dtype=dtype or object, index=frame.index))
+    return frame
 
 
 def _column_name(expression: Any) -> str:
@@ -445,20 +521,24 @@ class SmartnoiseSqlEngine:
     def execute(self, loaded: LoadedDataset, request: SqlRequest) -> dict[str, Any]:
         source = self._reader(loaded)
         metadata = metadata_for(loaded.name, loaded.metadata)
-        if loaded.metadata["censor_dims"]:
-            reader = PrivateReader(source, metadata, privacy=request.privacy())
-        else:
-            reader = PublicKeysReader(
-                source, metadata, privacy=request.privacy(), columns=loaded.metadata["columns"]
-            )
+        columns = loaded.metadata["columns"]
+        reader = DomainKeysReader(
+            source,
+            metadata,
+            privacy=request.privacy(),
+            columns=columns,
+            complete=not loaded.metadata["censor_dims"],
+        )
         if request.postprocess:
-            frame = reader.execute_df(request.query)
+            header, *rows = reader.execute(request.query)
+            keys = _output_keys(metadata_for(loaded.name, loaded.metadata), columns, request.query)
         else:
             # Raw noisy sub-aggregates; materialise the lazy iterator exactly once.
             rows = [list(row) for row in reader.execute(request.query, postprocess=False)]
             width = len(rows[0]) if rows else 0
-            frame = pd.DataFrame(rows, columns=[f"res_{i}" for i in range(width)])
-        return frame_to_table(frame)
+            header = [f"res_{i}" for i in range(width)]
+            keys = reader.raw_keys
+        return frame_to_table(_keyed_frame(list(header), [list(r) for r in rows], keys))
 
 
 ENGINE = SmartnoiseSqlEngine()
