@@ -8,14 +8,24 @@ own generator seeded by ``(seed, column position)``.
 from __future__ import annotations
 
 import string
-from datetime import datetime
+from datetime import UTC
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from chalicelib.metadata import parse_datetime_bound
+
 NULL_RATE = 0.05
 _ALPHABET = np.array(list(string.ascii_lowercase))
+
+
+def _utc_seconds(bound: Any) -> float:
+    """A declared datetime bound as seconds since the epoch, read as the loader reads it."""
+    parsed = parse_datetime_bound(bound)
+    if parsed is None:  # pragma: no cover - metadata.validate refuses it
+        raise ValueError(f"not an ISO datetime: {bound!r}")
+    return parsed.replace(tzinfo=UTC).timestamp()
 
 
 def _strings(rng: np.random.Generator, rows: int) -> np.ndarray:
@@ -51,8 +61,7 @@ def _column(spec: dict[str, Any], rng: np.random.Generator, rows: int) -> pd.Ser
         if nullable:
             series = series.astype("boolean")
     elif kind == "datetime":
-        lower = datetime.fromisoformat(spec["lower"]).timestamp()
-        upper = datetime.fromisoformat(spec["upper"]).timestamp()
+        lower, upper = (_utc_seconds(spec[bound]) for bound in ("lower", "upper"))
         seconds = rng.uniform(lower, upper, size=rows).astype("int64")
         series = pd.Series(pd.to_datetime(seconds, unit="s"))
     else:  # pragma: no cover - metadata.validate refuses other types

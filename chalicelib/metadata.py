@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from chalicelib.errors import InvalidRequest
@@ -56,17 +56,27 @@ def _is_number(value: object) -> bool:
     return math.isfinite(value)
 
 
-def _parse_datetime(value: object) -> datetime | None:
+def parse_datetime_bound(value: object) -> datetime | None:
+    """A datetime bound as naive UTC, the form the loader gives the column (``None``: invalid).
+
+    A bound with a UTC offset is converted to UTC; one without is taken as UTC already, as
+    the loader reads naive values. Bounds of both kinds then compare consistently (Python
+    refuses to compare a naive datetime with an aware one).
+    """
     if isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
-    if isinstance(value, str):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
         try:
-            return datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
 
 
 def _check_bounds(path: str, spec: dict[str, Any], kind: str, problems: list[str]) -> None:
@@ -85,7 +95,7 @@ def _check_bounds(path: str, spec: dict[str, Any], kind: str, problems: list[str
             )
             return
     else:
-        lo, up = _parse_datetime(lower), _parse_datetime(upper)
+        lo, up = parse_datetime_bound(lower), parse_datetime_bound(upper)
         if lo is None or up is None:
             problems.append(f"{path}: datetime bounds must be ISO dates (got {lower!r}, {upper!r})")
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -85,3 +86,34 @@ def test_a_column_does_not_change_when_another_is_added() -> None:
     )
     base, more = make_dummy(PENGUIN, 100, 1), make_dummy(extended, 100, 1)
     pd.testing.assert_frame_equal(base, more[base.columns])
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo", "America/Los_Angeles"])
+def test_dummy_datetimes_stay_within_their_bounds_whatever_the_hosts_time_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounds are read as the loader reads them (naive is UTC), never in the host's zone."""
+    metadata = M.validate(
+        {
+            "max_ids": 1,
+            "rows": 10,
+            "row_privacy": True,
+            "columns": {
+                "when": {
+                    "type": "datetime",
+                    "lower": "2020-01-01",
+                    "upper": "2020-01-01T02:00:00+01:00",  # 01:00 UTC
+                }
+            },
+        }
+    )
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        values = make_dummy(metadata, 500, 1)["when"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    seconds = (values - pd.Timestamp("2020-01-01")).dt.total_seconds()
+    assert seconds.min() >= 0 and seconds.max() <= 3600
+    assert seconds.max() - seconds.min() > 3000  # spread over the hour

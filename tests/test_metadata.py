@@ -129,3 +129,45 @@ def test_smartnoise_never_takes_its_float_partition_selection_path() -> None:
     converted = M.to_smartnoise(M.validate(PENGUIN), ["df", "PENGUIN"])
     tables = Metadata.from_dict(converted).tables()
     assert len(tables) == 2 and all(table.use_dpsu is False for table in tables)
+
+
+def _with_datetime(lower: object, upper: object) -> dict:
+    raw = copy.deepcopy(PENGUIN)
+    raw["columns"]["seen"] = {"type": "datetime", "lower": lower, "upper": upper}
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("2020-01-01", "2020-06-01T00:00:00+01:00"),
+        ("2020-01-01T00:00:00Z", "2020-06-01"),
+        # what YAML makes of unquoted bounds: a date and an aware datetime
+        *yaml.safe_load("[[2020-01-01, 2020-06-01T00:00:00+01:00]]"),
+    ],
+)
+def test_datetime_bounds_with_and_without_an_offset_are_compared_in_utc(
+    lower: object, upper: object
+) -> None:
+    """One bound with a UTC offset and one without was a TypeError (a 500), now compared."""
+    column = M.validate(_with_datetime(lower, upper))["columns"]["seen"]
+    assert (column["lower"], column["upper"]) == (str(lower), str(upper))
+
+
+def test_datetime_bounds_are_ordered_as_the_loader_reads_them() -> None:
+    """A naive bound is UTC, an aware one is converted: 01:00+01:00 is before 00:30 UTC."""
+    with pytest.raises(M.MetadataError) as refused:
+        M.validate(_with_datetime("2020-06-01T00:30:00", "2020-06-01T01:00:00+01:00"))
+    assert refused.value.problems == [
+        "columns.seen: lower (2020-06-01T00:30:00) is greater than upper"
+        " (2020-06-01T01:00:00+01:00)"
+    ]
+    # and the loader clamps to the same instants
+    import pandas as pd
+
+    from chalicelib.datasets import coerce_types
+
+    meta = M.validate(_with_datetime("2020-01-01", "2020-06-01T00:00:00+01:00"))
+    frame = pd.read_csv(ROOT / "localstack/data/penguins.csv").assign(seen="2021-01-01")
+    seen = coerce_types(frame, meta)["seen"]
+    assert (seen == pd.Timestamp("2020-05-31T23:00:00")).all()
