@@ -7,6 +7,7 @@ own generator seeded by ``(seed, column position)``.
 
 from __future__ import annotations
 
+import math
 import string
 from datetime import UTC
 from typing import Any
@@ -17,6 +18,9 @@ import pandas as pd
 from chalicelib.metadata import parse_datetime_bound
 
 NULL_RATE = 0.05
+# the first and last whole seconds a datetime64[ns] can hold (1677-09-21 .. 2262-04-11)
+_FIRST_SECOND = pd.Timestamp.min.value // 10**9 + 1
+_LAST_SECOND = pd.Timestamp.max.value // 10**9
 _ALPHABET = np.array(list(string.ascii_lowercase))
 
 
@@ -61,9 +65,15 @@ def _column(spec: dict[str, Any], rng: np.random.Generator, rows: int) -> pd.Ser
         if nullable:
             series = series.astype("boolean")
     elif kind == "datetime":
-        lower, upper = (_utc_seconds(spec[bound]) for bound in ("lower", "upper"))
-        seconds = rng.uniform(lower, upper, size=rows).astype("int64")
-        series = pd.Series(pd.to_datetime(seconds, unit="s"))
+        # the loaded column is datetime64[ns]: bounds beyond its range are drawn within it
+        lower = max(_utc_seconds(spec["lower"]), _FIRST_SECOND)
+        upper = min(_utc_seconds(spec["upper"]), _LAST_SECOND)
+        first, last = math.ceil(lower), math.floor(upper)
+        if first > last:  # no whole second of the declared range fits: all missing
+            series = pd.Series(pd.NaT, index=range(rows), dtype="datetime64[ns]")
+        else:
+            seconds = rng.uniform(lower, upper, size=rows).astype("int64").clip(first, last)
+            series = pd.Series(pd.to_datetime(seconds, unit="s"))
     else:  # pragma: no cover - metadata.validate refuses other types
         raise ValueError(f"unknown column type {kind!r}")
     if nullable and rows:

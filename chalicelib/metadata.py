@@ -75,7 +75,10 @@ def parse_datetime_bound(value: object) -> datetime | None:
     else:
         return None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+            return None
     return parsed
 
 
@@ -97,7 +100,10 @@ def _check_bounds(path: str, spec: dict[str, Any], kind: str, problems: list[str
     else:
         lo, up = parse_datetime_bound(lower), parse_datetime_bound(upper)
         if lo is None or up is None:
-            problems.append(f"{path}: datetime bounds must be ISO dates (got {lower!r}, {upper!r})")
+            problems.append(
+                f"{path}: datetime bounds must be ISO 8601 dates or datetimes within years"
+                f" 1-9999 in UTC (got {lower!r}, {upper!r})"
+            )
             return
         lower, upper = lo, up
     if lower > upper:

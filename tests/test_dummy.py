@@ -117,3 +117,31 @@ def test_dummy_datetimes_stay_within_their_bounds_whatever_the_hosts_time_zone(
     seconds = (values - pd.Timestamp("2020-01-01")).dt.total_seconds()
     assert seconds.min() >= 0 and seconds.max() <= 3600
     assert seconds.max() - seconds.min() > 3000  # spread over the hour
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "first", "last"),
+    [
+        ("0001-01-01", "9999-12-31T23:59:59", "1677-09-21T00:12:44", "2262-04-11T23:47:16"),
+        ("1500-01-01", "1690-01-01", "1677-09-21T00:12:44", "1690-01-01"),
+        (
+            "2020-01-01T00:00:00.5",  # truncating 0.5 .. 1 s would go below
+            "2020-01-01T00:00:02.5",
+            "2020-01-01T00:00:01",
+            "2020-01-01T00:00:02",
+        ),
+    ],
+)
+def test_dummy_datetimes_with_bounds_beyond_nanoseconds_stay_within_both(
+    lower: str, upper: str, first: str, last: str
+) -> None:
+    """Wide bounds were an OutOfBoundsDatetime (a 500); now drawn where both ranges meet.
+
+    Draws are whole seconds inside the bounds: in the last case, truncating 300 draws over
+    0.5..2.5 s put one below 1 s except with probability 0.75**300 < 1e-37.
+    """
+    spec = {"type": "datetime", "lower": lower, "upper": upper}
+    metadata = M.validate({"max_ids": 1, "rows": 10, "row_privacy": True, "columns": {"w": spec}})
+    values = make_dummy(metadata, 300, 2)["w"]
+    assert values.notna().all()
+    assert values.min() >= pd.Timestamp(first) and values.max() <= pd.Timestamp(last)

@@ -171,3 +171,23 @@ def test_datetime_bounds_are_ordered_as_the_loader_reads_them() -> None:
     frame = pd.read_csv(ROOT / "localstack/data/penguins.csv").assign(seen="2021-01-01")
     seen = coerce_types(frame, meta)["seen"]
     assert (seen == pd.Timestamp("2020-05-31T23:00:00")).all()
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("0001-01-01T00:00:00+01:00", "2020-01-01"),  # year 0 in UTC
+        ("2020-01-01T00:00:00+00:00", "9999-12-31T23:59:59-01:00"),  # year 10000 in UTC
+        ("2020-01-01", "soon"),
+    ],
+)
+def test_datetime_bounds_outside_what_utc_can_hold_are_a_problem_not_a_500(
+    lower: str, upper: str
+) -> None:
+    with pytest.raises(M.MetadataError) as refused:
+        M.validate(_with_datetime(lower, upper))
+    assert refused.value.problems == [
+        "columns.seen: datetime bounds must be ISO 8601 dates or datetimes within years"
+        f" 1-9999 in UTC (got {lower!r}, {upper!r})"
+    ]
+    assert refused.value.status_code == 400
