@@ -1,5 +1,6 @@
 # Neblina: the two commands are `make demo` and `make test`; each installs what it needs.
 PY := .venv/bin/python
+PORT ?= 4566
 .DEFAULT_GOAL := help
 
 .PHONY: help venv demo test up down status lint typecheck bench clean package checkov
@@ -8,6 +9,7 @@ help:
 	@echo "make demo       start the local stack, run a researcher's session, stop the stack"
 	@echo "make test       run the whole test suite (starts and stops its own stack)"
 	@echo "make up / down  keep the local stack running for notebooks (.neblina/local.env)"
+	@echo "                a second stack: NEBLINA_STATE_DIR=DIR make up PORT=4600 (docs/local-stack.md)"
 	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict"
 	@echo "make bench      latency benchmark, results in BENCHMARKS.md"
 	@echo "make package    build the Lambda zips (build/lambda/); make checkov: scan infra/terraform"
@@ -22,7 +24,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 up: venv
-	$(PY) localstack/stack.py up
+	$(PY) localstack/stack.py up --emulator-port $(PORT)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) localstack/stack.py down; else echo "stack: nothing to stop"; fi

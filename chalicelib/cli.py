@@ -1,8 +1,10 @@
-"""``neblina-admin``: users, tokens, datasets, grants, caps, archive export, plan and apply.
+"""neblina-admin: users, tokens, datasets, grants, caps, archive export, plan and apply.
 
 Authentication is the administrator's own AWS credentials (or ``MONGODB_URI``): the CLI
 talks to the store directly; there is no admin HTTP surface. The store is chosen as the
-server chooses it (``NEBLINA_STORE``, ``AWS_ENDPOINT_URL``, ``NEBLINA_TABLE_PREFIX``).
+server chooses it (``NEBLINA_STORE``, ``AWS_ENDPOINT_URL``, ``NEBLINA_TABLE_PREFIX``); with
+none of ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID`` set, the local stack of
+``.neblina/local.env`` (:mod:`chalicelib.admintarget`), and the target is named on stderr.
 
 Exit codes: 0 done; 1 refused (invalid input, conflict, below spent) with nothing changed;
 2 usage error; 3 not found; 4 storage unreachable or unexpected error; ``plan
@@ -13,18 +15,21 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from chalicelib import admin, declarative
+from chalicelib import admin, admintarget, declarative
 from chalicelib.auth import IssuedToken
-from chalicelib.config import get_settings
+from chalicelib.config import Settings, get_settings
 from chalicelib.errors import InvalidRequest, NeblinaError, NotFound
 from chalicelib.models import (
     Dataset,
@@ -35,7 +40,7 @@ from chalicelib.models import (
     format_decimal,
     utcnow,
 )
-from chalicelib.storage import Store, get_store
+from chalicelib.storage import Store, get_store, reset_store
 
 EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CHANGES = 1, 3, 4, 5
 
@@ -58,13 +63,75 @@ app.add_typer(archive, name="archive")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+
+def _a_number(value: str | None) -> str | None:
+    """Usage check of an amount option: it must be written as a number (exit 2 otherwise).
+
+    Whether the number is acceptable (>= 0, finite, δ < 1) is decided by chalicelib.admin,
+    with exit 1 like every other refusal.
+    """
+    if value is None:
+        return None
+    try:
+        Decimal(value.strip())
+    except (InvalidOperation, ValueError):
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[str | None], str | None]:
+    """Usage check of a choice option (exit 2 otherwise)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-EpsilonOpt = Annotated[str, typer.Option("--epsilon", "-e", help="ε, an exact decimal >= 0.")]
-DeltaOpt = Annotated[str, typer.Option("--delta", "-d", help="δ, an exact decimal in [0, 1).")]
+EpsilonOpt = Annotated[
+    str, typer.Option("--epsilon", "-e", help="ε, an exact decimal >= 0.", callback=_a_number)
+]
+DeltaOpt = Annotated[
+    str, typer.Option("--delta", "-d", help="δ, an exact decimal in [0, 1).", callback=_a_number)
+]
+
+
+def _use_target() -> None:
+    """Choose the store once per command (see chalicelib.admintarget) and name it on stderr."""
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        root = context.find_root()
+        if root.meta.get("neblina.target"):
+            return
+        root.meta["neblina.target"] = True
+    target = admintarget.use()
+    if target.environ:
+        get_settings.cache_clear()
+        reset_store()
+    if target.announce:
+        err.print(f"target: {target.description}", markup=False)
+
+
+def _settings() -> Settings:
+    _use_target()
+    return get_settings()
 
 
 def _store() -> Store:
+    _use_target()
     return get_store()
+
+
+def _closed_pipe() -> None:
+    """The reader of stdout went away (``| head``): stop quietly, as ``cat`` does."""
+    try:  # later writes (and the flush at exit) go nowhere instead of failing again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests)
+        pass
 
 
 def handled[F: Callable[..., Any]](fn: F) -> F:
@@ -73,7 +140,9 @@ def handled[F: Callable[..., Any]](fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
         except NeblinaError as exc:
             err.print(f"error: {exc.message}", markup=False)
             raise typer.Exit(
@@ -81,7 +150,17 @@ def handled[F: Callable[..., Any]](fn: F) -> F:
             ) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:
+            _closed_pipe()
+            raise typer.Exit(0) from None
         except Exception as exc:
+            if type(exc).__name__ == "NoCredentialsError":  # botocore's, without importing it
+                err.print(
+                    "error: no AWS credentials found: start the local stack (make up), or set "
+                    "AWS_PROFILE or AWS_ENDPOINT_URL",
+                    markup=False,
+                )
+                raise typer.Exit(EXIT_UNAVAILABLE) from None
             err.print(f"error: storage unavailable or unexpected failure: {exc}", markup=False)
             raise typer.Exit(EXIT_UNAVAILABLE) from None
 
@@ -388,7 +467,12 @@ def datasets_add(
     source: SourceOpt,
     metadata: MetadataOpt,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="csv or parquet (default: extension).")
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or parquet (default: extension).",
+            callback=_one_of("csv", "parquet"),
+        ),
     ] = None,
     description: Annotated[str, typer.Option(help="Default: the metadata's.")] = "",
     upload: Annotated[
@@ -396,7 +480,7 @@ def datasets_add(
     ] = False,
 ) -> None:
     """Register a dataset: its source and its validated public metadata."""
-    settings = get_settings()
+    settings = _settings()
     store = _store()
     admin.dataset_name(name)
     validated = admin.read_metadata(metadata)
@@ -513,10 +597,16 @@ def datasets_update(
     source: Annotated[str | None, typer.Option(help="New source.")] = None,
     description: Annotated[str | None, typer.Option(help="New description.")] = None,
     per_query_epsilon: Annotated[
-        str | None, typer.Option(help="Largest ε one query may cost (with --per-query-delta).")
+        str | None,
+        typer.Option(
+            help="Largest ε one query may cost (with --per-query-delta).", callback=_a_number
+        ),
     ] = None,
     per_query_delta: Annotated[
-        str | None, typer.Option(help="Largest δ one query may cost (with --per-query-epsilon).")
+        str | None,
+        typer.Option(
+            help="Largest δ one query may cost (with --per-query-epsilon).", callback=_a_number
+        ),
     ] = None,
     no_per_query_cap: Annotated[
         bool, typer.Option("--no-per-query-cap", help="Remove the dataset's per-query cap.")
@@ -551,7 +641,7 @@ def datasets_update(
         raise InvalidRequest(
             "nothing to update: give --metadata, --source, --description or a policy option"
         )
-    settings = get_settings()
+    settings = _settings()
     validated = admin.read_metadata(metadata) if metadata is not None else None
     location = admin.normalise_source(source) if source is not None else None
     if location is not None:
@@ -596,7 +686,7 @@ def _print_policy(dataset: Dataset) -> None:
 def datasets_check(name: str) -> None:
     """Read a dataset's source as the engines do and check it against its metadata."""
     dataset = admin.require_dataset(_store(), name)
-    admin.check_data(get_settings(), name, dataset.source, dataset.metadata, dataset.source_format)
+    admin.check_data(_settings(), name, dataset.source, dataset.metadata, dataset.source_format)
     out.print(f"dataset {name}: {dataset.source} matches its metadata")
 
 
@@ -664,8 +754,12 @@ def grants_add(user_id: str, dataset: str, epsilon: EpsilonOpt, delta: DeltaOpt)
 def grants_top_up(
     user_id: str,
     dataset: str,
-    epsilon: Annotated[str, typer.Option("--epsilon", "-e", help="ε to add.")] = "0",
-    delta: Annotated[str, typer.Option("--delta", "-d", help="δ to add.")] = "0",
+    epsilon: Annotated[
+        str, typer.Option("--epsilon", "-e", help="ε to add.", callback=_a_number)
+    ] = "0",
+    delta: Annotated[
+        str, typer.Option("--delta", "-d", help="δ to add.", callback=_a_number)
+    ] = "0",
 ) -> None:
     """Add to a grant."""
     grant = admin.top_up(_store(), user_id, dataset, epsilon, delta)
@@ -736,8 +830,8 @@ def grants_list(
 @handled
 def grants_cap(
     dataset: str,
-    epsilon: Annotated[str | None, typer.Option("--epsilon", "-e")] = None,
-    delta: Annotated[str | None, typer.Option("--delta", "-d")] = None,
+    epsilon: Annotated[str | None, typer.Option("--epsilon", "-e", callback=_a_number)] = None,
+    delta: Annotated[str | None, typer.Option("--delta", "-d", callback=_a_number)] = None,
     no_limit: Annotated[
         bool, typer.Option("--no-limit", help="Lift the limit (the spend is still counted).")
     ] = False,
@@ -757,14 +851,15 @@ def grants_cap(
 def archive_export(
     user: Annotated[str | None, typer.Option(help="This user's queries.")] = None,
     dataset: Annotated[str | None, typer.Option(help="This dataset's queries.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="jsonl or csv.", callback=_one_of("jsonl", "csv")),
+    ] = "jsonl",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File (default stdout).")
     ] = None,
 ) -> None:
     """Export archived queries (oldest first) as JSON lines or CSV."""
-    if fmt not in ("jsonl", "csv"):
-        raise InvalidRequest(f"unknown format {fmt!r}: jsonl or csv")
     # a removed user's or dataset's archive stays exportable: no existence check here
     records = admin.archive(_store(), uid=user, dataset=dataset)
     if output is None:
@@ -783,7 +878,7 @@ def archive_export(
 def init_command() -> None:
     """Create the tables (DynamoDB) or indexes (MongoDB) if missing; Terraform does this on AWS."""
     _store().create_schema()
-    settings = get_settings()
+    settings = _settings()
     out.print(f"store ready: {settings.store}, names prefixed {settings.table_prefix!r}")
 
 
@@ -801,7 +896,7 @@ def plan_command(
 ) -> None:
     """Show what apply would change; changes nothing."""
     desired = declarative.load(file)
-    changes, problems = declarative.plan(_store(), desired, get_settings())
+    changes, problems = declarative.plan(_store(), desired, _settings())
     if as_json:
         _emit_json({"changes": [c.to_json() for c in changes], "problems": problems})
     elif not changes:
@@ -823,7 +918,7 @@ def plan_command(
 def apply_command(file: FileArg) -> None:
     """Make the stored state match the file (validated whole first; idempotent)."""
     desired = declarative.load(file)
-    changes = declarative.apply(_store(), desired, get_settings())
+    changes = declarative.apply(_store(), desired, _settings())
     if not changes:
         out.print(f"No changes. The stored state already matches {file}.")
         return
@@ -834,7 +929,10 @@ def apply_command(file: FileArg) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # output closed outside a command (help, usage)
+        _closed_pipe()
 
 
 if __name__ == "__main__":

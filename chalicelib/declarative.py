@@ -140,6 +140,10 @@ def parse(raw: object, base: Path) -> Desired:
     """Validate a loaded document; raises ``InvalidRequest`` listing every problem."""
     problems: list[str] = []
     desired = Desired()
+    # entries already reported as invalid: grants naming them get no second, misleading
+    # "not among the file's ..." problem
+    invalid_users: set[str] = set()
+    invalid_datasets: set[str] = set()
     if not isinstance(raw, dict):
         raise InvalidRequest("the file must be a mapping with users, datasets and grants")
     unknown = sorted(set(raw) - _TOP_KEYS)
@@ -152,6 +156,7 @@ def parse(raw: object, base: Path) -> Desired:
             uid = admin.user_id(str(entry.get("id", "")))
         except InvalidRequest as exc:
             _problem(problems, where, exc)
+            invalid_users.add(str(entry.get("id", "")))
             continue
         if uid in desired.users:
             problems.append(f"{where}: user {uid} appears twice")
@@ -195,6 +200,7 @@ def parse(raw: object, base: Path) -> Desired:
                 bucket = admin.latency_bucket_ms(bucket)
         except InvalidRequest as exc:
             _problem(problems, where, exc)
+            invalid_datasets.add(str(entry.get("name", "")))
             continue
         if name in desired.datasets:
             problems.append(f"{where}: dataset {name} appears twice")
@@ -215,9 +221,9 @@ def parse(raw: object, base: Path) -> Desired:
         where = f"grants[{i}]"
         problems += _keys(entry, _GRANT_KEYS, _GRANT_KEYS, where)
         uid, name = str(entry.get("user", "")), str(entry.get("dataset", ""))
-        if uid not in desired.users:
+        if uid not in desired.users and uid not in invalid_users:
             problems.append(f"{where}: user {uid!r} is not among the file's users")
-        if name not in desired.datasets:
+        if name not in desired.datasets and name not in invalid_datasets:
             problems.append(f"{where}: dataset {name!r} is not among the file's datasets")
         try:
             initial = admin.budget(entry.get("epsilon"), entry.get("delta"))

@@ -96,12 +96,22 @@ def seed(
     return SeedResult(user_id=user_id, token=issued.secret, datasets=tuple(desired.datasets))
 
 
-def write_env_file(path: Path, url: str, token: str) -> None:
-    """Write NEBLINA_URL and NEBLINA_TOKEN for the client (mode 600: it holds a secret)."""
+def write_env_file(path: Path, url: str, token: str, admin: dict[str, str] | None = None) -> None:
+    """Write NEBLINA_URL and NEBLINA_TOKEN for the client (mode 600: it holds a secret).
+
+    ``admin`` adds what ``neblina-admin`` needs to reach the same stack
+    (``NEBLINA_ADMIN_ENDPOINT_URL``, ``..._TABLE_PREFIX``, ``..._BUCKET``, ``..._REGION``; see
+    chalicelib/admintarget.py); the client ignores them.
+    """
+    lines = ["# written by Neblina's local stack", f"NEBLINA_URL={url}", f"NEBLINA_TOKEN={token}"]
+    if admin:
+        lines.append(
+            "# neblina-admin uses these when no AWS_ENDPOINT_URL, AWS_PROFILE or "
+            "AWS_ACCESS_KEY_ID is set"
+        )
+        lines += [f"{key}={value}" for key, value in admin.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"# written by Neblina's local stack\nNEBLINA_URL={url}\nNEBLINA_TOKEN={token}\n"
-    )
+    path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
 
 
@@ -134,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"API token for {result.user_id} (shown once, only its hash is stored):")
     print(f"  {result.token}")
     if args.env_file:
-        write_env_file(args.env_file, args.api_url, result.token)
+        admin = None
+        if os.environ.get("AWS_ENDPOINT_URL"):  # an emulator: let neblina-admin find it too
+            admin = {
+                "NEBLINA_ADMIN_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
+                "NEBLINA_ADMIN_TABLE_PREFIX": os.environ.get("NEBLINA_TABLE_PREFIX", "neblina-"),
+                "NEBLINA_ADMIN_BUCKET": os.environ.get("NEBLINA_BUCKET", "neblina-datasets"),
+                "NEBLINA_ADMIN_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            }
+        write_env_file(args.env_file, args.api_url, result.token, admin)
         print(f"seed: wrote {args.env_file}")
     return 0
 

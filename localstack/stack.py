@@ -193,11 +193,23 @@ def _is_ours(pid: int) -> bool:
     return str(HERE) in cmdline
 
 
+def stop_command() -> str:
+    """The command that stops the stack of this state directory (not the default one)."""
+    if STATE_DIR.resolve() == (ROOT / ".neblina").resolve():
+        return "make down"
+    script = os.path.relpath(HERE / "stack.py")
+    return f"NEBLINA_STATE_DIR={STATE_DIR} {sys.executable} {script} down"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     if STATE_FILE.exists():
         state = json.loads(STATE_FILE.read_text())
         if any(_is_ours(pid) for pid in state["pids"].values()):
-            print(f"stack: already up (API {state['api_url']}); run `make down` first")
+            print(
+                f"stack: already up (API {state['api_url']}); stop it first with "
+                f"`{stop_command()}`, or start another one with its own NEBLINA_STATE_DIR "
+                "and --emulator-port (docs/local-stack.md)"
+            )
             return 1
     stack = LocalStack(
         emulator_port=args.emulator_port,
@@ -208,7 +220,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.start()
     from seed import write_env_file  # localstack/seed.py (on sys.path after start)
 
-    write_env_file(ENV_FILE, stack.api_url, stack.token)
+    admin = {
+        "NEBLINA_ADMIN_ENDPOINT_URL": stack.emulator_url,
+        "NEBLINA_ADMIN_TABLE_PREFIX": stack.table_prefix,
+        "NEBLINA_ADMIN_BUCKET": stack.bucket,
+        "NEBLINA_ADMIN_REGION": "us-east-1",
+    }
+    write_env_file(ENV_FILE, stack.api_url, stack.token, admin)
     STATE_FILE.write_text(
         json.dumps(
             {
@@ -220,8 +238,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     )
     print(f"stack: up. NEBLINA_URL and NEBLINA_TOKEN written to {ENV_FILE}")
-    print(f"stack: emulator {stack.emulator_url} (AWS_ENDPOINT_URL for admin tools)")
-    print("stack: stop it with `make down`")
+    print(
+        f"stack: emulator {stack.emulator_url}; neblina-admin finds it through {ENV_FILE} "
+        "(when no AWS_ENDPOINT_URL, AWS_PROFILE or AWS_ACCESS_KEY_ID is set)"
+    )
+    print(f"stack: stop it with `{stop_command()}`")
     return 0
 
 

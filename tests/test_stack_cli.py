@@ -35,6 +35,7 @@ def alive(pid: int) -> bool:
 
 
 def test_up_writes_the_env_file_and_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
+    """`up` on a free emulator port with its own NEBLINA_STATE_DIR (a second stack)."""
     state = tmp_path / ".neblina"
     env = {**os.environ, "NEBLINA_STATE_DIR": str(state)}
     up = run(["up", "--emulator-port", "0", "--synthetic-rows", "100000"], env)
@@ -64,6 +65,28 @@ def test_up_writes_the_env_file_and_down_stops_exactly_what_up_started(tmp_path:
             check=True,
         )
         assert out.stdout.strip() == "10"
+
+        # neblina-admin finds the same stack, with no AWS_* variable set, and says so
+        script = Path(sys.executable).parent / "neblina-admin"
+        bare = {k: v for k, v in clean.items() if not k.startswith("AWS_")}
+        for cwd, extra in ((sub, {}), (ROOT, {"NEBLINA_STATE_DIR": str(state)})):
+            listed = subprocess.run(
+                [str(script), "users", "list", "--json"],
+                cwd=cwd,
+                env={**bare, **extra},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert listed.returncode == 0, listed.stderr
+            assert [u["user"] for u in json.loads(listed.stdout)] == ["demo-researcher"]
+            emulator = json.loads((state / "stack.json").read_text())["emulator_url"]
+            assert listed.stderr.startswith(f"target: local stack at {emulator}, tables neblina-*")
+            assert str(env_file) in listed.stderr
+        # this stack's own stop command, not `make down` (which stops the default stack)
+        assert f"stop it with `NEBLINA_STATE_DIR={state} " in up.stdout
+        assert "stack.py down`" in up.stdout
     finally:
         down = run(["down"], env)
     assert down.returncode == 0
