@@ -202,13 +202,34 @@ class DummyTable(Response):
     table: Table
 
 
+class CapBudget(Response):
+    """A dataset-wide cap over all its researchers' grants: its limit and what is left."""
+
+    limit: Cost
+    remaining: Cost
+
+
+class LimitedBy(Response):
+    """Which budget binds, for ε and for δ: the caller's grant or the dataset's cap."""
+
+    epsilon: Literal["grant", "cap"]
+    delta: Literal["grant", "cap"]
+
+
 class Budget(Response):
-    """The caller's grant on a dataset: ``remaining = initial - spent`` exactly."""
+    """The caller's grant on a dataset: ``remaining = initial - spent`` exactly.
+
+    ``available`` is what the caller can really spend: ``remaining``, or less where the
+    dataset's ``cap`` has less left (``limited_by`` says which binds).
+    """
 
     dataset: str
     initial: Cost
     spent: Cost
     remaining: Cost
+    cap: CapBudget | None = Field(description="the dataset's cap, or null when none applies")
+    available: Cost
+    limited_by: LimitedBy
 
 
 # --- queries ---------------------------------------------------------------------------

@@ -272,14 +272,38 @@ class Service:
         }
 
     def budget(self, user_id: str, name: str) -> dict[str, Any]:
-        """Initial, spent and remaining budget of the caller on a dataset."""
+        """The caller's grant on a dataset, and what they can really spend.
+
+        ``initial``/``spent``/``remaining`` describe the grant. A grant under a dataset cap
+        (with a limit) can spend no more than the cap has left either: ``cap`` gives its
+        limit and remaining, ``available`` the smaller of the two amounts for ε and for δ,
+        and ``limited_by`` which one binds (``grant`` on a tie). What the cap has left is
+        public to the dataset's researchers: it sums everyone's spend, not any data.
+        """
         dataset, grant = self._granted_dataset(user_id, name)
-        return {
+        cap = self.store.get_cap(dataset.name) if grant.capped else None
+        remaining = grant.remaining
+        limit = cap.remaining if cap is not None else None
+        answer: dict[str, Any] = {
             "dataset": dataset.name,
             "initial": grant.initial.to_json(),
             "spent": grant.spent.to_json(),
-            "remaining": grant.remaining.to_json(),
+            "remaining": remaining.to_json(),
+            "cap": None,
+            "available": remaining.to_json(),
+            "limited_by": {"epsilon": "grant", "delta": "grant"},
         }
+        if cap is not None and cap.limit is not None and limit is not None:
+            answer["cap"] = {"limit": cap.limit.to_json(), "remaining": limit.to_json()}
+            answer["available"] = PrivacyCost(
+                epsilon=min(remaining.epsilon, limit.epsilon),
+                delta=min(remaining.delta, limit.delta),
+            ).to_json()
+            answer["limited_by"] = {
+                "epsilon": "cap" if limit.epsilon < remaining.epsilon else "grant",
+                "delta": "cap" if limit.delta < remaining.delta else "grant",
+            }
+        return answer
 
     def history(self, user_id: str, name: str, limit: object, cursor: object) -> dict[str, Any]:
         """The caller's archive on a dataset, newest first.

@@ -44,10 +44,20 @@ def parse_datetime(value: str) -> datetime:
 
 def parse_budget(data: Mapping[str, Any]) -> Budget:
     """The body of ``GET .../budget``."""
+    cap = data.get("cap")
+    available = data.get("available")
+    limited_by = data.get("limited_by") or {}
     return Budget(
         initial=parse_cost(data["initial"]),
         spent=parse_cost(data["spent"]),
         remaining=parse_cost(data["remaining"]),
+        available=parse_cost(available) if available is not None else None,
+        cap_limit=parse_cost(cap["limit"]) if cap else None,
+        cap_remaining=parse_cost(cap["remaining"]) if cap else None,
+        limited_by={
+            "epsilon": str(limited_by.get("epsilon", "grant")),
+            "delta": str(limited_by.get("delta", "grant")),
+        },
     )
 
 

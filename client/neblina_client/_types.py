@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from typing import Any, TypeAlias
@@ -54,11 +54,27 @@ class Cost:
 
 @dataclass(frozen=True)
 class Budget:
-    """A grant on one dataset; ``remaining == initial - spent`` exactly."""
+    """A grant on one dataset; ``remaining == initial - spent`` exactly.
+
+    ``available`` is what can really be spent: ``remaining``, or less where the dataset's
+    cap (shared by all its researchers; ``cap_limit``, ``cap_remaining``) has less left.
+    ``limited_by`` says which binds for ``"epsilon"`` and ``"delta"``: ``"grant"`` or
+    ``"cap"``. A server without these fields gives ``available == remaining``.
+    """
 
     initial: Cost
     spent: Cost
     remaining: Cost
+    available: Cost | None = None
+    cap_limit: Cost | None = None
+    cap_remaining: Cost | None = None
+    limited_by: dict[str, str] = field(
+        default_factory=lambda: {"epsilon": "grant", "delta": "grant"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.available is None:
+            object.__setattr__(self, "available", self.remaining)
 
 
 @dataclass(frozen=True)
