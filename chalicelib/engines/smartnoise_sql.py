@@ -8,6 +8,10 @@
   version and reused by every later request (SmartNoise's own ``from_df`` copies it on
   each call). One lock per database serialises use of its single connection.
 - Results: no re-runs. A mechanism runs once per request; whatever it releases is the answer.
+- Totality: a query outside the supported SQL (:mod:`chalicelib.engines.sql_policy`,
+  docs/sql.md) is refused when it is priced, before any read; every function the allowed SQL
+  can reach in SQLite is total on the private copy (:func:`make_total`): no value in the
+  data makes a query fail, so success never depends on the data (docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from opendp.typing import set_default_int_type
 from snsql import Privacy
 from snsql._ast.ast import AggFunction, TableColumn
 from snsql._ast.tokens import Column
+from snsql.metadata import Int as SnInt
 from snsql.metadata import Metadata
 from snsql.sql._mechanisms.base import Mechanism
 from snsql.sql._mechanisms.gaussian import Gaussian
@@ -45,6 +50,7 @@ from sqlalchemy.pool import StaticPool
 
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset
+from chalicelib.engines import sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.metadata import IDENTIFIER, to_smartnoise
 from chalicelib.models import Dataset, PrivacyCost, format_decimal, to_decimal
@@ -218,6 +224,139 @@ class MetadataOnlyReader(SqlReader):  # type: ignore[misc]
         raise RuntimeError("the metadata-only reader cannot execute queries")
 
 
+# --- Total SQLite -----------------------------------------------------------------------
+# SQLite raises on a few values: abs() of the smallest 64-bit integer ("integer overflow"),
+# SUM() of integers past 2^63, a Python function's exception. Each one, reached from a WHERE
+# clause, would turn "released" versus "failed" into one exact bit about a row (the error
+# oracle, docs/threat-model.md). The private copy therefore gets its own versions of every
+# function the allowed SQL (sql_policy) can reach there: they never raise, answer NULL where
+# no number exists (sqrt(-1), log(0), exp(1000), a string), and keep integers within int64.
+
+_INT64 = 2**63
+
+
+def _sqlite_value(value: Any) -> Any:
+    """A result SQLite can hold: finite floats, int64 integers (else a float), else NULL."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else float(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _number(value: Any) -> int | float | None:
+    """A numeric argument as SQLite would read it, or None (NULL, text, blob, non-finite)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return None
+
+
+def _total_numeric(function: Any) -> Any:
+    """``function`` over numbers, returning NULL instead of raising or leaving int64/finite."""
+
+    def total(*args: Any) -> Any:
+        numbers = [_number(a) for a in args]
+        if any(n is None for n in numbers):
+            return None
+        try:
+            return _sqlite_value(function(*numbers))
+        except (ArithmeticError, ValueError, TypeError):
+            return None
+
+    return total
+
+
+def _truncate(value: float, digits: float = 0) -> float:
+    shift = 10.0 ** int(digits)
+    return math.trunc(value * shift) / shift
+
+
+def _sign(value: float) -> int:
+    return (value > 0) - (value < 0)
+
+
+def _char_length(value: Any) -> Any:
+    return None if value is None else len(str(value))
+
+
+def _concat(*values: Any) -> str:
+    return "".join(str(v) for v in values if v is not None)
+
+
+_TOTAL_FUNCTIONS: dict[str, tuple[int, Any]] = {
+    "abs": (1, _total_numeric(abs)),
+    "ceil": (1, _total_numeric(math.ceil)),
+    "ceiling": (1, _total_numeric(math.ceil)),
+    "floor": (1, _total_numeric(math.floor)),
+    "sign": (1, _total_numeric(_sign)),
+    "sqrt": (1, _total_numeric(math.sqrt)),
+    "square": (1, _total_numeric(lambda x: x * x)),
+    "exp": (1, _total_numeric(math.exp)),
+    "ln": (1, _total_numeric(math.log)),
+    "log": (1, _total_numeric(math.log)),  # natural, as SmartNoise's own evaluation (np.log)
+    "log10": (1, _total_numeric(math.log10)),
+    "log2": (1, _total_numeric(math.log2)),
+    "sin": (1, _total_numeric(math.sin)),
+    "cos": (1, _total_numeric(math.cos)),
+    "tan": (1, _total_numeric(math.tan)),
+    "asin": (1, _total_numeric(math.asin)),
+    "acos": (1, _total_numeric(math.acos)),
+    "atan": (1, _total_numeric(math.atan)),
+    "atanh": (1, _total_numeric(math.atanh)),
+    "degrees": (1, _total_numeric(math.degrees)),
+    "power": (2, _total_numeric(lambda x, y: math.pow(float(x), float(y)))),
+    "truncate": (-1, _total_numeric(_truncate)),
+    "char_length": (1, _char_length),
+    "concat": (-1, _concat),
+}
+
+
+class _TotalSum:
+    """SQLite's SUM without its "integer overflow": exact in Python, a float beyond int64."""
+
+    def __init__(self) -> None:
+        self.total: int | float = 0
+        self.seen = False
+
+    def step(self, value: Any) -> None:
+        number = _number(value) if not isinstance(value, float) else value
+        if number is not None:
+            self.total += number
+            self.seen = True
+
+    def finalize(self) -> Any:
+        return _sqlite_value(self.total) if self.seen else None
+
+
+# Below this |bound| on every int column, SQLite's own SUM cannot overflow (also for the sums
+# of squares behind VAR/STDDEV) before 2^31 rows, more than a worker can load: the fast
+# built-in stays. Above it, the exact Python SUM replaces it (about 0.4 s per million rows).
+_FAST_SUM_BOUND = 2**16
+
+
+def make_total(connection: sqlite3.Connection, metadata: Metadata) -> None:
+    """Make every function the supported SQL reaches on ``connection`` unable to raise."""
+    for name, (arity, function) in _TOTAL_FUNCTIONS.items():
+        connection.create_function(name, arity, function, deterministic=True)
+    widest = max(
+        (
+            max(abs(column.lower), abs(column.upper))
+            for table in metadata.m_tables.values()
+            for column in table.m_columns.values()
+            if isinstance(column, SnInt) and column.lower is not None and column.upper is not None
+        ),
+        default=0,
+    )
+    if widest >= _FAST_SUM_BOUND:
+        connection.create_aggregate("sum", 1, _TotalSum)
+
+
 # What SQL on the private copy may do once it is built: read it, call functions, open a
 # transaction. SmartNoise only ever emits SELECTs it rewrote from its own parse tree; this is
 # the second wall should a statement ever get past that (no writes, ATTACH, PRAGMA, DDL).
@@ -258,6 +397,7 @@ class CachedSqliteReader(PandasReader):  # type: ignore[misc]
             driver = raw.driver_connection
             assert isinstance(driver, sqlite3.Connection)
             driver.set_authorizer(_read_only)
+            make_total(driver, metadata)
         finally:
             raw.close()  # back to the pool, not closed
         self.db_engine = engine
@@ -273,6 +413,15 @@ def _classify(exc: Exception) -> Exception:
     if isinstance(exc, ValueError) and _QUERY_PROBLEMS.search(message):
         return InvalidQuery(message)
     return EngineRefused(message)
+
+
+def check_supported(metadata: Metadata, query: str, table_names: list[str]) -> None:
+    """400 unless ``query`` parses and stays within the supported SQL (docs/sql.md)."""
+    try:
+        parsed = QueryParser(metadata).query(query)
+    except Exception as exc:
+        raise (sql_policy.explain_parse_error(query) or _classify(exc)) from exc
+    sql_policy.check(parsed, table_names)
 
 
 def _check_public_keys(metadata: Metadata, ours: dict[str, Any], query: str) -> None:
@@ -500,6 +649,7 @@ class SmartnoiseSqlEngine:
 
     def cost(self, dataset: Dataset, request: SqlRequest) -> PrivacyCost:
         metadata = metadata_for(dataset.name, dataset.metadata)
+        check_supported(metadata, request.query, _table_names(dataset.name))
         try:
             reader = PrivateReader(
                 MetadataOnlyReader(metadata), metadata, privacy=request.privacy()
