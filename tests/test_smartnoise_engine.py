@@ -86,6 +86,14 @@ def test_df_and_the_dataset_name_are_the_same_table() -> None:
         ("SELECT COUNT(*) FROM (SELECT * FROM df) AS t", InvalidQuery, {}),
         ("SELECT * FROM df", InvalidQuery, {}),
         ("SELECT COUNT(*) FROM df; DROP TABLE df", InvalidQuery, {}),
+        ("SELECT MAX(body_mass_g) AS m FROM df", InvalidQuery, {}),
+        ("SELECT MEDIAN(body_mass_g) AS m FROM df", InvalidQuery, {}),
+        (
+            "SELECT COUNT(*) AS n FROM df WHERE SUBSTRING(island FROM 1 FOR 2) = 'Bi'",
+            InvalidQuery,
+            {},
+        ),
+        ("SELECT PI() AS k, COUNT(*) AS n FROM df GROUP BY PI()", InvalidQuery, {}),
         ("SELECT VAR(body_mass_g) FROM df", EngineRefused, {}),
         ("SELECT SUM(body_mass_g) FROM df", EngineRefused, {"sum_float": "gaussian"}),
     ],
@@ -404,3 +412,75 @@ def test_the_openapi_models_describe_the_engines_fields_stats_and_mechanisms() -
     assert set(api_models.SqlQueryRequest.model_fields) == sn.FIELDS | sn.DUMMY_FIELDS
     assert set(api_models.Mechanisms.model_fields) == set(sn.STATS)
     assert {m.value for m in api_models.Mechanism} == set(sn.MECHANISMS)
+
+
+# -2^63 built from literals within the allowed ±2^53: SQLite's own abs() raised on it.
+SMALLEST_INT64 = "-4503599627370496 * 2048"
+
+
+def test_abs_of_the_smallest_integer_cannot_tell_whether_a_row_exists() -> None:
+    """The error oracle of issue 9: 422 when the Gentoo with a 59.6 mm bill exists, 200 if not.
+
+    Now both datasets release, and the literal -2^63 itself is refused before any read.
+    """
+    where = (
+        "WHERE ABS(CASE WHEN species = 'Gentoo' AND bill_length_mm = 59.6"
+        f" THEN {SMALLEST_INT64} ELSE 0 END) >= 0"
+    )
+    query = f"SELECT COUNT(*) AS n FROM df {where}"  # noqa: S608
+    with_row = loaded()
+    assert ((FRAME.species == "Gentoo") & (FRAME.bill_length_mm == 59.6)).sum() == 1
+    without_row = LoadedDataset("PENGUIN", "v-without", META, FRAME[FRAME.bill_length_mm != 59.6])
+    for data in (with_row, without_row):
+        assert ENGINE.cost(DATASET, request(query)).epsilon == 1
+        assert len(ENGINE.execute(data, request(query))["records"]) == 1
+    literal = query.replace(SMALLEST_INT64, "-9223372036854775808")
+    with pytest.raises(InvalidQuery, match="within"):
+        ENGINE.cost(DATASET, request(literal))
+
+
+def test_an_integer_sum_past_int64_gives_a_number_instead_of_failing() -> None:
+    """SQLite's SUM raises "integer overflow"; with wide int bounds the exact sum replaces it.
+
+    (SmartNoise refuses SUM over bounds this wide today, "Noise scale is too large", so the
+    private copy's SUM is the second wall, checked here on SQLite itself.)
+    """
+    import sqlite3
+
+    meta = M.validate(
+        {
+            "max_ids": 1,
+            "rows": 2,
+            "row_privacy": True,
+            "columns": {"v": {"type": "int", "lower": 0, "upper": 2**62}},
+        }
+    )
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE df (v INTEGER)")
+    connection.executemany("INSERT INTO df VALUES (?)", [(2**62,), (2**62,)])
+    with pytest.raises(sqlite3.OperationalError, match="integer overflow"):
+        connection.execute("SELECT SUM(v) FROM df").fetchone()
+    sn.make_total(connection, sn.metadata_for("WIDE", meta))
+    assert connection.execute("SELECT SUM(v) FROM df").fetchone()[0] == float(2**63)
+    assert connection.execute("SELECT SUM(v) FROM df WHERE v < 0").fetchone()[0] is None
+
+
+@pytest.mark.parametrize("function", sorted(sn._TOTAL_FUNCTIONS))
+def test_every_function_of_the_private_copy_is_total(function: str) -> None:
+    """No argument makes a function of the private copy raise: it answers NULL instead."""
+    import sqlite3
+
+    connection = sqlite3.connect(":memory:")
+    sn.make_total(connection, sn.metadata_for("PENGUIN", META))
+    arity = sn._TOTAL_FUNCTIONS[function][0]
+    values = [
+        "-9223372036854775808", "9223372036854775807", "0", "-1", "0.5", "1e308", "-1e308",
+        "5e-324", "NULL", "''", "'abc'", "x'00'", "1e999", "-1e999",
+    ]  # fmt: skip
+    count = 1 if arity == -1 else arity
+    for first in values:
+        for second in values if count == 2 else ["0"]:
+            args = ", ".join([first, second][:count])
+            value = connection.execute(f"SELECT {function}({args})").fetchone()[0]
+            assert value is None or isinstance(value, int | float | str)
+            assert not isinstance(value, float) or math.isfinite(value)

@@ -49,7 +49,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from chalicelib import validation
-from chalicelib.datasets import LoadedDataset
+from chalicelib.datasets import LoadedDataset, coerce_types
 from chalicelib.engines import sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.metadata import IDENTIFIER, to_smartnoise
@@ -68,7 +68,7 @@ MECHANISMS = {m.name: m for m in Mechanism}
 _QUERY_PROBLEMS = re.compile(
     r"Bad token|mismatched input|extraneous input|no viable alternative|Column cannot be found|"
     r"No metadata available|not included in GROUP BY|subqueries|Unsupported|not supported|"
-    r"cannot be",
+    r"cannot be|don.t support",
     re.IGNORECASE,
 )
 
@@ -420,8 +420,41 @@ def check_supported(metadata: Metadata, query: str, table_names: list[str]) -> N
     try:
         parsed = QueryParser(metadata).query(query)
     except Exception as exc:
-        raise (sql_policy.explain_parse_error(query) or _classify(exc)) from exc
+        # parsing sees the query and the metadata only: whatever fails here is the query's
+        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        explained = sql_policy.explain_parse_error(query)
+        raise (explained or InvalidQuery(f"the query cannot be parsed: {message}")) from exc
     sql_policy.check(parsed, table_names)
+
+
+@lru_cache(maxsize=16)
+def _empty_reader(name: str, metadata_json: str) -> CachedSqliteReader:
+    """A SQLite copy of the dataset's schema with no rows (public: built from metadata)."""
+    ours = json.loads(metadata_json)
+    empty = coerce_types(pd.DataFrame({column: [] for column in ours["columns"]}), ours)
+    return CachedSqliteReader(empty, metadata_for(name, ours), _table_names(name))
+
+
+def _dry_run(dataset: Dataset, request: SqlRequest) -> None:
+    """Run SmartNoise's rewritten SQL on an empty copy of the schema (400 if it cannot run).
+
+    SQL that fails without rows (a syntax SQLite does not know, a function it lacks,
+    SmartNoise emitting broken SQL for an odd shape such as ``GROUP BY PI()``) would fail on
+    every dataset, but only after the debit; found here, it is refused before any read.
+    Failures that need rows are made impossible by :func:`make_total` instead.
+    """
+    metadata_json = json.dumps(dataset.metadata, sort_keys=True, default=str)
+    empty = _empty_reader(dataset.name, metadata_json)
+    metadata = metadata_for(dataset.name, dataset.metadata)
+    try:
+        reader = PrivateReader(empty, metadata, privacy=request.privacy())
+        subquery, _ = reader._rewrite(request.query)
+        empty._execute_ast(subquery)
+    except Exception as exc:
+        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise InvalidQuery(
+            f"this query cannot run on the SQL engine ({message}); see docs/sql.md"
+        ) from exc
 
 
 def _check_public_keys(metadata: Metadata, ours: dict[str, Any], query: str) -> None:
@@ -657,6 +690,7 @@ class SmartnoiseSqlEngine:
             epsilon, delta = reader.get_privacy_cost(request.query)
         except Exception as exc:
             raise _classify(exc) from exc
+        _dry_run(dataset, request)
         if not dataset.metadata["censor_dims"]:
             _check_public_keys(metadata, dataset.metadata, request.query)
         return PrivacyCost(epsilon=to_decimal(float(epsilon)), delta=to_decimal(float(delta)))

@@ -23,7 +23,6 @@ from snsql._ast.ast import (
     From,
     Having,
     Limit,
-    Order,
     Query,
     Relation,
     Select,
@@ -65,7 +64,6 @@ from snsql._ast.expressions.sql import (
     AggFunction,
     AllColumns,
     GroupingExpression,
-    SortItem,
 )
 from snsql._ast.expressions.string import (
     CharLengthFunction,
@@ -123,7 +121,6 @@ _PLAIN = (
     Where,
     Aggregate,
     Having,
-    Order,
     Limit,
     Top,
     Seq,
@@ -132,7 +129,6 @@ _PLAIN = (
     NamedExpression,
     NestedExpression,
     GroupingExpression,
-    SortItem,
     CaseExpression,
     WhenExpression,
     IIFFunction,
@@ -237,8 +233,14 @@ def check(query: Query, table_names: list[str]) -> None:
     quantifier = query.select.quantifier
     if quantifier is not None and not isinstance(quantifier, Top):
         raise refuse(f"SELECT {quantifier}", "GROUP BY the columns instead of DISTINCT")
+    if query.order is not None:
+        raise refuse(
+            "ORDER BY",
+            "sort the returned table (GROUP BY results come back in key order); SmartNoise's"
+            " sort fails on keys that mix NULL and values",
+        )
     _walk(query.select, in_aggregate=False)
-    for part in (query.where, query.agg, query.having, query.order):
+    for part in (query.where, query.agg, query.having):
         if part is not None:
             _walk(part, in_aggregate=False)
 
@@ -275,7 +277,11 @@ def _walk(node: Any, *, in_aggregate: bool) -> None:
             if name != "COUNT":
                 raise refuse(f"{name}(*)", "only COUNT(*) takes *")
             return
-        _walk(node.expression, in_aggregate=True)
+        if not isinstance(node.expression, Column):
+            raise refuse(
+                f"an aggregate over an expression ({node})",
+                "aggregate the plain column, then compute: SUM(col) * 2, not SUM(col * 2)",
+            )
         return
     if isinstance(node, AllColumns):
         raise refuse("SELECT *", "name the aggregates you want, e.g. SELECT COUNT(*) AS n")
