@@ -431,7 +431,8 @@ def check_supported(metadata: Metadata, query: str, table_names: list[str]) -> N
 def _empty_reader(name: str, metadata_json: str) -> CachedSqliteReader:
     """A SQLite copy of the dataset's schema with no rows (public: built from metadata)."""
     ours = json.loads(metadata_json)
-    empty = coerce_types(pd.DataFrame({column: [] for column in ours["columns"]}), ours)
+    raw = pd.DataFrame({column: pd.Series([], dtype=object) for column in ours["columns"]})
+    empty = coerce_types(raw, ours)
     return CachedSqliteReader(empty, metadata_for(name, ours), _table_names(name))
 
 
