@@ -209,11 +209,18 @@ class CapBudget(Response):
     remaining: Cost
 
 
+class Binding(StrEnum):
+    """The budget that binds: the caller's grant or the dataset's cap."""
+
+    GRANT = "grant"
+    CAP = "cap"
+
+
 class LimitedBy(Response):
     """Which budget binds, for ε and for δ: the caller's grant or the dataset's cap."""
 
-    epsilon: Literal["grant", "cap"]
-    delta: Literal["grant", "cap"]
+    epsilon: Binding
+    delta: Binding
 
 
 class Budget(Response):

@@ -157,6 +157,9 @@ def test_a_researcher_works_through_the_generated_client(
     spent = Decimal(price.cost.epsilon) + Decimal("0.5")
     assert Decimal(budget.spent.epsilon) == spent
     assert Decimal(budget.remaining.epsilon) == Decimal(budget.initial.epsilon) - spent
+    assert isinstance(budget.available, m.Cost) and isinstance(budget.limited_by, m.LimitedBy)
+    assert isinstance(budget.limited_by.epsilon, m.Binding)
+    assert budget.cap is None or isinstance(budget.cap, m.CapBudget)
 
     history = generated["list_queries"].sync("PENGUIN", client=client)
     answers = [datasets, answer, price, released, opendp_released, budget, history]
