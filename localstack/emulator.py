@@ -12,6 +12,8 @@ Usage: ``python localstack/emulator.py [--host 127.0.0.1] [--port 4566]``. It pr
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import os
 import signal
 import sys
@@ -198,6 +200,124 @@ def skip_drain_wait() -> None:
     serving.selectors = SelectorsModule  # type: ignore[assignment]
 
 
+# --- what `terraform apply` of infra/terraform needs (tests/test_terraform_apply.py) -------
+def install_aws_managed_policies() -> None:
+    """Know AWS's managed IAM policies, as every AWS account does.
+
+    moto 5.2.5 ships AWS's managed policies (1,582 of them) but loads them only when
+    ``MOTO_IAM_LOAD_MANAGED_POLICIES`` is set, so attaching one (the module attaches
+    ``service-role/AmazonAPIGatewayPushToCloudWatchLogs`` to API Gateway's logging role)
+    failed with ``NoSuchEntity``. Here they are always loaded, without touching the
+    environment; it costs ~0.1 s, once, on the first IAM call.
+    """
+    import moto.iam.models as iam_models
+
+    iam_models.load_iam_aws_managed_policies = lambda: True  # type: ignore[attr-defined]
+
+
+def _acls_disabled(bucket: Any) -> bool:
+    """Object Ownership "bucket owner enforced": ACLs are off and grant nothing. It is
+    AWS's default for new buckets since April 2023 (moto records no rule for them)."""
+    return getattr(bucket, "ownership_rule", None) in (None, "BucketOwnerEnforced")
+
+
+def accept_policy_based_log_delivery() -> None:
+    """Let PutBucketLogging target a bucket whose ACLs are disabled, as AWS does.
+
+    moto 5.2.5 enables server access logging only if, at that moment, the target bucket
+    either grants the log-delivery group WRITE and READ_ACP by ACL (the pre-2023 way) or
+    already has a bucket policy statement for ``logging.s3.amazonaws.com``. With ACLs
+    disabled (``BucketOwnerEnforced``, AWS's default) the permission can only come from
+    the bucket policy, which S3 applies when it delivers logs; a Terraform module that
+    creates the logging configuration and the target's policy as two independent
+    resources (infra/terraform/s3.tf, as AWS documents it) was refused whenever the
+    logging configuration happened to be created first. Here a target with ACLs disabled
+    is accepted; the other checks (the target exists, same region) stay, and a target
+    with ACLs enabled still needs the grant or the policy.
+    """
+    from moto.s3.models import FakeBucket
+
+    original = FakeBucket._log_permissions_enabled_policy
+    if getattr(original, "acls_disabled_aware", False):
+        return
+
+    def permitted(target_bucket: Any, target_prefix: str | None) -> bool:
+        return _acls_disabled(target_bucket) or bool(original(target_bucket, target_prefix))
+
+    permitted.acls_disabled_aware = True  # type: ignore[attr-defined]
+    FakeBucket._log_permissions_enabled_policy = staticmethod(permitted)  # type: ignore[method-assign]
+
+
+# The request context bucket-policy conditions are evaluated against. The emulator stands in
+# for AWS's HTTPS endpoints (it serves loopback only), so its requests count as TLS.
+REQUEST_CONTEXT = {"aws:securetransport": "true"}
+
+
+def _condition_holds(operator: str, key: str, expected: Any, context: dict[str, str]) -> bool:
+    """One condition of a policy statement, as IAM evaluates it against ``context``: a key
+    missing from the request makes the condition false (true for ``...IfExists``; ``Null``
+    tests exactly that); an operator not handled here is false too (the statement does
+    not apply)."""
+    wanted = [str(v) for v in (expected if isinstance(expected, list) else [expected])]
+    actual = context.get(key.lower())
+    operator, if_exists = operator.removesuffix("IfExists"), operator.endswith("IfExists")
+    if operator == "Null":
+        return (actual is None) == (wanted[0].lower() == "true")
+    if actual is None:
+        return if_exists
+    if operator == "Bool":
+        return actual.lower() in {w.lower() for w in wanted}
+    if operator == "StringEquals":
+        return actual in wanted
+    if operator == "StringNotEquals":
+        return actual not in wanted
+    if operator == "StringLike":
+        return any(fnmatch.fnmatchcase(actual, w) for w in wanted)
+    return False
+
+
+def honour_bucket_policy_conditions() -> None:
+    """Apply a bucket-policy statement only when its ``Condition`` holds, as S3 does.
+
+    moto 5.2.5 skips every condition operator but ``StringEquals`` (treating the condition
+    as met) and passes no request context. A TLS-only bucket policy (``Deny s3:*`` when
+    ``aws:SecureTransport`` is ``false``, the usual hardening and the one in
+    infra/terraform/s3.tf) therefore denied every object request: uploads, reads, even
+    Terraform's HeadObject refresh of the Lambda packages failed with 403. Here the
+    statements whose conditions do not hold against ``REQUEST_CONTEXT`` are dropped
+    before moto evaluates the policy; statements without conditions are untouched, so
+    an unconditional Deny still denies.
+    """
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.s3.models import FakeBucket
+
+    original = FakeBucket.get_permission
+    if getattr(original, "conditions_aware", False):
+        return
+
+    def get_permission(self: Any, action: str, resource: str) -> Any:
+        if self.policy is None:
+            return PermissionResult.NEUTRAL
+        document = json.loads(self.policy)
+        statements = document.get("Statement", [])
+        applying = []
+        for statement in statements if isinstance(statements, list) else [statements]:
+            conditions = statement.get("Condition") or {}
+            if all(
+                _condition_holds(operator, key, expected, REQUEST_CONTEXT)
+                for operator, pairs in conditions.items()
+                for key, expected in pairs.items()
+            ):
+                applying.append({k: v for k, v in statement.items() if k != "Condition"})
+        if not applying:
+            return PermissionResult.NEUTRAL
+        policy = IAMPolicy(json.dumps({**document, "Statement": applying}))
+        return policy.is_action_permitted(action, resource)
+
+    get_permission.conditions_aware = True  # type: ignore[attr-defined]
+    FakeBucket.get_permission = get_permission  # type: ignore[method-assign]
+
+
 def build_server(host: str, port: int) -> BaseWSGIServer:
     """A single-threaded WSGI server around moto's multi-service dispatcher."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -205,6 +325,9 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     install_atomic_updates()
     install_normalised_numbers()
     skip_drain_wait()
+    install_aws_managed_policies()
+    accept_policy_based_log_delivery()
+    honour_bucket_policy_conditions()
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
