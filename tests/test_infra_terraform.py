@@ -398,8 +398,17 @@ def terraform_binary() -> str | None:
 
 @pytest.mark.skipif(terraform_binary() is None, reason="no terraform binary on PATH")
 def test_terraform_fmt() -> None:
+    emulator_root = ROOT / "infra" / "emulator"  # tests/test_terraform_apply.py applies it
     result = subprocess.run(
-        [str(terraform_binary()), "fmt", "-check", "-recursive", "-diff", str(MODULE)],
+        [
+            str(terraform_binary()),
+            "fmt",
+            "-check",
+            "-recursive",
+            "-diff",
+            str(MODULE),
+            str(emulator_root),
+        ],
         capture_output=True,
         text=True,
         check=False,

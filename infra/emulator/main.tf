@@ -1,0 +1,97 @@
+# A root that applies the whole module (../terraform) to the embedded emulator
+# (localstack/emulator.py): tests/test_terraform_apply.py runs it, and so can you by hand
+# (infra/README.md, "Apply to the embedded emulator"). Not for AWS: every endpoint points
+# at var.endpoint, credentials are the emulator's dummies, and the Lambda packages are
+# stand-ins (the local API server runs the code; the emulator never invokes a function).
+
+terraform {
+  required_version = ">= 1.5"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0"
+    }
+  }
+}
+
+variable "endpoint" {
+  description = "URL of the embedded emulator, e.g. http://127.0.0.1:4566."
+  type        = string
+}
+
+variable "name" {
+  description = "Resource name prefix (tables become <name>-users, ...)."
+  type        = string
+  default     = "neblina"
+}
+
+variable "api_package" {
+  description = "The API zip (a stand-in is enough: the emulator stores it, never runs it)."
+  type        = string
+}
+
+variable "authorizer_package" {
+  description = "The authorizer zip (a stand-in is enough)."
+  type        = string
+}
+
+provider "aws" {
+  region                      = "us-east-1"
+  access_key                  = "test"
+  secret_key                  = "test"
+  skip_credentials_validation = true
+  skip_requesting_account_id  = true
+  skip_metadata_api_check     = true
+  s3_use_path_style           = true
+
+  endpoints {
+    apigateway = var.endpoint
+    dynamodb   = var.endpoint
+    iam        = var.endpoint
+    kms        = var.endpoint
+    lambda     = var.endpoint
+    logs       = var.endpoint
+    s3         = var.endpoint
+    sts        = var.endpoint
+  }
+}
+
+module "neblina" {
+  source = "../terraform"
+
+  name                = var.name
+  api_package         = var.api_package
+  authorizer_package  = var.authorizer_package
+  deletion_protection = false
+}
+
+output "table_prefix" {
+  description = "NEBLINA_TABLE_PREFIX."
+  value       = module.neblina.table_prefix
+}
+
+output "datasets_bucket" {
+  description = "NEBLINA_BUCKET."
+  value       = module.neblina.datasets_bucket
+}
+
+output "function_names" {
+  description = "The two Lambda functions (their environment is what the local API server gets)."
+  value       = module.neblina.function_names
+}
+
+output "table_names" {
+  description = "The DynamoDB tables."
+  value       = module.neblina.table_names
+}
+
+output "api_url" {
+  description = "The stage URL as the emulator reports it."
+  value       = module.neblina.api_url
+}
+
+output "kms_key_arn" {
+  description = "The key the buckets and tables are encrypted with."
+  value       = module.neblina.kms_key_arn
+}

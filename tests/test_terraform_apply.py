@@ -1,0 +1,211 @@
+"""SLOW INFRA TIER: `terraform apply` of the whole module on the embedded emulator, a query, `destroy`.
+
+What runs (about 2-3 minutes, most of it the AWS provider, see infra/README.md "Apply to
+the embedded emulator"): the emulator (localstack/emulator.py) on a free 127.0.0.1 port;
+``terraform init`` from the local provider mirror and ``apply`` of infra/emulator (a root
+that calls infra/terraform unchanged, every provider endpoint pointed at the emulator,
+stand-in Lambda zips); seeding with localstack/seed.py through the tables and the bucket
+named by the module's outputs; the local API server (localstack/apiserver.py) started
+with exactly the environment Terraform gave the API Lambda, answering a DP query from
+the client; then ``terraform destroy``, after which nothing of the deployment is left.
+
+Skipped only when terraform or the provider mirror (``/opt/tf-plugins`` or
+``NEBLINA_TF_PLUGIN_DIR``) is missing. Deselect it with ``-m "not slow_infra"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import zipfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from test_infra_terraform import MODULE, PLUGIN_DIR_ARG, PROVIDER_MIRROR, terraform_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATOR_ROOT = ROOT / "infra" / "emulator"
+NAME = "nbapply"  # not the code's default prefix: the API must get its names from Terraform
+COUNT = "SELECT COUNT(*) AS n FROM PENGUIN"
+
+pytestmark = [
+    pytest.mark.slow_infra,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(
+        terraform_binary() is None or not PROVIDER_MIRROR.is_dir(),
+        reason=(
+            "needs a terraform binary on PATH and a local AWS provider mirror "
+            f"({PROVIDER_MIRROR}; set NEBLINA_TF_PLUGIN_DIR)"
+        ),
+    ),
+]
+
+
+def terraform(args: list[str], cwd: Path, timeout: float = 600) -> str:
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0"}
+    result = subprocess.run(
+        [str(terraform_binary()), *args, "-no-color"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"terraform {args[0]}:\n{result.stdout[-6000:]}{result.stderr}"
+    return result.stdout
+
+
+def aws(service: str, endpoint: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def stand_in_package(path: Path, text: str) -> Path:
+    """A Lambda zip the emulator stores and never runs (the API server runs the code)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("app.py", f"# stand-in: {text}\n")
+    return path
+
+
+def deployed(endpoint: str) -> dict[str, set[str]]:
+    """What exists on the emulator, by kind."""
+    roles = aws("iam", endpoint).list_roles()["Roles"]
+    return {
+        "tables": set(aws("dynamodb", endpoint).list_tables()["TableNames"]),
+        "buckets": {b["Name"] for b in aws("s3", endpoint).list_buckets().get("Buckets", [])},
+        "functions": {
+            f["FunctionName"] for f in aws("lambda", endpoint).list_functions()["Functions"]
+        },
+        "roles": {r["RoleName"] for r in roles if r["RoleName"].startswith(NAME)},
+        "apis": {a["name"] for a in aws("apigateway", endpoint).get_rest_apis()["items"]},
+    }
+
+
+def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path: Path) -> None:
+    from stack import LocalStack, _stop_process, _wait_for_health
+
+    from neblina_client import Client
+
+    timings: dict[str, float] = {}
+
+    def lap(step: str, started: float) -> None:
+        timings[step] = round(time.perf_counter() - started, 1)
+
+    # A copy of the module and the emulator root: .terraform/ and the state stay in tmp.
+    shutil.copytree(
+        MODULE,
+        tmp_path / "infra" / "terraform",
+        ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"),
+    )
+    root = tmp_path / "infra" / "emulator"
+    root.mkdir()
+    shutil.copy(EMULATOR_ROOT / "main.tf", root / "main.tf")
+    stack = LocalStack(synthetic_rows=2_000, quiet=True, log_dir=tmp_path / "logs")
+    applied = False
+    try:
+        started = time.perf_counter()
+        endpoint = stack.emulator_url = stack._spawn("emulator", "emulator.py", 0, dict(os.environ))
+        variables = [
+            f"-var=endpoint={endpoint}",
+            f"-var=name={NAME}",
+            f"-var=api_package={stand_in_package(tmp_path / 'api.zip', 'api')}",
+            f"-var=authorizer_package={stand_in_package(tmp_path / 'auth.zip', 'authorizer')}",
+        ]
+        terraform(["init", "-input=false", PLUGIN_DIR_ARG], root)
+        lap("emulator + init", started)
+
+        started = time.perf_counter()
+        applied = True  # from here on, destroy whatever part of it exists
+        summary = terraform(["apply", "-auto-approve", "-input=false", *variables], root)
+        lap("apply", started)
+        assert "Apply complete!" in summary
+        outputs = {
+            k: v["value"] for k, v in json.loads(terraform(["output", "-json"], root)).items()
+        }
+        before_seed = deployed(endpoint)
+        assert before_seed["tables"] == set(outputs["table_names"].values())
+        assert outputs["datasets_bucket"] in before_seed["buckets"]
+        assert before_seed["functions"] == set(outputs["function_names"].values())
+
+        # The API server gets exactly what Terraform gave the API Lambda (the module sets
+        # no AWS_* variable; the emulator's endpoint and dummy credentials are added).
+        functions = aws("lambda", endpoint)
+        lambda_env = functions.get_function_configuration(
+            FunctionName=outputs["function_names"]["api"]
+        )["Environment"]["Variables"]
+        authorizer_env = functions.get_function_configuration(
+            FunctionName=outputs["function_names"]["authorizer"]
+        )["Environment"]["Variables"]
+        assert authorizer_env == lambda_env
+        assert lambda_env["NEBLINA_TABLE_PREFIX"] == outputs["table_prefix"] == f"{NAME}-"
+        assert lambda_env["NEBLINA_BUCKET"] == outputs["datasets_bucket"]
+        assert lambda_env["NEBLINA_STORE"] == "dynamodb"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEBLINA_")}
+        env.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+            PYTHONUNBUFFERED="1",
+            **lambda_env,
+        )
+
+        # Seeding goes through Terraform's tables and bucket and creates none of its own.
+        started = time.perf_counter()
+        stack.seed(env)
+        lap("seed", started)
+        after_seed = deployed(endpoint)
+        assert after_seed == before_seed, "seeding created tables or buckets of its own"
+        head = aws("s3", endpoint).head_object(
+            Bucket=outputs["datasets_bucket"], Key="PENGUIN/penguins.csv"
+        )
+        assert head["ServerSideEncryption"] == "aws:kms"  # the bucket's default, from the module
+        assert outputs["kms_key_arn"].endswith(head["SSEKMSKeyId"].split("/")[-1])
+
+        started = time.perf_counter()
+        stack.api_url = stack._spawn("api", "apiserver.py", 0, env)
+        _wait_for_health(stack.api_url, timeout=60)
+        with Client(url=stack.api_url, token=stack.token, dataset="PENGUIN", max_retries=0) as c:
+            estimate = c.sql.cost(COUNT, 1.0, 0)
+            before = c.budget()
+            answer = c.sql.query(COUNT, 1.0, 0)
+            after = c.budget()
+            archived = c.result(answer.query_id)
+        lap("API start + query", started)
+        assert answer.cost == estimate and estimate.epsilon == Decimal(1)
+        assert list(answer.result.columns) == ["n"] and len(answer.result) == 1
+        assert after.remaining == before.remaining - answer.cost
+        assert archived.state == "done" and archived.result.equals(answer.result)
+        api = stack.processes.pop("api")
+        _stop_process(api.pid)
+        api.wait(timeout=10)
+
+        started = time.perf_counter()
+        summary = terraform(["destroy", "-auto-approve", "-input=false", *variables], root)
+        lap("destroy", started)
+        applied = False
+        assert "Destroy complete!" in summary
+        assert deployed(endpoint) == {kind: set() for kind in before_seed}
+    finally:
+        if applied and "emulator" in stack.processes:  # a step failed: clean up, quietly
+            subprocess.run(
+                [str(terraform_binary()), "destroy", "-auto-approve", "-input=false", *variables],
+                cwd=root,
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
+        stack.stop()
+        print(f"\nterraform apply test, seconds per step: {timings}")
