@@ -100,7 +100,9 @@ def test_logging_still_refuses_a_missing_target_or_an_acl_bucket_without_the_gra
         with pytest.raises(ClientError) as refused:
             s3.put_bucket_logging(
                 Bucket=source,
-                BucketLoggingStatus={"LoggingEnabled": {"TargetBucket": target, "TargetPrefix": ""}},
+                BucketLoggingStatus={
+                    "LoggingEnabled": {"TargetBucket": target, "TargetPrefix": ""}
+                },
             )
         assert error_code(refused) == "InvalidTargetBucketForLogging"
 
