@@ -27,6 +27,23 @@ from chalicelib.errors import InvalidRequest
 COLUMN_TYPES = ("string", "int", "float", "boolean", "datetime")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
+# Keywords of SmartNoise SQL's grammar (any case): a column so named cannot be queried there
+# (`GROUP BY month` is a grammar error), so metadata declaring one is refused. The list is
+# SmartNoise's lexer's, checked against it by tests/test_metadata.py.
+_RESERVED_TEXT = """
+    ABS ACOS ALL AND ANTI AS ASC ASIN ATAN ATANH AVG BETWEEN BOOLEAN BY CASE CAST CEIL
+    CEILING CHAR CHAR_LENGTH CHOOSE COALESCE CONCAT COS COT COUNT CROSS CURRENT_DATE
+    CURRENT_TIME CURRENT_TIMESTAMP DATE DAY DAYNAME DEGREES DENSE_RANK DESC DISTINCT DIV
+    ELSE END EXP EXTRACT FALSE FLOAT FLOOR FOR FROM FULL GROUP HAVING HOUR IF IIF IN
+    INNER INTEGER INTERSECT IS JOIN LEFT LIMIT LN LOG LOG10 LOG2 LOWER MAX MICROSECOND
+    MIN MINUTE MONTH NCHAR NEWID NOT NULL NUMERIC NVARCHAR ON OR ORDER OUTER OVER
+    PARTITION PERCENTILE_CONT PERCENTILE_DISC PI POSITION POWER RAND RANDOM RANK RIGHT
+    ROUND ROWNUM ROW_NUMBER SECOND SELECT SEMI SIGN SIN SORT SQL SQRT SQUARE STD STDDEV
+    STDEV SUBSTRING SUM TAN THEN TIME TIMESTAMP TOP TRIM TRUE TRUNC TRUNCATE TZOFFSET
+    UNION UPPER USING VAR VARCHAR VARIANCE WEEKDAY WHEN WHERE YEAR _
+"""
+RESERVED_WORDS = frozenset(_RESERVED_TEXT.split())
+
 _TOP_KEYS = {"max_ids", "rows", "row_privacy", "censor_dims", "columns", "description"}
 _COMMON_KEYS = {"type", "nullable", "private_id", "description"}
 _TYPE_KEYS: dict[str, set[str]] = {
@@ -132,6 +149,12 @@ def _check_column(name: str, spec: object, problems: list[str]) -> None:
     path = f"columns.{name}"
     if not IDENTIFIER.match(name):
         problems.append(f"{path}: column names must be identifiers ([A-Za-z_][A-Za-z0-9_]*)")
+    elif name.upper() in RESERVED_WORDS:
+        problems.append(
+            f"{path}: {name!r} is a keyword of the SQL grammar, so the column could not be"
+            f" queried; rename it (e.g. {name.lower()}_value or study_{name.lower()}); the"
+            " reserved words are listed in docs/metadata.md"
+        )
     if not isinstance(spec, dict):
         problems.append(f"{path}: must be a mapping")
         return

@@ -33,7 +33,7 @@ ALL_TYPES = M.validate(
             "flag": {"type": "boolean", "nullable": True},
             "flag2": {"type": "boolean"},
             "note": {"type": "string"},
-            "when": {"type": "datetime", "lower": "2020-01-01", "upper": "2020-12-31"},
+            "seen": {"type": "datetime", "lower": "2020-01-01", "upper": "2020-12-31"},
         },
     }
 )
@@ -99,7 +99,7 @@ def test_dummy_datetimes_stay_within_their_bounds_whatever_the_hosts_time_zone(
             "rows": 10,
             "row_privacy": True,
             "columns": {
-                "when": {
+                "seen": {
                     "type": "datetime",
                     "lower": "2020-01-01",
                     "upper": "2020-01-01T02:00:00+01:00",  # 01:00 UTC
@@ -110,7 +110,7 @@ def test_dummy_datetimes_stay_within_their_bounds_whatever_the_hosts_time_zone(
     monkeypatch.setenv("TZ", zone)
     time.tzset()
     try:
-        values = make_dummy(metadata, 500, 1)["when"]
+        values = make_dummy(metadata, 500, 1)["seen"]
     finally:
         monkeypatch.undo()
         time.tzset()

@@ -191,3 +191,50 @@ def test_datetime_bounds_outside_what_utc_can_hold_are_a_problem_not_a_500(
         f" 1-9999 in UTC (got {lower!r}, {upper!r})"
     ]
     assert refused.value.status_code == 400
+
+
+@pytest.mark.parametrize("name", ["month", "Year", "COUNT", "date", "order"])
+def test_keyword_column_names_are_refused_with_a_suggestion(name: str) -> None:
+    """`GROUP BY month` is a grammar error in SmartNoise SQL: refuse the name at registration."""
+    raw = copy.deepcopy(PENGUIN)
+    raw["columns"][name] = {"type": "int", "lower": 1, "upper": 12}
+    with pytest.raises(M.MetadataError) as refused:
+        M.validate(raw)
+    [problem] = refused.value.problems
+    assert problem.startswith(f"columns.{name}: {name!r} is a keyword of the SQL grammar")
+    assert f"{name.lower()}_value" in problem and "docs/metadata.md" in problem
+
+
+def test_the_reserved_words_are_exactly_the_keywords_of_smartnoise_sql() -> None:
+    """Checked against SmartNoise's own lexer: a word is reserved iff it does not lex as a name."""
+    import re
+
+    from antlr4 import InputStream
+    from snsql.sql.parser.SqlSmallLexer import SqlSmallLexer
+
+    def lexes_as_a_name(word: str) -> bool:
+        reference = SqlSmallLexer(InputStream("plain_name")).getAllTokens()[0].type
+        return [t.type for t in SqlSmallLexer(InputStream(word)).getAllTokens()] == [reference]
+
+    words = {n for n in SqlSmallLexer.symbolicNames if re.fullmatch(r"[A-Z][A-Z0-9_]*", n)}
+    words |= {n.strip("'") for n in SqlSmallLexer.literalNames if re.fullmatch(r"'\w+'", n)}
+    keywords = {w for w in words if M.IDENTIFIER.match(w) and not lexes_as_a_name(w.lower())}
+    assert keywords == M.RESERVED_WORDS
+    assert lexes_as_a_name("study_year") and lexes_as_a_name("month_value")
+    # and the words refused really cannot be grouped by, while their suggestion can
+    from chalicelib.engines.smartnoise_sql import ENGINE
+    from chalicelib.errors import InvalidQuery
+    from chalicelib.models import Dataset, utcnow
+
+    raw = copy.deepcopy(PENGUIN)
+    raw["columns"]["month_value"] = {"type": "int", "lower": 1, "upper": 12}
+    renamed = M.validate(raw)
+    keyword = {**renamed, "columns": {**renamed["columns"]}}
+    keyword["columns"]["month"] = keyword["columns"].pop("month_value")  # past validation
+    body = {"engine": "smartnoise_sql", "epsilon": 1, "delta": 1e-5}
+    query = "SELECT {c}, COUNT(*) AS n FROM df GROUP BY {c}"
+    fine = Dataset("PENGUIN", "unused", renamed, utcnow())
+    assert ENGINE.cost(fine, ENGINE.parse({**body, "query": query.format(c="month_value")}))
+    unqueryable = Dataset("PENGUIN", "unused", keyword, utcnow())
+    with pytest.raises(InvalidQuery, match="cannot be parsed"):
+        ENGINE.cost(unqueryable, ENGINE.parse({**body, "query": query.format(c="month")}))
