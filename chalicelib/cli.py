@@ -915,16 +915,89 @@ def plan_command(
 
 @app.command("apply")
 @handled
-def apply_command(file: FileArg) -> None:
-    """Make the stored state match the file (validated whole first; idempotent)."""
+def apply_command(
+    file: FileArg,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "--auto-approve", "-y", help="Remove what the file omits without asking."
+        ),
+    ] = False,
+) -> None:
+    """Make the stored state match the file (validated whole first; idempotent).
+
+    The plan is shown first; when it removes anything, apply asks before writing, unless
+    --yes (or --auto-approve) is given.
+    """
     desired = declarative.load(file)
-    changes = declarative.apply(_store(), desired, _settings())
+    store, settings = _store(), _settings()
+    changes, problems = declarative.plan(store, desired, settings)
+    if problems:
+        raise InvalidRequest("nothing applied: " + "; ".join(problems))
     if not changes:
         out.print(f"No changes. The stored state already matches {file}.")
         return
     for change in changes:
         out.print(change.line(), markup=False)
-    out.print(f"Applied: {declarative.summary(changes)}.")
+    removals = declarative.removals(changes)
+    if removals and not yes:
+        question = (
+            f"Plan: {declarative.summary(changes)}. The {len(removals)} removal(s) are what "
+            f"{file} does not list (it is the whole desired state). Apply?"
+        )
+        try:
+            confirmed = typer.confirm(question, default=False, err=True)
+        except typer.Abort:  # no answer (stdin closed)
+            confirmed = False
+        if not confirmed:
+            err.print(
+                "error: nothing applied (pass --yes to apply without asking; "
+                "neblina-admin export-config writes the current state as a file to start from)",
+                markup=False,
+            )
+            raise typer.Exit(EXIT_REFUSED)
+    applied = declarative.apply(store, desired, settings, approved=changes)
+    out.print(f"Applied: {declarative.summary(applied)}.")
+
+
+@app.command("export-config")
+@handled
+def export_config(
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The declarative file to write; metadata files go to metadata/ beside it.",
+        ),
+    ],
+    force: Annotated[bool, typer.Option(help="Overwrite files that exist.")] = False,
+) -> None:
+    """Write the stored state as a declarative file that plan and apply accept.
+
+    plan of the written file shows no changes: edit it, then plan and apply.
+    """
+    import yaml
+
+    document, metadata = declarative.export(_store())
+    folder = output.parent / "metadata"
+    targets = [output] + [folder / f"{name}.yaml" for name in metadata]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise InvalidRequest(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, meta in metadata.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    header = (
+        "# neblina-admin export-config: the whole stored state (users, datasets, grants).\n"
+        "# Edit, then `neblina-admin plan` this file; metadata paths are relative to it.\n"
+    )
+    output.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    counts = {key: len(value) for key, value in document.items()}
+    out.print(
+        f"wrote {output} ({counts['users']} users, {counts['datasets']} datasets, "
+        f"{counts['grants']} grants) and {len(metadata)} metadata file(s) in {folder}"
+    )
 
 
 def main() -> None:

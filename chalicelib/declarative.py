@@ -487,16 +487,26 @@ def _remove_user(store: Store, uid: str) -> Callable[[], None]:
     return _later(admin.remove_user, store, uid, force=True)
 
 
-def apply(store: Store, desired: Desired, settings: Settings | None = None) -> list[Change]:
+def apply(
+    store: Store,
+    desired: Desired,
+    settings: Settings | None = None,
+    approved: list[Change] | None = None,
+) -> list[Change]:
     """Make the store match; validates everything before the first write.
 
     The order is users, datasets, caps, grants (new and changed), then removals of grants,
     datasets and users, so every write refers to things that exist. Running it twice in a
-    row changes nothing the second time.
+    row changes nothing the second time. With ``approved`` (the plan a person confirmed),
+    nothing is written unless the removals planned now are exactly the approved ones.
     """
     changes, problems = plan(store, desired, settings)
     if problems:
         raise InvalidRequest("nothing applied: " + "; ".join(problems))
+    if approved is not None and removals(changes) != removals(approved):
+        raise InvalidRequest(
+            "nothing applied: the stored state changed since the plan was shown; run apply again"
+        )
     order = {"user": 0, "dataset": 1, "cap": 2, "grant": 3}
     creates = [c for c in changes if c.action != "remove"]
     removes = [c for c in changes if c.action == "remove"]
@@ -506,6 +516,53 @@ def apply(store: Store, desired: Desired, settings: Settings | None = None) -> l
         assert change.run is not None
         change.run()
     return changes
+
+
+def removals(changes: list[Change]) -> list[Change]:
+    """The changes that remove something (what ``apply`` asks about)."""
+    return [c for c in changes if c.action == "remove"]
+
+
+def export(store: Store) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The stored state as a declarative document, and each dataset's metadata by name.
+
+    The document names each dataset's metadata as ``metadata/<name>.yaml`` (relative to
+    the file, where the caller writes them); amounts are exact decimal strings. ``plan`` of
+    the written file against the same store shows no changes.
+    """
+    document: dict[str, Any] = {"users": [], "datasets": [], "grants": []}
+    for user in sorted(store.list_users(), key=lambda u: u.user_id):
+        entry: dict[str, Any] = {"id": user.user_id}
+        if user.description:
+            entry["description"] = user.description
+        if user.disabled:
+            entry["disabled"] = True
+        document["users"].append(entry)
+    metadata: dict[str, dict[str, Any]] = {}
+    for dataset in sorted(store.list_datasets(), key=lambda d: d.name):
+        metadata[dataset.name] = dataset.metadata
+        item: dict[str, Any] = {
+            "name": dataset.name,
+            "source": dataset.source,
+            "metadata": f"metadata/{dataset.name}.yaml",
+            "format": dataset.source_format,
+            "description": dataset.description,
+        }
+        cap = store.get_cap(dataset.name)
+        if cap is not None and cap.limit is not None:
+            item["cap"] = cap.limit.to_json()
+        if dataset.per_query_cap is not None:
+            item["per_query_cap"] = dataset.per_query_cap.to_json()
+        if dataset.hardened:
+            item["hardened"] = True
+        if dataset.latency_bucket_ms is not None:
+            item["latency_bucket_ms"] = dataset.latency_bucket_ms
+        document["datasets"].append(item)
+    for grant in sorted(store.list_grants(), key=lambda g: (g.user_id, g.dataset)):
+        document["grants"].append(
+            {"user": grant.user_id, "dataset": grant.dataset, **grant.initial.to_json()}
+        )
+    return document, metadata
 
 
 def summary(changes: list[Change]) -> str:

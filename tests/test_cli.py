@@ -159,7 +159,7 @@ def test_apply_is_idempotent_and_plan_shows_exactly_the_edits(
     text = cli("plan", str(edited)).output
     assert "~ dataset PENGUIN: metadata.columns.body_mass_g.upper 7000.0 -> 8000.0" in text
     assert "~ grant bob on PENGUIN: epsilon 5, delta 0.001 -> epsilon 7, delta 0.001" in text
-    assert cli("apply", str(edited)).exit_code == 0
+    assert cli("apply", str(edited), "--yes").exit_code == 0  # it removes: --yes, no question
     assert "No changes" in cli("apply", str(edited)).output
     assert admin_env.get_dataset("PENGUIN_S3") is None
     assert admin_env.get_grant("bob", "PENGUIN").initial.epsilon == 7
