@@ -29,6 +29,7 @@ from ._exceptions import (
     RateLimitedError,
     ServerError,
 )
+from ._retry import Backoff
 from ._tables import decode_table, encode_table
 from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
 from ._version import __version__
@@ -37,6 +38,7 @@ __all__ = [
     "SQL",
     "ArchivedQuery",
     "AuthenticationError",
+    "Backoff",
     "Budget",
     "BudgetExhaustedError",
     "Client",

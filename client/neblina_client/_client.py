@@ -48,8 +48,10 @@ class Client:
     current directory or a parent; the dataset finally defaults to ``PENGUIN``.
 
     Failed requests are retried ``max_retries`` times (connection errors, timeouts, 5xx,
-    429 and ``query_in_progress``) with exponential backoff. Every retry of a query carries
-    the same ``query_id``, so the server charges it at most once.
+    429 and ``query_in_progress``), waiting ``backoff.delay(...)`` seconds between tries
+    (exponential with jitter; a 429's ``Retry-After`` wins, up to a cap) through ``sleep``.
+    Every retry of a query carries the same ``query_id``, so the server charges it at most
+    once.
     """
 
     def __init__(
@@ -61,6 +63,8 @@ class Client:
         timeout: float = 60.0,
         max_retries: int = 3,
         transport: httpx.BaseTransport | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -71,8 +75,8 @@ class Client:
         self.sql = SQL(self)
         self.opendp = OpenDP(self)
         self._token = settings.token
-        self._backoff = Backoff()
-        self._sleep: Callable[[float], None] = time.sleep
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._sleep = sleep
         self._http = httpx.Client(
             base_url=settings.url,
             headers={
@@ -151,6 +155,36 @@ class Client:
         path = self._dataset_path("queries", query_id)
         body = self._request("GET", path)
         return _parse(parse_archived_query, body)
+
+    def _price(self, body: dict[str, Any]) -> Cost:
+        """The cost of the query in ``body`` (one engine's request fields); debits nothing."""
+        response = self._request("POST", self._dataset_path("cost"), json=body)
+        return _parse(lambda b: parse_cost(b["cost"]), response)
+
+    def _submit(
+        self,
+        body: dict[str, Any],
+        *,
+        query_id: str | None,
+        dummy: bool,
+        dummy_rows: int,
+        dummy_seed: int,
+    ) -> QueryResult:
+        """Run the query in ``body`` (one engine's request fields): the one submission path.
+
+        The query is sent with ``query_id`` (a new UUID unless given); every retry resends the
+        same id and payload, so the server charges it at most once. Errors carry the id.
+        """
+        query_id = query_id if query_id is not None else uuid.uuid4().hex
+        body = {**body, "query_id": query_id, "dummy": dummy}
+        if dummy:
+            body.update(dummy_rows=dummy_rows, dummy_seed=dummy_seed)
+        try:
+            response = self._request("POST", self._dataset_path("queries"), json=body)
+            return _parse(parse_query_result, response)
+        except NeblinaError as error:
+            error.query_id = query_id
+            raise
 
     def _dataset_path(self, *parts: str) -> str:
         segments = ("v1", "datasets", self.dataset, *parts)
@@ -238,9 +272,7 @@ class SQL:
         mechanisms: Mapping[str, str] | None = None,
     ) -> Cost:
         """The price of ``query``, computed from the metadata only; debits nothing."""
-        body = _sql_body(query, epsilon, delta, mechanisms)
-        response = self._client._request("POST", self._client._dataset_path("cost"), json=body)
-        return _parse(lambda b: parse_cost(b["cost"]), response)
+        return self._client._price(_sql_body(query, epsilon, delta, mechanisms))
 
     def query(
         self,
@@ -261,19 +293,11 @@ class SQL:
         and payload again returns the stored answer without a second charge, which is how
         every retry is made; errors carry the id in ``query_id``.
         """
-        query_id = query_id if query_id is not None else uuid.uuid4().hex
         body = _sql_body(query, epsilon, delta, mechanisms)
-        body.update(query_id=query_id, postprocess=postprocess, dummy=dummy)
-        if dummy:
-            body.update(dummy_rows=dummy_rows, dummy_seed=dummy_seed)
-        try:
-            response = self._client._request(
-                "POST", self._client._dataset_path("queries"), json=body
-            )
-            return _parse(parse_query_result, response)
-        except NeblinaError as error:
-            error.query_id = query_id
-            raise
+        body["postprocess"] = postprocess
+        return self._client._submit(
+            body, query_id=query_id, dummy=dummy, dummy_rows=dummy_rows, dummy_seed=dummy_seed
+        )
 
 
 class OpenDP:
@@ -304,9 +328,7 @@ class OpenDP:
         ``fixed_delta`` is required (and only allowed) when the measurement's output measure
         is zCDP or smoothed max divergence: the δ at which its ε is read.
         """
-        body = _opendp_body(measurement, fixed_delta)
-        response = self._client._request("POST", self._client._dataset_path("cost"), json=body)
-        return _parse(lambda b: parse_cost(b["cost"]), response)
+        return self._client._price(_opendp_body(measurement, fixed_delta))
 
     def query(
         self,
@@ -323,19 +345,13 @@ class OpenDP:
         ``result`` is what the measurement released: a number or a list. Retries reuse the
         ``query_id`` (a new UUID unless given), so a release is never charged twice.
         """
-        query_id = query_id if query_id is not None else uuid.uuid4().hex
-        body = _opendp_body(measurement, fixed_delta)
-        body.update(query_id=query_id, dummy=dummy)
-        if dummy:
-            body.update(dummy_rows=dummy_rows, dummy_seed=dummy_seed)
-        try:
-            response = self._client._request(
-                "POST", self._client._dataset_path("queries"), json=body
-            )
-            return _parse(parse_query_result, response)
-        except NeblinaError as error:
-            error.query_id = query_id
-            raise
+        return self._client._submit(
+            _opendp_body(measurement, fixed_delta),
+            query_id=query_id,
+            dummy=dummy,
+            dummy_rows=dummy_rows,
+            dummy_seed=dummy_seed,
+        )
 
 
 def _opendp_body(measurement: Any, fixed_delta: Amount | None) -> dict[str, Any]:

@@ -64,9 +64,9 @@ class FakeServer:
     def client(self, **kwargs: Any) -> Client:
         options: dict[str, Any] = {"url": URL, "token": TOKEN, "dataset": "PENGUIN"}
         options.update(kwargs)
-        client = Client(transport=httpx.MockTransport(self.handle), **options)
-        client._sleep = self.sleeps.append  # record the backoff instead of sleeping
-        return client
+        # record the backoff instead of sleeping
+        options.setdefault("sleep", self.sleeps.append)
+        return Client(transport=httpx.MockTransport(self.handle), **options)
 
     def body(self, index: int = -1) -> Any:
         return json.loads(self.requests[index].content)

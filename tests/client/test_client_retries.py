@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from neblina_client import (
+    Backoff,
     BudgetExhaustedError,
+    Client,
     DatasetUnavailableError,
     InvalidRequestError,
     NeblinaConnectionError,
@@ -17,7 +21,7 @@ from neblina_client import (
     RateLimitedError,
     ServerError,
 )
-from neblina_client._retry import Backoff, parse_retry_after
+from neblina_client._retry import parse_retry_after
 
 if TYPE_CHECKING:
     from fake_server import FakeServer
@@ -107,6 +111,26 @@ def test_backoff_grows_and_stays_jittered(server: FakeServer) -> None:
     assert len(server.sleeps) == len(ceilings)
     for slept, ceiling in zip(server.sleeps, ceilings, strict=True):
         assert ceiling / 2 <= slept <= ceiling
+
+
+def test_backoff_and_sleep_are_constructor_parameters(server: FakeServer) -> None:
+    slept: list[float] = []
+    for _ in range(3):
+        server.error(503, "internal_error")
+    server.reply(200, {"datasets": []})
+    client = server.client(backoff=Backoff(base=1.0, cap=3.0), sleep=slept.append)
+    assert client.datasets() == []
+    ceilings = [1.0, 2.0, 3.0]  # base 1 s doubling, capped at 3 s
+    assert len(slept) == len(ceilings)
+    for seconds, ceiling in zip(slept, ceilings, strict=True):
+        assert ceiling / 2 <= seconds <= ceiling
+    assert server.sleeps == []  # the injected sleep replaced the fake server's recorder
+
+
+def test_a_client_really_sleeps_by_default_between_tries() -> None:
+    defaults = inspect.signature(Client).parameters
+    assert defaults["sleep"].default is time.sleep
+    assert defaults["backoff"].default is None  # Backoff(): 0.2 s doubling, at most 5 s
 
 
 def test_429_honours_retry_after(server: FakeServer) -> None:
