@@ -33,6 +33,7 @@ from chalicelib.models import (
     QueryRecord,
     Token,
     User,
+    on_grid,
     to_decimal,
     utcnow,
 )
@@ -69,7 +70,11 @@ def amount(value: object, field: str) -> Decimal:
         raise InvalidRequest(f"{field} must be a finite number >= 0 (got {value!r})") from None
     if result < 0:
         raise InvalidRequest(f"{field} must be a finite number >= 0 (got {value!r})")
-    return result
+    if not on_grid(result):  # docs/ledger.md, "Amounts"
+        raise InvalidRequest(
+            f"{field} must be at most 1000000000 with no digit below 1e-20 (got {value!r})"
+        )
+    return abs(result) if result == 0 else result  # -0 is 0
 
 
 def budget(epsilon: object, delta: object) -> PrivacyCost:

@@ -8,11 +8,43 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import (
+    ROUND_CEILING,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    Rounded,
+    Underflow,
+)
 from enum import StrEnum
 from typing import Any
 
 ZERO = Decimal(0)
+
+# The ledger's grid (docs/ledger.md, "Amounts"): every amount charged, granted or capped is a
+# multiple of AMOUNT_QUANTUM and at most MAX_AMOUNT, so it has at most 30 significant digits
+# and every sum and difference of them (remaining = initial - the costs) is exact in every
+# backend: DynamoDB Numbers (38 digits, 1e-130..1e125) and MongoDB Decimal128 (34 digits).
+AMOUNT_QUANTUM = Decimal("1e-20")
+MAX_AMOUNT = Decimal("1e9")
+# A charge is rounded up to 17 significant digits (enough to tell any two doubles apart), and
+# never finer than the quantum: what users read is short, and never below the true charge.
+CHARGE_DIGITS = 17
+# Arithmetic on amounts is exact or fails: never rounded by Python's 28-digit default context.
+EXACT = Context(
+    prec=200,
+    Emin=-999_999,
+    Emax=999_999,
+    traps=[Inexact, Rounded, InvalidOperation, Overflow, Underflow, DivisionByZero],
+)
+_WIDE = Context(prec=2_000, Emin=-999_999, Emax=999_999)
+
+
+class AmountOutOfRange(ValueError):
+    """An amount the ledger cannot hold exactly (above :data:`MAX_AMOUNT`, negative, NaN)."""
 
 
 def to_decimal(value: object) -> Decimal:
@@ -45,11 +77,61 @@ def to_decimal(value: object) -> Decimal:
     return result
 
 
+def exact_decimal(value: float) -> Decimal:
+    """The exact binary value of a float, as a ``Decimal`` (never rounded either way).
+
+    ``Decimal(repr(x))`` can be half an ulp *below* ``x``: an engine's charge goes through
+    this, then :func:`charge` rounds it up.
+    """
+    if not math.isfinite(value):
+        raise AmountOutOfRange("not a finite number")
+    return Decimal(value)
+
+
+def float_down(value: Decimal) -> float:
+    """The largest float that is not above ``value`` (a mechanism is calibrated with it).
+
+    ``float(Decimal("0.1"))`` is 0.1000000000000000055...: an ε above the one requested.
+    """
+    result = float(value)
+    if Decimal(result) > value:
+        result = math.nextafter(result, -math.inf)
+    return result
+
+
+def charge(value: Decimal) -> Decimal:
+    """An amount rounded **up** to the ledger's grid (see :data:`AMOUNT_QUANTUM`).
+
+    Up to :data:`CHARGE_DIGITS` significant digits, never finer than the quantum: 1e-39
+    becomes 1e-20, 0.1000000000000000055511 becomes 0.10000000000000001, 0.3 stays 0.3.
+    :class:`AmountOutOfRange` above :data:`MAX_AMOUNT` or below zero.
+    """
+    if not value.is_finite() or value < 0:
+        raise AmountOutOfRange(f"not an amount the ledger can hold: {value}")
+    if value == 0:
+        return ZERO
+    step = max(AMOUNT_QUANTUM, Decimal(1).scaleb(value.adjusted() - CHARGE_DIGITS + 1))
+    result = value.quantize(step, rounding=ROUND_CEILING, context=_WIDE)
+    if result > MAX_AMOUNT:
+        raise AmountOutOfRange(
+            f"{format_decimal(result)} is above the largest amount the ledger holds "
+            f"({format_decimal(MAX_AMOUNT)})"
+        )
+    return result.normalize(context=_WIDE)
+
+
+def on_grid(value: Decimal) -> bool:
+    """True when the ledger holds ``value`` as it is: a multiple of the quantum, in range."""
+    if not value.is_finite() or abs(value) > MAX_AMOUNT:
+        return False
+    return value.quantize(AMOUNT_QUANTUM, context=_WIDE) == value
+
+
 def format_decimal(value: Decimal) -> str:
     """Plain (never scientific) notation without trailing zeros: ``"0.000015"``, ``"10"``."""
     if value == 0:
         return "0"
-    text = format(value.normalize(), "f")
+    text = format(value.normalize(context=_WIDE), "f")
     return text
 
 
@@ -65,10 +147,20 @@ class PrivacyCost:
         object.__setattr__(self, "delta", to_decimal(self.delta))
 
     def __add__(self, other: PrivacyCost) -> PrivacyCost:
-        return PrivacyCost(epsilon=self.epsilon + other.epsilon, delta=self.delta + other.delta)
+        return PrivacyCost(
+            epsilon=EXACT.add(self.epsilon, other.epsilon),
+            delta=EXACT.add(self.delta, other.delta),
+        )
 
     def __sub__(self, other: PrivacyCost) -> PrivacyCost:
-        return PrivacyCost(epsilon=self.epsilon - other.epsilon, delta=self.delta - other.delta)
+        return PrivacyCost(
+            epsilon=EXACT.subtract(self.epsilon, other.epsilon),
+            delta=EXACT.subtract(self.delta, other.delta),
+        )
+
+    def charged(self) -> PrivacyCost:
+        """Both amounts rounded up to the ledger's grid (:func:`charge`)."""
+        return PrivacyCost(epsilon=charge(self.epsilon), delta=charge(self.delta))
 
     def __le__(self, other: PrivacyCost) -> bool:
         """Partial order: both ε and δ fit."""

@@ -5,6 +5,7 @@ The query path (``Service.query``), in order:
 0. the caller's request is counted against the per-user rate limit (429 beyond it);
 1. the dataset exists (404) and the caller holds a grant on it (403);
 2. the engine validates the request (400) and prices it from the metadata only (400/422);
+   the price is rounded up to the ledger's grid (400 when it cannot be held: docs/ledger.md);
    the price must fit the per-query cap of the dataset and the deployment (403);
 3. ``store.reserve``: the debit and the creation of the archive record, one atomic write
    (409 when the budget does not cover the cost or the query id is taken);
@@ -65,6 +66,7 @@ from chalicelib.errors import (
 )
 from chalicelib.models import (
     INTERRUPTED,
+    AmountOutOfRange,
     Dataset,
     Grant,
     PrivacyCost,
@@ -382,7 +384,14 @@ class Service:
         return engine, engine.parse(document), document
 
     def _price(self, engine: Engine, dataset: Dataset, request: EngineRequest) -> PrivacyCost:
-        """The engine's price, memoised: it is a pure function of metadata and request."""
+        """The charge: the engine's exact price rounded up to the ledger's grid, memoised.
+
+        It is a pure function of metadata and request. The rounding is the one rule of
+        ``docs/ledger.md`` ("Amounts"), applied here for every engine and backend before
+        anything is read or debited: what ``/cost`` shows, what is archived and what is
+        debited are this same number, never below the engine's charge. A charge the ledger
+        cannot hold (above 1e9) is a 400.
+        """
         key = json.dumps(
             [engine.name, dataset.name, dataset.metadata, request.canonical()],
             sort_keys=True,
@@ -390,9 +399,13 @@ class Service:
         )
         cost = self._costs.get(key)
         if cost is None:
-            cost = engine.cost(dataset, request)
-            if cost.is_negative():  # pragma: no cover - engines never price below zero
+            exact = engine.cost(dataset, request)
+            if exact.is_negative():  # pragma: no cover - engines never price below zero
                 raise EngineRefused("the engine priced the query below zero")
+            try:
+                cost = exact.charged()  # rounded up to the ledger's grid (docs/ledger.md)
+            except AmountOutOfRange as exc:
+                raise InvalidRequest(f"this query's cost cannot be charged: {exc}") from None
             self._costs.put(key, cost)
         return cost
 

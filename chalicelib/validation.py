@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from chalicelib.errors import InvalidRequest
-from chalicelib.models import to_decimal
+from chalicelib.models import AMOUNT_QUANTUM, MAX_AMOUNT, to_decimal
 
 QUERY_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -88,29 +88,34 @@ def refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
         raise InvalidRequest(f"unknown fields: {', '.join(unknown)}")
 
 
-def epsilon(value: object, field: str = "epsilon") -> Decimal:
-    """ε: a finite number > 0."""
+EPSILON_RANGE = "a finite number > 0, from 1e-20 to 1000000000"
+DELTA_RANGE = "a number in [0, 1): 0, or from 1e-20 up to (not including) 1"
+
+
+def _amount(value: object, field: str, expected: str) -> Decimal:
     if value is None:
         raise InvalidRequest(f"{field} is required")
     try:
         result = to_decimal(value)
     except ValueError as exc:
-        raise InvalidRequest(f"{field} must be a finite number > 0") from exc
-    if result <= 0:
-        raise InvalidRequest(f"{field} must be a finite number > 0")
+        raise InvalidRequest(f"{field} must be {expected} (got {str(value)[:60]!r})") from exc
+    return abs(result) if result == 0 else result  # -0 is 0
+
+
+def epsilon(value: object, field: str = "epsilon") -> Decimal:
+    """ε: a finite number in [1e-20, 1e9] (the ledger's range: docs/ledger.md, "Amounts")."""
+    result = _amount(value, field, EPSILON_RANGE)
+    if not (AMOUNT_QUANTUM <= result <= MAX_AMOUNT):
+        raise InvalidRequest(f"{field} must be {EPSILON_RANGE} (got {str(value)[:60]!r})")
     return result
 
 
-def delta(value: object, field: str = "delta") -> Decimal:
-    """δ: a finite number in [0, 1)."""
-    if value is None:
-        raise InvalidRequest(f"{field} is required")
-    try:
-        result = to_decimal(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"{field} must be a number in [0, 1)") from exc
-    if not (0 <= result < 1):
-        raise InvalidRequest(f"{field} must be a number in [0, 1)")
+def delta(value: object, field: str = "delta", *, positive: bool = False) -> Decimal:
+    """δ: 0 or a number in [1e-20, 1); with ``positive``, 0 is refused (same message)."""
+    expected = DELTA_RANGE.replace("[0, 1): 0, or", "(0, 1):") if positive else DELTA_RANGE
+    result = _amount(value, field, expected)
+    if not (result < 1 and (result >= AMOUNT_QUANTUM or (result == 0 and not positive))):
+        raise InvalidRequest(f"{field} must be {expected} (got {str(value)[:60]!r})")
     return result
 
 

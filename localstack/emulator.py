@@ -143,17 +143,22 @@ def install_normalised_numbers() -> None:
     again. DynamoDB stores Numbers normalised (``0``, ``0.0000000000000009992``), so
     arithmetic on them never fails that way. Here both operands are read as ``Decimal``
     and the result is written in DynamoDB's form (no exponent, no trailing zeros).
-    """
-    from decimal import Decimal
 
-    from moto.dynamodb.exceptions import IncorrectDataType
+    The arithmetic is DynamoDB's too: 38 significant digits and magnitudes 1e-130..1e125
+    (boto3's ``DYNAMODB_CONTEXT``). Python's default context keeps 28 digits and would
+    round silently; a result DynamoDB cannot hold exactly is a ValidationException instead.
+    """
+    from decimal import Decimal, DecimalException
+
+    from boto3.dynamodb.types import DYNAMODB_CONTEXT
+    from moto.dynamodb.exceptions import IncorrectDataType, MockValidationException
     from moto.dynamodb.models.dynamo_type import DDBType, DynamoType
 
     if getattr(DynamoType.__add__, "normalised", False):
         return
 
     def normal(value: Decimal) -> str:
-        return "0" if value == 0 else format(value.normalize(), "f")
+        return "0" if value == 0 else format(value.normalize(DYNAMODB_CONTEXT), "f")
 
     def operands(a: Any, b: Any) -> tuple[Decimal, Decimal]:
         if a.type != b.type:
@@ -162,13 +167,20 @@ def install_normalised_numbers() -> None:
             raise IncorrectDataType()
         return Decimal(a.value), Decimal(b.value)
 
+    def exactly(operation: Any, x: Decimal, y: Decimal) -> Any:
+        try:
+            return DynamoType({DDBType.NUMBER: normal(operation(x, y))})
+        except DecimalException:
+            raise MockValidationException(
+                "Number overflow. Attempting to store a number with magnitude larger than "
+                "supported range, or with more than 38 significant digits"
+            ) from None
+
     def add(self: Any, other: Any) -> Any:
-        x, y = operands(self, other)
-        return DynamoType({DDBType.NUMBER: normal(x + y)})
+        return exactly(DYNAMODB_CONTEXT.add, *operands(self, other))
 
     def sub(self: Any, other: Any) -> Any:
-        x, y = operands(self, other)
-        return DynamoType({DDBType.NUMBER: normal(x - y)})
+        return exactly(DYNAMODB_CONTEXT.subtract, *operands(self, other))
 
     add.normalised = True  # type: ignore[attr-defined]
     DynamoType.__add__ = add  # type: ignore[method-assign]

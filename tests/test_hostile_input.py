@@ -83,3 +83,85 @@ def test_hostile_json_bodies_get_a_400_on_every_body_reading_route(
         assert response.json()["error"] == "invalid_request", (name, route, response.text)
         assert http.get("/health").status_code == 200  # the server answers the next request
     untouched(http)
+
+
+# --- hostile privacy amounts -------------------------------------------------------------
+FORTY_DIGITS = "0.1234567890123456789012345678901234567891"
+HOSTILE_AMOUNTS: list[Any] = [
+    "1e-400",
+    "1e400",
+    "-0",
+    -0.0,
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    FORTY_DIGITS,
+    "0.00000000000000000000001",  # below the quantum
+    1e-400,  # a JSON number that reads as 0.0
+    10**400,  # a 401-digit JSON integer
+    "1000000001",
+    True,
+    [],
+    {},
+]
+
+
+def opendp_gaussian(**extra: Any) -> dict[str, Any]:
+    from opendp_pipelines import body, gaussian_count
+
+    return {**body(gaussian_count(3.0)), **extra, "query_id": uuid.uuid4().hex}
+
+
+def amount_bodies() -> list[tuple[str, dict[str, Any]]]:
+    cases = []
+    for value in HOSTILE_AMOUNTS:
+        label = repr(value)[:30]
+        cases.append((f"smartnoise epsilon={label}", sql(epsilon=value)))
+        cases.append((f"smartnoise delta={label}", sql(delta=value)))
+        cases.append((f"opendp fixed_delta={label}", opendp_gaussian(fixed_delta=value)))
+    return cases
+
+
+def spent_equals_archive(http: httpx.Client) -> list[dict[str, Any]]:
+    """spent == Σ archived costs, digit for digit, and every archived cost is on the grid."""
+    from decimal import Decimal
+
+    from chalicelib.models import on_grid
+
+    records = http.get("/v1/datasets/PENGUIN/queries", params={"limit": 100}).json()["queries"]
+    budget = http.get("/v1/datasets/PENGUIN/budget").json()
+    for part in ("epsilon", "delta"):
+        costs = [Decimal(r["cost"][part]) for r in records if r["state"] != "refunded"]
+        assert all(on_grid(c) for c in costs), costs
+        assert Decimal(budget["spent"][part]) == sum(costs, Decimal(0)), (budget, costs)
+        assert Decimal(budget["spent"][part]) + Decimal(budget["remaining"][part]) == Decimal(
+            budget["initial"][part]
+        )
+    return records
+
+
+def test_hostile_amounts_in_every_amount_field_get_a_4xx_or_an_exact_rounded_up_charge(
+    stack, make_researcher
+) -> None:  # type: ignore[no-untyped-def]
+    researcher = make_researcher({"PENGUIN": ("1000", "0.9")})
+    headers = {"Authorization": f"Bearer {researcher.token}"}
+    outcomes: dict[str, int] = {}
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=60) as http:
+        for name, document in amount_bodies():
+            quoted = http.post("/v1/datasets/PENGUIN/cost", json=document)
+            ran = http.post("/v1/datasets/PENGUIN/queries", json=document)
+            assert quoted.status_code < 500 and ran.status_code < 500, (name, ran.text[:300])
+            assert quoted.status_code == ran.status_code or ran.status_code == 422, name
+            if quoted.status_code >= 400:
+                assert quoted.json()["error"] in ("invalid_request", "invalid_query"), name
+            if ran.status_code == 200:
+                assert ran.json()["cost"] == quoted.json()["cost"], name
+            outcomes[name] = ran.status_code
+        records = spent_equals_archive(http)
+    print(f"\nhostile amounts: {len(outcomes)} bodies, outcomes {sorted(set(outcomes.values()))}")
+    forty = f"smartnoise epsilon={FORTY_DIGITS!r}"[:48]
+    name = next(n for n in outcomes if n.startswith(forty[:40]))
+    assert outcomes[name] == 200  # 40 digits are accepted and charged rounded up:
+    charged = [r for r in records if r["request"].get("epsilon") == FORTY_DIGITS]
+    assert [r["cost"]["epsilon"] for r in charged] == ["0.12345678901234568"]
+    assert len(records) == sum(1 for s in outcomes.values() if s in (200, 422))

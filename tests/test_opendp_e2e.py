@@ -20,6 +20,7 @@ from opendp_pipelines import (
     space,
 )
 
+from chalicelib.models import charge, exact_decimal
 from neblina_client import Client, Cost, InvalidRequestError, ServerError
 from neblina_client._opendp import pipeline_nodes
 
@@ -53,7 +54,9 @@ def test_laplace_pipelines_are_charged_their_privacy_map_exactly(stack, research
         before = client.budget()
         charged = Cost.zero()
         for measurement in (laplace_count(), laplace_sum(), laplace_mean()):
-            expected = Cost(epsilon=Decimal(repr(measurement.map(1))), delta=Decimal(0))
+            # the map's exact value rounded up to the ledger's grid (docs/ledger.md)
+            epsilon = charge(exact_decimal(measurement.map(1)))
+            expected = Cost(epsilon=epsilon, delta=Decimal(0))
             assert client.opendp.cost(measurement) == expected
             answer = client.opendp.query(measurement)
             assert answer.cost == expected and answer.engine == "opendp"

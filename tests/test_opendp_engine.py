@@ -32,7 +32,7 @@ from opendp_pipelines import (
 from chalicelib.engines import get_engine
 from chalicelib.engines import opendp_engine as oe
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
-from chalicelib.models import Dataset, PrivacyCost, to_decimal, utcnow
+from chalicelib.models import Dataset, PrivacyCost, exact_decimal, utcnow
 from neblina_client._opendp import expand, pipeline_nodes
 
 ENGINE = oe.ENGINE
@@ -55,14 +55,14 @@ def refused(pipeline: object) -> str:
 def test_pure_dp_pipelines_cost_exactly_their_privacy_map(make: Any) -> None:
     measurement = make()
     epsilon = measurement.map(META["max_ids"])
-    assert cost_of(measurement) == PrivacyCost(epsilon=Decimal(repr(epsilon)), delta=0)
+    assert cost_of(measurement) == PrivacyCost(epsilon=exact_decimal(epsilon), delta=0)
 
 
 def test_d_in_is_max_ids_from_the_metadata() -> None:
     measurement = laplace_mean()
     two_each = Dataset("TWO", "unused", {**META, "max_ids": 2}, utcnow())
     cost = cost_of(measurement, two_each)
-    assert cost.epsilon == to_decimal(measurement.map(2))
+    assert cost.epsilon == exact_decimal(measurement.map(2))
     assert cost.epsilon > cost_of(measurement).epsilon
 
 
@@ -74,8 +74,8 @@ def test_gaussian_needs_fixed_delta_and_is_charged_at_it() -> None:
     curve = dp.c.make_zCDP_to_approxDP(measurement)
     epsilon, delta = dp.c.make_fix_delta(curve, 1e-6).map(1)
     assert delta == 1e-6
-    assert cost == PrivacyCost(epsilon=to_decimal(epsilon), delta=Decimal("0.000001"))
-    assert cost.epsilon == to_decimal(curve.map(1).epsilon(delta=1e-6))
+    assert cost == PrivacyCost(epsilon=exact_decimal(epsilon), delta=Decimal("0.000001"))
+    assert cost.epsilon == exact_decimal(curve.map(1).epsilon(delta=1e-6))
 
 
 def test_smoothed_max_divergence_needs_fixed_delta_too() -> None:
@@ -90,7 +90,7 @@ def test_smoothed_max_divergence_needs_fixed_delta_too() -> None:
 def test_approximate_dp_is_charged_as_its_map_says() -> None:
     mean = bill_length() >> dp.t.then_resize(344, 45.0) >> dp.t.then_mean()
     measurement = mean >> dp.m.then_canonical_noise(d_in=mean.map(1), d_out=(1.0, 1e-6))
-    assert cost_of(measurement) == PrivacyCost(epsilon=1, delta="0.000001")
+    assert cost_of(measurement) == PrivacyCost(epsilon=1, delta=exact_decimal(1e-6))
     approximated = dp.c.make_approximate(laplace_count())
     assert cost_of(approximated) == PrivacyCost(epsilon="0.5", delta=0)
 
@@ -111,8 +111,8 @@ def test_an_unsupported_output_measure_is_a_400_naming_it() -> None:
 
 def test_composition_costs_the_sum() -> None:
     measurement = dp.c.make_composition([laplace_count(), laplace_mean()])
-    expected = to_decimal(laplace_count().map(1)) + to_decimal(laplace_mean().map(1))
-    assert cost_of(measurement).epsilon == to_decimal(measurement.map(1))
+    expected = exact_decimal(laplace_count().map(1)) + exact_decimal(laplace_mean().map(1))
+    assert cost_of(measurement).epsilon == exact_decimal(measurement.map(1))
     assert abs(cost_of(measurement).epsilon - expected) < Decimal("1e-12")
 
 

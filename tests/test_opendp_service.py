@@ -22,7 +22,17 @@ from opendp_pipelines import (
 from chalicelib.config import from_environ
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import InvalidQuery, InvalidRequest, NeblinaError
-from chalicelib.models import Dataset, PrivacyCost, QueryState, User, to_decimal, utcnow
+from chalicelib.models import (
+    Dataset,
+    PrivacyCost,
+    QueryState,
+    User,
+    charge,
+    exact_decimal,
+    format_decimal,
+    to_decimal,
+    utcnow,
+)
 from chalicelib.service import Service
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated function:DeprecationWarning")
@@ -58,10 +68,11 @@ def test_a_laplace_query_is_charged_its_privacy_map_exactly(
     service: Service, store: MemoryStore, make: Any
 ) -> None:
     measurement = make()
-    epsilon = Decimal(repr(measurement.map(1)))
+    epsilon = charge(exact_decimal(measurement.map(1)))  # rounded up: docs/ledger.md
+    assert epsilon >= exact_decimal(measurement.map(1))
     quoted = service.cost("alice", "PENGUIN", body(measurement))
     answer = service.query("alice", "PENGUIN", body(measurement, query_id="q-opendp-1"))
-    assert quoted["cost"] == answer["cost"] == {"epsilon": str(epsilon), "delta": "0"}
+    assert quoted["cost"] == answer["cost"] == {"epsilon": format_decimal(epsilon), "delta": "0"}
     assert remaining(store) == GRANT - PrivacyCost(epsilon=epsilon, delta=0)
     record = store.get_query("q-opendp-1")
     assert record is not None and record.state is QueryState.DONE
@@ -146,7 +157,7 @@ def test_the_loader_does_read_for_an_accepted_query(service: Service, store: Mem
 
 def test_dummy_runs_and_cost_quotes_are_free(service: Service, store: MemoryStore) -> None:
     quoted = service.cost("alice", "GHOST", body(laplace_mean()))
-    assert quoted["cost"]["epsilon"] == repr(laplace_mean().map(1))
+    assert quoted["cost"]["epsilon"] == format_decimal(charge(exact_decimal(laplace_mean().map(1))))
     dummy = service.query(
         "alice", "GHOST", body(laplace_mean(), query_id="q-dummy-01", dummy=True, dummy_rows=50)
     )

@@ -52,9 +52,10 @@ Cost
     output measure decides the charge: ``max_divergence`` → (ε, 0) with ε = ``map(d_in)``;
     ``approximate(max_divergence)`` → ``map(d_in)`` as (ε, δ); ``smoothed_max_divergence``
     and ``zero_concentrated_divergence`` need ``fixed_delta`` from the request and are
-    converted with ``make_fix_delta`` (after ``make_zCDP_to_approxDP`` for ρ). Anything else
-    → 400 naming the measure. Floats become decimals through their shortest repr, so the
-    charge is ``map(d_in)`` exactly.
+    converted with ``make_fix_delta`` (after ``make_zCDP_to_approxDP`` for ρ) at the largest
+    float not above ``fixed_delta``, and δ is charged as the ``fixed_delta`` requested. Anything
+    else → 400 naming the measure. Floats become decimals at their exact binary value; the
+    service rounds the price up to the ledger's grid (docs/ledger.md, "Amounts").
 
 Features
     ``contrib`` is enabled here, once, at import: the allowlisted transformations,
@@ -82,7 +83,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -102,7 +103,7 @@ from opendp.mod import __version__ as OPENDP_VERSION
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
-from chalicelib.models import Dataset, PrivacyCost, format_decimal, to_decimal
+from chalicelib.models import Dataset, PrivacyCost, exact_decimal, float_down, format_decimal
 
 enable_features("contrib")  # the only feature this engine enables (see the module docstring)
 # make_split_dataframe and make_select_column warn "deprecated, use Polars" on every call:
@@ -525,7 +526,8 @@ def price(measurement: Any, d_in: int, fixed_delta: Decimal | None) -> PrivacyCo
             curve = measurement
             if measure == ZCDP:
                 curve = combinators.make_zCDP_to_approxDP(measurement)
-            fixed: Any = combinators.make_fix_delta(curve, float(fixed_delta))
+            # the largest float not above the δ requested: the ε read there holds at it
+            fixed: Any = combinators.make_fix_delta(curve, float_down(fixed_delta))
             epsilon, delta = fixed.map(d_in)
         else:
             raise InvalidQuery(
@@ -538,11 +540,21 @@ def price(measurement: Any, d_in: int, fixed_delta: Decimal | None) -> PrivacyCo
     except Exception as exc:
         raise EngineRefused(f"the privacy map failed at d_in={d_in}: {_describe(exc)}") from exc
     try:
-        return PrivacyCost(epsilon=to_decimal(epsilon), delta=to_decimal(delta))
-    except (TypeError, ValueError) as exc:
+        exact = PrivacyCost(epsilon=_exact(epsilon), delta=_exact(delta))
+    except (TypeError, ValueError, OverflowError) as exc:
         raise EngineRefused(
             f"the privacy map gives no finite loss at d_in={d_in} (ε={epsilon}, δ={delta})"
         ) from exc
+    if fixed_delta is not None and exact.delta <= fixed_delta:
+        exact = replace(exact, delta=fixed_delta)  # the δ requested, never below the map's
+    return exact
+
+
+def _exact(value: Any) -> Decimal:
+    """A loss from a privacy map as an exact decimal (floats at their exact binary value)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"not a number: {value!r}")
+    return Decimal(value) if isinstance(value, int) else exact_decimal(value)
 
 
 # --- data in, release out -------------------------------------------------------------------
@@ -663,9 +675,7 @@ class OpenDPEngine:
         nodes = canonical_nodes(body["pipeline"])
         fixed_delta = None
         if body.get("fixed_delta") is not None:
-            fixed_delta = validation.delta(body["fixed_delta"], "fixed_delta")
-            if fixed_delta == 0:
-                raise InvalidRequest("fixed_delta must be a number in (0, 1)")
+            fixed_delta = validation.delta(body["fixed_delta"], "fixed_delta", positive=True)
         text = json.dumps({"nodes": nodes}, sort_keys=True, separators=(",", ":"))
         return OpenDPRequest(pipeline_json=text, fixed_delta=fixed_delta)
 

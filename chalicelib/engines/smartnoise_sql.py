@@ -26,6 +26,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -39,6 +40,7 @@ from snsql.metadata import Metadata
 from snsql.sql._mechanisms.base import Mechanism
 from snsql.sql._mechanisms.gaussian import Gaussian
 from snsql.sql._mechanisms.laplace import Laplace
+from snsql.sql.odometer import OdometerHeterogeneous
 from snsql.sql.parse import QueryParser
 from snsql.sql.privacy import Mechanisms, Stat
 from snsql.sql.private_reader import PrivateReader
@@ -53,7 +55,15 @@ from chalicelib.datasets import LoadedDataset, coerce_types
 from chalicelib.engines import sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.metadata import IDENTIFIER, to_smartnoise
-from chalicelib.models import Dataset, PrivacyCost, format_decimal, to_decimal
+from chalicelib.models import (
+    EXACT,
+    ZERO,
+    Dataset,
+    PrivacyCost,
+    exact_decimal,
+    float_down,
+    format_decimal,
+)
 from chalicelib.tables import frame_to_table
 
 log = logging.getLogger(__name__)
@@ -185,7 +195,11 @@ class SqlRequest:
         }
         for stat, mechanism in self.mechanisms:
             mechanisms.map[STATS[stat]] = MECHANISMS[mechanism]
-        return Privacy(epsilon=float(self.epsilon), delta=float(self.delta), mechanisms=mechanisms)
+        # The largest floats not above the decimals requested: no mechanism is calibrated
+        # with more ε or δ than the charge counts (explicit_cost).
+        return Privacy(
+            epsilon=float_down(self.epsilon), delta=float_down(self.delta), mechanisms=mechanisms
+        )
 
 
 def _table_names(dataset_name: str) -> list[str]:
@@ -644,6 +658,40 @@ def _column_name(expression: Any) -> str:
     return str(getattr(expression, "colname", None) or expression).split(".")[-1].strip('"`[]')
 
 
+def explicit_cost(reader: PrivateReader, request: SqlRequest, *, censor_dims: bool) -> PrivacyCost:
+    """What a query costs: basic composition over its mechanisms, in exact decimals.
+
+    Each mechanism is calibrated with the largest float not above the requested ε (and δ),
+    so ε = (number of mechanisms) × the requested ε, exactly, and δ = the sum of the
+    mechanisms' δ (SmartNoise gives a δ to each Gaussian mechanism and to the key count of
+    a GROUP BY) plus, under ``censor_dims`` with a Gaussian key count, the δ/2 of its
+    threshold. SmartNoise's odometer (``get_privacy_cost``) instead takes the better of basic
+    and advanced composition and adds a slack of δ/2 (1e-15 when δ = 0) to every query; its
+    threshold δ/2 is then not counted once advanced composition wins (measured in
+    ``tests/test_amounts.py``). ε is never charged below the odometer's ε. See
+    docs/ledger.md ("What a SmartNoise query costs").
+    """
+    reader._refresh_options()
+    subquery, _ = reader._rewrite(request.query)
+    mechanisms = reader._get_mechanisms(subquery)
+    used = [m for m in mechanisms if m]
+    epsilon_float, delta_float = float_down(request.epsilon), float_down(request.delta)
+
+    def exact(value: float, as_float: float, requested: Decimal) -> Decimal:
+        return requested if value == as_float else exact_decimal(float(value))
+
+    epsilon = sum((exact(m.epsilon, epsilon_float, request.epsilon) for m in used), ZERO)
+    delta = sum((exact(m.delta, delta_float, request.delta) for m in used), ZERO)
+    keycount = reader._get_keycount_position(subquery)
+    if censor_dims and keycount is not None and isinstance(mechanisms[keycount], Gaussian):
+        delta = EXACT.add(delta, EXACT.divide(request.delta, 2))
+    odometer = OdometerHeterogeneous(request.privacy())
+    for mechanism in used:
+        odometer.spend(Privacy(epsilon=mechanism.epsilon, delta=mechanism.delta))
+    epsilon = max(epsilon, exact_decimal(float(odometer.spent[0])))
+    return PrivacyCost(epsilon=epsilon, delta=delta)
+
+
 class SmartnoiseSqlEngine:
     """The SmartNoise SQL engine (see the module docstring)."""
 
@@ -688,13 +736,13 @@ class SmartnoiseSqlEngine:
             reader = PrivateReader(
                 MetadataOnlyReader(metadata), metadata, privacy=request.privacy()
             )
-            epsilon, delta = reader.get_privacy_cost(request.query)
+            cost = explicit_cost(reader, request, censor_dims=dataset.metadata["censor_dims"])
         except Exception as exc:
             raise _classify(exc) from exc
         _dry_run(dataset, request)
         if not dataset.metadata["censor_dims"]:
             _check_public_keys(metadata, dataset.metadata, request.query)
-        return PrivacyCost(epsilon=to_decimal(float(epsilon)), delta=to_decimal(float(delta)))
+        return cost
 
     def _reader(self, loaded: LoadedDataset) -> CachedSqliteReader:
         metadata = metadata_for(loaded.name, loaded.metadata)

@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -178,3 +179,81 @@ def test_random_interleavings_keep_the_ledger_exact(
         f"{elapsed:.1f} s\n  outcomes: {dict(sorted(seen.items()))}"
     )
     assert len(runs) >= EXAMPLES
+
+
+# --- amounts at every magnitude: the ledger's grid (docs/ledger.md, "Amounts") ---------------
+AMOUNT_EXAMPLES = 40
+AMOUNT_INITIAL = PrivacyCost(epsilon="5000", delta="0.5")
+
+
+def engine_amounts(largest: int) -> st.SearchStrategy[Decimal]:
+    """Exact engine charges from 1e-300 to 10**largest with up to 25 significant digits."""
+    return st.builds(
+        lambda mantissa, exponent: Decimal(mantissa).scaleb(exponent - 24),
+        st.integers(10**24, 10**25 - 1),
+        st.integers(-300, largest - 1),
+    )
+
+
+def test_charges_at_every_magnitude_are_debited_and_archived_exactly(
+    backend: Any, request: pytest.FixtureRequest
+) -> None:
+    dataset = new_dataset(backend)
+    debits: list[int] = []
+
+    @settings(max_examples=AMOUNT_EXAMPLES, deadline=None, derandomize=True, database=None)
+    @given(
+        costs=st.lists(
+            st.tuples(engine_amounts(3), st.one_of(st.just(Decimal(0)), engine_amounts(-3))),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def check(costs: list[tuple[Decimal, Decimal]]) -> None:
+        user = new_user(backend)
+        backend.create_grant(user, dataset, AMOUNT_INITIAL)
+        archived = []
+        for epsilon, delta in costs:
+            engine_charge = PrivacyCost(epsilon=epsilon, delta=delta)
+            debit = engine_charge.charged()
+            assert debit.epsilon >= epsilon and debit.delta >= delta  # never a smaller debit
+            attempt = record(user, dataset, debit)
+            try:
+                backend.reserve(attempt)
+            except BudgetExhausted:
+                continue
+            archived.append(attempt.query_id)
+        stored = [backend.get_query(query_id) for query_id in archived]
+        total = sum((r.cost for r in stored if r is not None), PrivacyCost.zero())
+        grant = backend.get_grant(user, dataset)
+        assert grant.spent == total  # the debit is the archived cost, digit for digit
+        assert grant.remaining == AMOUNT_INITIAL - total  # exactly, no rounding anywhere
+        debits.append(len(archived))
+
+    started = time.perf_counter()
+    check()
+    print(
+        f"\namounts on {request.node.callspec.id}: {len(debits)} examples, {sum(debits)} debits, "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    assert sum(debits) >= AMOUNT_EXAMPLES
+
+
+def test_an_amount_the_store_cannot_hold_exactly_is_refused_never_rounded(
+    backend: Any, request: pytest.FixtureRequest
+) -> None:
+    """Off the grid on purpose: 1 - 1.0000000000000001e-39 needs 40 digits.
+
+    DynamoDB refuses a Number it cannot hold exactly (the emulator now does too: it kept 28
+    digits and rounded); MongoDB's Decimal128 (34 digits) cannot hold it either.
+    """
+    if request.node.callspec.id != "dynamodb":
+        pytest.skip("the DynamoDB emulator's arithmetic")
+    dataset = new_dataset(backend)
+    user = new_user(backend)
+    backend.create_grant(user, dataset, PrivacyCost(epsilon=1, delta=0))
+    tiny = PrivacyCost(epsilon=Decimal("1.0000000000000001e-39"), delta=0)
+    with pytest.raises(Exception):  # whatever the store raises: it refuses
+        backend.reserve(record(user, dataset, tiny))
+    grant = backend.get_grant(user, dataset)
+    assert grant.spent == PrivacyCost.zero() and grant.remaining.epsilon == 1
