@@ -171,6 +171,25 @@ def test_bad_inputs_get_clear_4xx_and_debit_nothing(stack, client: Client, make_
             422,
             "engine_error",
         ),
+        *[
+            (
+                f"unsupported SQL on {route}",
+                "post",
+                f"/v1/datasets/PENGUIN/{route}",
+                body,
+                400,
+                "invalid_query",
+            )
+            for route in ("cost", "queries")
+            for body in (
+                {**base, "query": "SELECT MAX(body_mass_g) AS m FROM df"},
+                {**base, "query": "SELECT MEDIAN(body_mass_g) AS m FROM df"},
+                {
+                    **base,
+                    "query": "SELECT COUNT(*) AS n FROM df WHERE SUBSTRING(island FROM 1 FOR 2) = 'Bi'",
+                },
+            )
+        ],  # docs/sql.md: refused before any read, on both routes
         (
             "too expensive",
             "post",
