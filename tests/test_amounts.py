@@ -233,3 +233,16 @@ def test_a_charge_above_the_ledger_range_is_a_400_and_nothing_is_debited(
             assert response.status_code == 400, response.text
             assert "above the largest amount the ledger holds" in response.json()["message"]
         assert http.get("/v1/datasets/PENGUIN/budget").json()["spent"]["epsilon"] == "0"
+
+
+def test_a_dummy_run_that_fails_names_opendps_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenDP's errors print as "\\n  Variant(...)": the first line was empty."""
+    from opendp_pipelines import loaded
+
+    def failing(_text: str) -> None:
+        raise od.core.OpenDPException("FailedFunction", "the noise could not be sampled")
+
+    request = od.ENGINE.parse(body(laplace_count()))
+    monkeypatch.setattr(od.OpenDPRequest, "measurement", lambda self: failing)
+    with pytest.raises(ValueError, match="FailedFunction: the noise could not be sampled"):
+        od.ENGINE.execute(loaded(), request)

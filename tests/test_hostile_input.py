@@ -165,3 +165,61 @@ def test_hostile_amounts_in_every_amount_field_get_a_4xx_or_an_exact_rounded_up_
     charged = [r for r in records if r["request"].get("epsilon") == FORTY_DIGITS]
     assert [r["cost"]["epsilon"] for r in charged] == ["0.12345678901234568"]
     assert len(records) == sum(1 for s in outcomes.values() if s in (200, 422))
+
+
+# --- OpenDP pipelines that can never run ---------------------------------------------------
+def never_runnable() -> tuple[list[tuple[str, Any]], Any]:
+    import opendp.prelude as dp
+    from opendp_pipelines import COLUMNS
+
+    from neblina_client._opendp import input_space
+
+    frame = input_space(COLUMNS, None)
+    noise = dp.t.then_count() >> dp.m.then_laplace(1.0)
+    return [
+        ("a column selected as i32", frame >> dp.t.make_select_column("flipper_length_mm", int)),
+        ("a column that does not exist", frame >> dp.t.make_select_column("wingspan", str)),
+        (
+            "a cast from a type the column is not",
+            frame
+            >> dp.t.then_df_cast_default(column_name="study_year", TIA=int, TOA=float)
+            >> dp.t.make_select_column("study_year", float),
+        ),
+    ], noise
+
+
+def test_pipelines_that_can_never_run_are_refused_before_the_debit(http: httpx.Client) -> None:
+    from opendp_pipelines import body
+
+    cases, noise = never_runnable()
+    for name, steps in cases:
+        document = {**body(steps >> noise), "query_id": uuid.uuid4().hex}
+        for route in ROUTES:
+            response = http.post(f"/v1/datasets/PENGUIN/{route}", json=document)
+            assert response.status_code == 400, (name, route, response.text)
+            assert response.json()["error"] == "invalid_query", (name, response.text)
+            assert (
+                "could never run" in response.json()["message"]
+                or "does not have" in (response.json()["message"])
+            ), name
+    untouched(http)
+
+
+def test_a_pipeline_that_casts_a_column_before_selecting_it_typed_is_accepted(
+    http: httpx.Client,
+) -> None:
+    import opendp.prelude as dp
+    from opendp_pipelines import COLUMNS, body
+
+    from neblina_client._opendp import input_space
+
+    cast_first = (
+        input_space(COLUMNS, None)
+        >> dp.t.then_df_cast_default(column_name="study_year", TIA=str, TOA=int)
+        >> dp.t.make_select_column("study_year", int)
+        >> dp.t.then_count()
+        >> dp.m.then_laplace(1.0)
+    )
+    response = http.post("/v1/datasets/PENGUIN/cost", json=body(cast_first))
+    assert response.status_code == 200, response.text
+    assert response.json()["cost"] == {"epsilon": "1", "delta": "0"}

@@ -472,20 +472,60 @@ BUILT = _BuiltCache()
 
 
 # --- checks and price -----------------------------------------------------------------------
+# Constructors that name a column of the dataframe, and the argument that names it.
+_COLUMN_ARGUMENTS = {
+    "make_select_column": ("key",),
+    "make_df_cast_default": ("column_name",),
+    "make_df_is_equal": ("column_name",),
+    "make_subset_by": ("indicator_column",),
+}
+
+
 def check_input_form(nodes: list[dict[str, Any]], columns: list[str]) -> None:
-    """Every ``make_split_dataframe`` must read the server's CSV: ``,`` and these columns."""
+    """The pipeline can run on the server's CSV input: checked before anything is charged.
+
+    Every ``make_split_dataframe`` reads ``,`` and the metadata's columns; every column a
+    step names exists; a column is read as ``String`` (every field of the CSV is text) or as
+    a type some ``make_df_cast_default`` casts it to (``bool`` after ``make_df_is_equal``).
+    A ``make_select_column(key=..., TOA=int)`` could never run: 400, nothing debited.
+    """
+    types: dict[str, set[str]] = {name: {"String"} for name in columns}
     for node in nodes:
-        if node[FUNCTION] != "make_split_dataframe":
-            continue
         kwargs = node[KWARGS]
-        if kwargs.get("separator") != SEPARATOR or kwargs.get("col_names") != columns:
+        if node[FUNCTION] == "make_split_dataframe":
+            if kwargs.get("separator") != SEPARATOR or kwargs.get("col_names") != columns:
+                raise InvalidQuery(
+                    "pipeline: the data arrives as CSV text read by "
+                    f"make_split_dataframe(separator={SEPARATOR!r}, col_names={columns}) "
+                    "(the client's opendp.space() builds it)"
+                )
+            if kwargs.get("K") not in (None, "String"):
+                raise InvalidQuery("pipeline: make_split_dataframe column names must be strings")
+        column = kwargs.get("column_name")
+        if column in types and node[FUNCTION] == "make_df_cast_default":
+            types[column].add(str(kwargs.get("TOA")))
+        if column in types and node[FUNCTION] == "make_df_is_equal":
+            types[column].add("bool")
+    for node in nodes:
+        function, kwargs = node[FUNCTION], node[KWARGS]
+        names = [kwargs.get(argument) for argument in _COLUMN_ARGUMENTS.get(function, ())]
+        if function == "make_subset_by" and isinstance(kwargs.get("keep_columns"), list):
+            names += kwargs["keep_columns"]
+        for name in names:
+            if not isinstance(name, str) or name not in types:
+                raise InvalidQuery(
+                    f"pipeline: {function} names the column {str(name)[:80]!r}, which the "
+                    f"data does not have (its columns: {', '.join(columns)})"
+                )
+        declared = kwargs.get("TOA" if function == "make_select_column" else "TIA")
+        typed = names and function != "make_subset_by" and declared is not None
+        if typed and declared not in types[names[0]]:
             raise InvalidQuery(
-                "pipeline: the data arrives as CSV text read by "
-                f"make_split_dataframe(separator={SEPARATOR!r}, col_names={columns}) "
-                "(the client's opendp.space() builds it)"
+                f"pipeline: {function} reads the column {names[0]!r} as {declared}, but it "
+                f"can only be {' or '.join(sorted(types[names[0]]))} here: every column of "
+                "the CSV input arrives as String (select it as String, then cast it, e.g. "
+                ">> dp.t.then_cast_default(int)); this pipeline could never run"
             )
-        if kwargs.get("K") not in (None, "String"):
-            raise InvalidQuery("pipeline: make_split_dataframe column names must be strings")
 
 
 def check_measurement(measurement: Any) -> None:
@@ -698,7 +738,13 @@ class OpenDPEngine:
             (id_column,) = [n for n, spec in metadata["columns"].items() if spec["private_id"]]
             lines = loaded.derived(f"{NAME}:persons", lambda ld: PersonLines(ld.frame, id_column))
             text = lines.sample(int(metadata["max_ids"]), _fresh_rng())
-        value = release_json(measurement(text))
+        try:
+            released = measurement(text)
+        except Exception as exc:
+            # OpenDP's errors read "\n  Variant(...)": name the reason. On private data the
+            # service replaces any engine message with a fixed one; on dummy data it is shown.
+            raise ValueError(f"the pipeline failed: {_describe(exc)}") from exc
+        value = release_json(released)
         if len(json.dumps(value)) > MAX_RESULT_CHARS:
             raise ValueError(f"the release is larger than {MAX_RESULT_CHARS} characters of JSON")
         return {"type": "value", "value": value}
