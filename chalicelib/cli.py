@@ -485,14 +485,16 @@ def datasets_add(
     admin.dataset_name(name)
     validated = admin.read_metadata(metadata)
     location = admin.normalise_source(source)
+    if upload and location.startswith(("s3://", "http://", "https://")):
+        raise InvalidRequest("--upload takes a local file")
+    if store.get_dataset(name) is not None:  # before anything is uploaded
+        err.print(f"error: dataset {name} already exists (use datasets update)", markup=False)
+        raise typer.Exit(EXIT_REFUSED)
+    admin.check_source(settings, location)
+    admin.check_data(settings, name, location, validated, fmt)  # before it is uploaded
     if upload:
-        if location.startswith(("s3://", "http://", "https://")):
-            raise InvalidRequest("--upload takes a local file")
-        admin.check_source(settings, location)
         key = f"{name}/{Path(location).name}"
         location = admin.upload(settings, settings.bucket, key, Path(location).read_bytes())
-    admin.check_source(settings, location)
-    admin.check_data(settings, name, location, validated, fmt)
     dataset, created = admin.add_dataset(
         store, name, location, validated, description=description, source_format=fmt
     )

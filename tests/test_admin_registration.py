@@ -139,6 +139,17 @@ def test_bad_csv_sources_are_refused_by_datasets_add_with_the_exact_problem(
         for message in messages:
             assert message in result.stderr, (case, result.stderr)
     assert state(admin_env) == before  # nothing written
+    # --upload: the data is checked before anything reaches the bucket
+    from chalicelib import admin
+    from chalicelib.config import get_settings
+
+    uploaded = cli(
+        "datasets", "add", "BAD", "--source", "bad.csv", "--metadata", "survey.yaml", "--upload"
+    )
+    assert uploaded.exit_code == 1 and "does not match its metadata" in uploaded.output
+    settings = get_settings()
+    listing = admin.s3_client(settings).list_objects_v2(Bucket=settings.bucket, Prefix="BAD/")
+    assert listing.get("KeyCount", 0) == 0
     # the same through the installed executable
     result = admin_cli(
         "datasets", "add", "BAD", "--source", "bad.csv", "--metadata", "survey.yaml", cwd=survey
