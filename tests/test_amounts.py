@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opendp_pipelines import DATASET, body, gaussian_count, laplace_count
 from snsql.sql.private_reader import PrivateReader
+from test_cli import admin_env  # noqa: F401 - the CLI tests' fixture, used below
 
 from chalicelib import admin
 from chalicelib.engines import opendp_engine as od
@@ -246,3 +247,24 @@ def test_a_dummy_run_that_fails_names_opendps_reason(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(od.OpenDPRequest, "measurement", lambda self: failing)
     with pytest.raises(ValueError, match="FailedFunction: the noise could not be sampled"):
         od.ENGINE.execute(loaded(), request)
+
+
+# --- the admin CLI: grant and cap amounts through its real entry point ----------------------
+@pytest.mark.usefixtures("admin_env")
+@pytest.mark.parametrize(
+    "value", ["1e-400", "1e400", "NaN", "Infinity", "1e-21", "1000000001", "0." + "1" * 40]
+)
+def test_the_admin_cli_refuses_grant_and_cap_amounts_the_ledger_cannot_hold(value: str) -> None:
+    from test_cli import cli
+
+    assert cli("users", "add", "amounts-user").exit_code == 0
+    for args in (
+        ["grants", "add", "amounts-user", "PENGUIN", "-e", value, "-d", "0"],
+        ["grants", "add", "amounts-user", "PENGUIN", "-e", "1", "-d", value],
+        ["grants", "cap", "PENGUIN", "-e", value, "-d", "0"],
+    ):
+        result = cli(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "epsilon must" in result.output or "delta must" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert cli("grants", "show", "amounts-user", "PENGUIN").exit_code == 3  # nothing granted

@@ -51,6 +51,8 @@ HOSTILE_BODIES = [
     ("delta -Infinity", json.dumps(sql()).replace("1e-05", "-Infinity").encode()),
     ("a 5,000-digit integer", json.dumps(sql()).replace("1.0", "9" * 5000).encode()),
     ("invalid UTF-8", b'{"engine": "\xff\xfe"}'),
+    ("a list as a mechanism", json.dumps(sql(mechanisms={"count": []})).encode()),
+    ("an object as a mechanism", json.dumps(sql(mechanisms={"count": {"a": 1}})).encode()),
 ]
 
 

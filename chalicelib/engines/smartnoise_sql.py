@@ -716,7 +716,7 @@ class SmartnoiseSqlEngine:
                 raise InvalidRequest(
                     f"mechanisms: unknown stat {stat!r} (expected one of {', '.join(STATS)})"
                 )
-            if mechanism not in MECHANISMS:
+            if not isinstance(mechanism, str) or mechanism not in MECHANISMS:
                 raise InvalidRequest(
                     f"mechanisms: unknown mechanism {mechanism!r} for {stat} "
                     f"(expected one of {', '.join(MECHANISMS)})"
