@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema, models_json_schema
 
 from chalicelib import errors
-from chalicelib.models import QueryState
+from chalicelib.models import AMOUNT_QUANTUM, MAX_AMOUNT, QueryState
 
 DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
 REF = "#/components/schemas/{model}"
@@ -35,9 +35,20 @@ Decimal = Annotated[
     str,
     Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="an exact decimal", examples=["1.5"]),
 ]
-Amount = Annotated[
-    float | Annotated[str, Field(pattern=r"^[0-9.eE+-]+$")],
-    Field(description="a JSON number or a decimal string"),
+# Privacy amounts in requests: a JSON number or a decimal string, within the ledger's range
+# (docs/ledger.md, "Amounts"); the server's validation is the authority (0 < δ < 1e-20 is 400).
+AmountText = Annotated[str, Field(pattern=r"^[0-9.eE+-]+$")]
+Epsilon = Annotated[
+    Annotated[float, Field(ge=float(AMOUNT_QUANTUM), le=float(MAX_AMOUNT))] | AmountText,
+    Field(description="a number in [1e-20, 1e9], as a JSON number or a decimal string"),
+]
+Delta = Annotated[
+    Annotated[float, Field(ge=0, lt=1)] | AmountText,
+    Field(description="0, or a number in [1e-20, 1), as a JSON number or a decimal string"),
+]
+PositiveDelta = Annotated[
+    Annotated[float, Field(gt=0, lt=1)] | AmountText,
+    Field(description="a number in [1e-20, 1), as a JSON number or a decimal string"),
 ]
 # an optional field the server leaves out rather than sending null
 Absent = SkipJsonSchema[None]
@@ -265,8 +276,8 @@ class SqlCostRequest(Request):
 
     engine: Literal["smartnoise_sql"]
     query: str = Field(min_length=1, max_length=10000)
-    epsilon: Amount
-    delta: Amount
+    epsilon: Epsilon
+    delta: Delta
     mechanisms: Mechanisms | Absent = None
 
 
@@ -299,7 +310,7 @@ class OpenDPCostRequest(Request):
             "calls written once (the last node is the pipeline; see docs/opendp.md)"
         )
     )
-    fixed_delta: Amount | Absent = Field(
+    fixed_delta: PositiveDelta | Absent = Field(
         default=None, description="required for zCDP and smoothed max divergence, else refused"
     )
 

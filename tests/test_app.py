@@ -193,3 +193,32 @@ def test_no_pickle_eval_or_unsafe_yaml_in_server_or_client() -> None:
                 if pattern.search(line) and "safe_load" not in line:
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_documented_ranges_of_epsilon_and_delta_are_the_validations() -> None:
+    import app
+    from chalicelib import validation
+    from chalicelib.errors import InvalidRequest
+
+    schemas = app.openapi().body["components"]["schemas"]
+
+    def number(schema: str, field: str) -> dict[str, float]:
+        branches = schemas[schema]["properties"][field]["anyOf"]
+        return next(b for b in branches if b["type"] == "number")
+
+    epsilon, delta = number("SqlCostRequest", "epsilon"), number("SqlCostRequest", "delta")
+    fixed_delta = number("OpenDPCostRequest", "fixed_delta")
+    for low, high, check in [
+        (epsilon["minimum"], epsilon["maximum"], validation.epsilon),
+        (delta["minimum"], delta["exclusiveMaximum"], validation.delta),
+    ]:
+        check(low)
+        check(high * (1 - 1e-9))
+        for outside in (high * (1 + 1e-9), -1e-9):
+            try:
+                check(outside)
+            except InvalidRequest:
+                continue
+            raise AssertionError(f"{check.__name__}({outside}) was accepted")
+    assert epsilon["minimum"] > 0 and delta["minimum"] == 0
+    assert fixed_delta["exclusiveMinimum"] == 0 and fixed_delta["exclusiveMaximum"] == 1
