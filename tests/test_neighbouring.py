@@ -291,7 +291,8 @@ AGGREGATES = st.sampled_from(
 OUTER = st.sampled_from(
     [
         "{a}", "{a} / 0", "{a} % 3", "{a} * 1e15", "SQRT({a})", "LOG({a})", "{a} / {a}",
-        "ABS({a}) - 1", "POWER({a}, 3)", "ROUND({a}, 2)",
+        "ABS({a}) - 1", "POWER({a}, 3)", "ROUND({a}, 2)", "CASE WHEN {a} > 10 THEN 1 ELSE 0 END",
+        "IIF({a} > 0, 1, 0)", "COALESCE({a}, 0)", "CAST({a} AS INTEGER)", "TRUNCATE({a}, 1)",
     ]
 )  # fmt: skip
 KEYS = st.sampled_from(["cat", "flag", "n", "cat, flag"])
@@ -316,7 +317,11 @@ def sql_queries(draw: st.DrawFn, censor_dims: bool) -> str:
             return f"SELECT {key} AS k, COUNT(*) AS v FROM df{where} GROUP BY {key}{order}"
         keys = draw(KEYS)
         order = draw(st.sampled_from(["", "", "", " ORDER BY v"]))
-        limit = draw(st.sampled_from(["", " LIMIT 2"]))
+        limit = draw(
+            st.sampled_from(
+                ["", " LIMIT 2", " HAVING v > 2", " HAVING SQRT(v) > 1", " HAVING COUNT(*) > 2"]
+            )
+        )
         aggregate = draw(AGGREGATES)
         return f"SELECT {keys}, {aggregate} AS v FROM df{where} GROUP BY {keys}{order}{limit}"
     return draw(
@@ -454,7 +459,7 @@ def run_opendp(tally: Counter[str], examples: int) -> None:
 
 # Every engine of the registry, with its corpus and how many examples it draws.
 COVERED: dict[str, tuple[Callable[[Counter[str], int], None], int]] = {
-    "smartnoise_sql": (run_smartnoise, 80),
+    "smartnoise_sql": (run_smartnoise, 100),
     "opendp": (run_opendp, 30),
 }
 

@@ -239,6 +239,12 @@ def check(query: Query, table_names: list[str]) -> None:
             "sort the returned table (GROUP BY results come back in key order); SmartNoise's"
             " sort fails on keys that mix NULL and values",
         )
+    if query.having is not None and _contains_aggregate(query.having):
+        raise refuse(
+            "an aggregate in HAVING",
+            "name the aggregate in SELECT and use its alias: SELECT COUNT(*) AS n ..."
+            " HAVING n > 10 (SmartNoise cannot evaluate COUNT(*) there)",
+        )
     _walk(query.select, in_aggregate=False)
     for part in (query.where, query.agg, query.having):
         if part is not None:
@@ -259,9 +265,41 @@ def _check_relations(query: Query, table_names: list[str]) -> None:
         raise InvalidQuery(f"unknown table {name}: query FROM {' or '.join(table_names)}")
 
 
+# Over aggregates, SmartNoise evaluates the outer expression itself (post-processing, in
+# Python): it manages arithmetic and numeric functions, but rewrites CASE, IIF, COALESCE,
+# CAST and string functions around an aggregate into SQL that cannot run or a result it
+# cannot evaluate ("We don't know how to evaluate *"), after the read.
+_NOT_OVER_AGGREGATES = (
+    CaseExpression,
+    IIFFunction,
+    CoalesceFunction,
+    CastFunction,
+    ConcatFunction,
+    UpperFunction,
+    LowerFunction,
+    TrimFunction,
+    CharLengthFunction,
+)
+
+
+def _contains_aggregate(node: Any) -> bool:
+    if isinstance(node, AggFunction):
+        return True
+    if node is None or isinstance(node, str):
+        return False
+    return any(_contains_aggregate(child) for child in _children(node))
+
+
 def _walk(node: Any, *, in_aggregate: bool) -> None:
     if node is None or isinstance(node, str):  # tokens, operators, names: checked by parents
         return
+    if isinstance(node, _NOT_OVER_AGGREGATES) and _contains_aggregate(node):
+        name = type(node).__name__.replace("Function", "").replace("Expression", "").upper()
+        raise refuse(
+            f"{name} around an aggregate ({node})",
+            "select the aggregate itself and compute on the returned numbers; arithmetic"
+            " (+ - * / %) and numeric functions (SQRT, LOG, ROUND, ...) over aggregates work",
+        )
     if isinstance(node, Literal):
         _check_literal(node)
         return
