@@ -163,8 +163,10 @@ def test_a_bad_parquet_source_is_refused(admin_env: Any, survey: Path) -> None: 
     frame["age"] = ["34", "51", "twenty-nine", "70"]
     frame["smoker"] = frame["smoker"].astype(str).str.lower().map({"true": "yes", "false": "no"})
     frame.to_parquet(survey / "bad.parquet", engine="fastparquet")
-    result = cli("datasets", "add", "BAD", "--source", "bad.parquet", "--metadata", "survey.yaml")
-    assert result.exit_code == 1, result.output
+    result = admin_cli(
+        "datasets", "add", "BAD", "--source", "bad.parquet", "--metadata", "survey.yaml", cwd=survey
+    )
+    assert result.returncode == 1, result.stderr
     assert "column age: not int (use whole numbers): 1 value(s); first at row 3: 'twenty-nine'" in (
         result.stderr
     )
