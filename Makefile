@@ -3,14 +3,22 @@ PY := .venv/bin/python
 PORT ?= 4566
 .DEFAULT_GOAL := help
 
-.PHONY: help venv demo test up down status lint typecheck bench clean package checkov
+# mypy --strict covers what ships and what operators run: the Lambda code, the client and
+# the admin package (once it has its own folder).
+TYPED := chalicelib client/neblina_client $(wildcard neblina_admin)
+TIERS := unit contract stack build
+
+.PHONY: help venv demo test check up down status lint typecheck bench clean package checkov \
+	$(addprefix test-,$(TIERS))
 
 help:
 	@echo "make demo       start the local stack, run a researcher's session, stop the stack"
 	@echo "make test       run the whole test suite (starts and stops its own stack)"
+	@echo "make check      fast: ruff, ruff format --check, mypy and the unit tier (no stack)"
+	@echo "make test-unit  one tier: test-unit, test-contract, test-stack, test-build (tests/<tier>/)"
 	@echo "make up / down  keep the local stack running for notebooks (.neblina/local.env)"
 	@echo "                a second stack: NEBLINA_STATE_DIR=DIR make up PORT=4600 (docs/local-stack.md)"
-	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict"
+	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict ($(TYPED))"
 	@echo "make bench      latency benchmark, results in BENCHMARKS.md"
 	@echo "make package    build the Lambda zips (build/lambda/); make checkov: scan infra/terraform"
 
@@ -20,8 +28,15 @@ venv:
 demo: venv
 	$(PY) localstack/stack.py demo
 
+# Every tier; pytest's exit 5 (it collected nothing) fails the target like any other error.
 test: venv
 	$(PY) -m pytest -q tests
+
+check: lint typecheck
+	$(PY) -m pytest -q tests/unit
+
+$(addprefix test-,$(TIERS)): test-%: venv
+	$(PY) -m pytest -q tests/$*
 
 up: venv
 	$(PY) localstack/stack.py up --emulator-port $(PORT)
@@ -37,7 +52,7 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 typecheck: venv
-	$(PY) -m mypy chalicelib client/neblina_client
+	$(PY) -m mypy $(TYPED)
 
 bench: venv
 	$(PY) bench/latency.py

@@ -1,4 +1,13 @@
-"""Shared fixtures: the real emulator and the real API server, started on free ports."""
+"""Shared fixtures: the real emulator and the real API server, started on free ports.
+
+The suite has four tiers, one folder each, and every test is marked with its folder's tier
+(``pytest -m unit``, ``make test-unit``, ...); ``make test`` runs them all:
+
+- ``tests/unit``: no process, no port, no emulator (guarded: ``tests/unit/conftest.py``);
+- ``tests/contract``: the storage contract over every backend (DynamoDB on the emulator);
+- ``tests/stack``: the local stack (emulator + API server) over HTTP;
+- ``tests/build``: packaging, Terraform, checkov, the generated client.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +21,24 @@ from pathlib import Path
 import pytest
 from stackenv import emulator_env
 
+pytest_plugins = ["pytester"]  # tests/unit/test_unit_guard.py runs a small suite in-process
+
 ROOT = Path(__file__).resolve().parent.parent
 for path in (ROOT, ROOT / "localstack", ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "contract", "stack", "build")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with the tier of its folder."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(parts[0])
 
 
 @dataclass
