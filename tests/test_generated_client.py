@@ -21,7 +21,9 @@ from typing import Any
 import attrs
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = next(
+    p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()
+)  # any tier folder
 GENERATE = ROOT / "scripts" / "openapi_client" / "generate"
 PACKAGE = "neblina_api"
 
