@@ -251,20 +251,18 @@ def test_a_dummy_run_that_fails_names_opendps_reason(monkeypatch: pytest.MonkeyP
 
 # --- the admin CLI: grant and cap amounts through its real entry point ----------------------
 @pytest.mark.usefixtures("admin_env")
-@pytest.mark.parametrize(
-    "value", ["1e-400", "1e400", "NaN", "Infinity", "1e-21", "1000000001", "0." + "1" * 40]
-)
-def test_the_admin_cli_refuses_grant_and_cap_amounts_the_ledger_cannot_hold(value: str) -> None:
+def test_the_admin_cli_refuses_grant_and_cap_amounts_the_ledger_cannot_hold() -> None:
     from test_cli import cli
 
     assert cli("users", "add", "amounts-user").exit_code == 0
-    for args in (
-        ["grants", "add", "amounts-user", "PENGUIN", "-e", value, "-d", "0"],
-        ["grants", "add", "amounts-user", "PENGUIN", "-e", "1", "-d", value],
-        ["grants", "cap", "PENGUIN", "-e", value, "-d", "0"],
-    ):
-        result = cli(*args)
-        assert result.exit_code == 1, (args, result.output)
-        assert "epsilon must" in result.output or "delta must" in result.output, result.output
-        assert "Traceback" not in result.output
+    for value in ("1e-400", "1e400", "NaN", "Infinity", "1e-21", "1000000001", "0." + "1" * 40):
+        for args in (
+            ["grants", "add", "amounts-user", "PENGUIN", "-e", value, "-d", "0"],
+            ["grants", "add", "amounts-user", "PENGUIN", "-e", "1", "-d", value],
+            ["grants", "cap", "PENGUIN", "-e", value, "-d", "0"],
+        ):
+            result = cli(*args)
+            assert result.exit_code == 1, (args, result.output)
+            assert "epsilon must" in result.output or "delta must" in result.output, args
+            assert "Traceback" not in result.output
     assert cli("grants", "show", "amounts-user", "PENGUIN").exit_code == 3  # nothing granted

@@ -182,7 +182,7 @@ def test_random_interleavings_keep_the_ledger_exact(
 
 
 # --- amounts at every magnitude: the ledger's grid (docs/ledger.md, "Amounts") ---------------
-AMOUNT_EXAMPLES = 40
+AMOUNT_EXAMPLES = 25
 AMOUNT_INITIAL = PrivacyCost(epsilon="5000", delta="0.5")
 
 
