@@ -36,7 +36,7 @@ WATCH = [
     "snsql",
     "sqlalchemy",
     "polars",
-    "chalicelib.engines.smartnoise_sql",
+    "chalicelib.engines.smartnoise_engine",
     "chalicelib.engines.opendp_engine",
 ]
 CHILD = """

@@ -59,7 +59,7 @@ def measure(runs: int, bucket_ms: int) -> dict[str, dict[str, list[float]]]:
     import httpx
     from stack import LocalStack
 
-    from chalicelib import admin
+    from neblina_admin import operations as admin
 
     with LocalStack(synthetic_rows=100_000, quiet=True) as stack:
         os.environ.update(stack.env())

@@ -93,7 +93,7 @@ def in_process(runs: int) -> dict[tuple[str, str, str], list[float]]:
 
     from chalicelib import metadata as M
     from chalicelib.datasets import LoadedDataset
-    from chalicelib.engines.smartnoise_sql import ENGINE
+    from chalicelib.engines.smartnoise_engine import ENGINE
 
     results = {}
     for dataset, (frame, meta) in frames().items():
@@ -120,7 +120,7 @@ def in_process(runs: int) -> dict[tuple[str, str, str], list[float]]:
 def over_http(runs: int) -> dict[tuple[str, str, str], list[float]]:
     from stack import LocalStack
 
-    from chalicelib import admin
+    from neblina_admin import operations as admin
     from neblina_client import Client
 
     results = {}

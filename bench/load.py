@@ -166,7 +166,7 @@ def run(clients: int, seconds: float, quiet: bool = False) -> dict[str, Any]:
     """Start a stack, load it, audit it; the figures."""
     from stack import LocalStack
 
-    from chalicelib import admin
+    from neblina_admin import operations as admin
 
     with LocalStack(synthetic_rows=100_000, quiet=True) as stack:
         os.environ.update(stack.env())

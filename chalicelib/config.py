@@ -24,7 +24,6 @@ class Settings:
     dataset_cache_entries: int
     max_epsilon_per_query: Decimal
     max_delta_per_query: Decimal
-    log_level: str
     rate_limit: int = 600  # query and cost requests per user per window; 0: no limit
     rate_window_seconds: int = 60
     token_default_days: int = 90  # lifetime of a token issued without --expires-in (admin)
@@ -63,7 +62,6 @@ def from_environ() -> Settings:
         dataset_cache_entries=_int("NEBLINA_DATASET_CACHE_ENTRIES", 4),
         max_epsilon_per_query=Decimal(os.environ.get("NEBLINA_MAX_EPSILON_PER_QUERY", "100")),
         max_delta_per_query=Decimal(os.environ.get("NEBLINA_MAX_DELTA_PER_QUERY", "0.5")),
-        log_level=os.environ.get("NEBLINA_LOG_LEVEL", "INFO"),
         rate_limit=_int("NEBLINA_RATE_LIMIT", 600),
         rate_window_seconds=_int("NEBLINA_RATE_WINDOW_SECONDS", 60),
         token_default_days=_int("NEBLINA_TOKEN_DEFAULT_DAYS", 90),

@@ -219,7 +219,7 @@ def _within_public_domain(series: pd.Series, spec: dict[str, Any]) -> pd.Series:
     outside the declared ``categories`` becomes missing, and an int, float or datetime
     outside ``lower``..``upper`` is clamped into it (missing values stay missing). Each row
     is mapped on its own, so one person's rows still change at most their own rows.
-    The engines' GROUP BY rule relies on this (chalicelib/engines/smartnoise_sql.py).
+    The engines' GROUP BY rule relies on this (chalicelib/engines/smartnoise_engine.py).
     """
     kind = spec["type"]
     if "categories" in spec:

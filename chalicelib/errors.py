@@ -197,7 +197,3 @@ class DatasetUnavailableError(NeblinaError):
 
     def __init__(self) -> None:
         super().__init__(self.FIXED_MESSAGE)
-
-
-class StorageUnavailable(InternalError):
-    """The storage backend failed; reported as a generic 500."""

@@ -15,9 +15,9 @@ The query path (``Service.query``), in order:
 6. the record is completed with the released result (the archive), then the result is
    returned. A result over ``NEBLINA_MAX_RESULT_BYTES`` is not released (422, the record
    fails, the spend stands); one over ``NEBLINA_INLINE_RESULT_BYTES`` is first written to
-   S3 and the record keeps a pointer to it (:mod:`chalicelib.archive`). A result is never
-   returned unless step 6 succeeded; if step 6 fails the record is marked failed (the
-   spend stands) and nothing is released.
+   S3 and the record keeps a pointer to it (:mod:`chalicelib.result_overflow`). A result
+   is never returned unless step 6 succeeded; if step 6 fails the record is marked failed
+   (the spend stands) and nothing is released.
 
 A retry with the same ``query_id`` and payload returns the archived answer at step 3 and
 costs nothing. A request that dies (process killed) after step 3 leaves a ``running``
@@ -42,8 +42,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-from chalicelib import archive, validation
-from chalicelib.archive import ResultArchive
+from chalicelib import result_overflow, validation
 from chalicelib.config import Settings
 from chalicelib.datasets import DatasetLoader, DatasetUnavailable, metadata_digest
 from chalicelib.engines import Engine, EngineRequest, get_engine
@@ -75,11 +74,10 @@ from chalicelib.models import (
     format_decimal,
     utcnow,
 )
+from chalicelib.result_overflow import ResultArchive
 from chalicelib.storage import QueryIdTaken, Store
 
 log = logging.getLogger(__name__)
-
-COMMON_FIELDS = {"engine", "query_id", "dummy", "dummy_rows", "dummy_seed"}
 
 
 def payload_digest(dataset: str, engine: str, canonical: dict[str, Any]) -> str:
@@ -127,11 +125,11 @@ def record_json(record: QueryRecord, now: datetime) -> dict[str, Any]:
 def _record_bytes(record: QueryRecord) -> int:
     """About how many bytes a record takes in a history page (archived results at size)."""
     result = record.result
-    if archive.is_pointer(result):
+    if result_overflow.is_pointer(result):
         assert result is not None
         size = int(result["bytes"])
     else:
-        size = len(archive.encode(result)) if result is not None else 0
+        size = len(result_overflow.encode(result)) if result is not None else 0
     return size + len(json.dumps(record.request)) + 512
 
 
@@ -263,7 +261,7 @@ class Service:
         n_rows = validation.integer(rows, "rows", 100, 1, self.settings.max_dummy_rows)
         n_seed = validation.integer(seed, "seed", 42, 0, 2**32 - 1)
         dataset, _ = self._granted_dataset(user_id, name)
-        from chalicelib.tables import frame_to_table
+        from chalicelib.wire_tables import frame_to_table
 
         loaded = self.loader.dummy(dataset, n_rows, n_seed)
         return {
@@ -358,7 +356,7 @@ class Service:
 
         An object that is missing or altered is never served: generic 500 (logged).
         """
-        if not archive.is_pointer(record.result):
+        if not result_overflow.is_pointer(record.result):
             return record
         assert record.result is not None
         try:
@@ -575,7 +573,7 @@ class Service:
         unreferenced (an orphan) and nothing is released.
         """
         try:
-            body = archive.encode(result)
+            body = result_overflow.encode(result)
         except Exception:
             log.exception("query %s: the result cannot be encoded", record.query_id)
             self._fail(record, dict(ARCHIVE_FAILED))
@@ -657,7 +655,7 @@ class Service:
         except Exception as exc:
             # Dummy rows are public: the engine's own message is safe to return.
             raise EngineRefused(str(exc).splitlines()[0][:500] or type(exc).__name__) from exc
-        if len(archive.encode(result)) > self.settings.max_result_bytes:
+        if len(result_overflow.encode(result)) > self.settings.max_result_bytes:
             raise ResultTooLarge(self.settings.max_result_bytes, spent=False)
         return {
             "query_id": query_id,

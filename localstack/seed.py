@@ -54,9 +54,10 @@ def seed(
     sys.path.insert(0, str(HERE))
     import synthetic  # localstack/synthetic.py
 
-    from chalicelib import admin, declarative
     from chalicelib.config import from_environ
     from chalicelib.storage.dynamo import DynamoStore
+    from neblina_admin import declarative
+    from neblina_admin import operations as admin
 
     settings = from_environ()
     store = DynamoStore(settings)
@@ -101,7 +102,7 @@ def write_env_file(path: Path, url: str, token: str, admin: dict[str, str] | Non
 
     ``admin`` adds what ``neblina-admin`` needs to reach the same stack
     (``NEBLINA_ADMIN_ENDPOINT_URL``, ``..._TABLE_PREFIX``, ``..._BUCKET``, ``..._REGION``; see
-    chalicelib/admintarget.py); the client ignores them.
+    neblina_admin/admintarget.py); the client ignores them.
     """
     lines = ["# written by Neblina's local stack", f"NEBLINA_URL={url}", f"NEBLINA_TOKEN={token}"]
     if admin:

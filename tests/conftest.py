@@ -92,7 +92,7 @@ def store(stack: object) -> object:
 @pytest.fixture
 def make_researcher(store: object):  # type: ignore[no-untyped-def]
     """Create a fresh user with grants {dataset: (epsilon, delta)} and a token."""
-    from chalicelib import admin
+    from neblina_admin import operations as admin
 
     def make(grants: dict[str, tuple[str, str]] | None = None) -> Researcher:
         user_id = f"user-{uuid.uuid4().hex[:10]}"

@@ -22,12 +22,14 @@ import yaml
 from api_process import api_server
 from memory_store import MemoryStore
 
-from chalicelib import admin, declarative, metadata
+from chalicelib import metadata
 from chalicelib.config import from_environ
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import InvalidRequest, QueryCapExceeded, RateLimited
 from chalicelib.models import Dataset, PrivacyCost, User, utcnow
 from chalicelib.service import Service
+from neblina_admin import declarative
+from neblina_admin import operations as admin
 
 ROOT = Path(__file__).resolve().parent.parent
 META = metadata.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
@@ -158,7 +160,7 @@ def test_caps_and_hardened_mode_through_the_cli_and_the_declarative_file(
 ) -> None:
     from typer.testing import CliRunner
 
-    from chalicelib.cli import app
+    from neblina_admin.cli import app
 
     del stack
     name = f"POLICY{uuid.uuid4().hex[:6]}"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_cli import PENGUIN_CSV, PENGUIN_META, admin_env, cli, spend, write  # noqa: F401
 
-from chalicelib import admintarget
+from neblina_admin import admintarget
 
 ENV_FILE_TEXT = """# written by Neblina's local stack
 NEBLINA_URL=http://127.0.0.1:8123
@@ -124,7 +124,7 @@ def test_usage_errors_exit_2_before_anything_is_read(args: list[str]) -> None:
 
 
 def test_help_is_plain_text_without_restructuredtext_backticks() -> None:
-    from chalicelib.cli import app
+    from neblina_admin.cli import app
 
     groups = ["", "users", "tokens", "datasets", "grants", "archive"]
     commands = [

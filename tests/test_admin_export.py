@@ -54,7 +54,7 @@ def test_export_then_plan_shows_no_changes(admin_env: Any, tmp_path: Path) -> No
 
 
 def test_apply_asks_before_removing_anything(admin_env: Any, tmp_path: Path) -> None:  # noqa: F811
-    from chalicelib.cli import app
+    from neblina_admin.cli import app
 
     assert cli("apply", str(declarative_file(tmp_path))).exit_code == 0
     before = state(admin_env)

@@ -140,8 +140,8 @@ def test_bad_csv_sources_are_refused_by_datasets_add_with_the_exact_problem(
             assert message in result.stderr, (case, result.stderr)
     assert state(admin_env) == before  # nothing written
     # --upload: the data is checked before anything reaches the bucket
-    from chalicelib import admin
     from chalicelib.config import get_settings
+    from neblina_admin import operations as admin
 
     uploaded = cli(
         "datasets", "add", "BAD", "--source", "bad.csv", "--metadata", "survey.yaml", "--upload"
@@ -209,7 +209,8 @@ def test_update_check_and_apply_read_the_data_too(admin_env: Any, survey: Path) 
 
 def test_the_demo_data_passes_the_strict_check() -> None:
     """Seeding applies localstack/demo.yaml through the same check: its data must pass."""
-    from chalicelib import metadata, sourcecheck
+    from chalicelib import metadata
+    from neblina_admin import sourcecheck
 
     root = Path(__file__).resolve().parent.parent
     meta = metadata.validate(yaml.safe_load((root / "localstack/data/penguin.yaml").read_text()))

@@ -19,9 +19,8 @@ from opendp_pipelines import DATASET, body, gaussian_count, laplace_count
 from snsql.sql.private_reader import PrivateReader
 from test_cli import admin_env  # noqa: F401 - the CLI tests' fixture, used below
 
-from chalicelib import admin
 from chalicelib.engines import opendp_engine as od
-from chalicelib.engines import smartnoise_sql as sn
+from chalicelib.engines import smartnoise_engine as sn
 from chalicelib.errors import InvalidRequest
 from chalicelib.models import (
     AMOUNT_QUANTUM,
@@ -34,6 +33,7 @@ from chalicelib.models import (
     on_grid,
     utcnow,
 )
+from neblina_admin import operations as admin
 
 META = DATASET.metadata
 EIGHT_COUNTS = (

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import yaml
 
-from chalicelib import admin
 from chalicelib.models import PrivacyCost
+from neblina_admin import operations as admin
 from neblina_client import BudgetExhaustedError, Client, Cost
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,7 +48,7 @@ def admin_env(stack: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
 
 
 def cli(*args: str) -> Any:
-    from chalicelib.cli import app
+    from neblina_admin.cli import app
 
     return runner.invoke(app, list(args))
 

@@ -276,7 +276,7 @@ def test_bad_inputs_get_clear_4xx_and_debit_nothing(stack, client: Client, make_
 
 
 def test_missing_token_revoked_token_and_unknown_route(stack, store, researcher) -> None:  # type: ignore[no-untyped-def]
-    from chalicelib import admin
+    from neblina_admin import operations as admin
 
     anonymous = raw(stack)
     response = anonymous.get("/v1/datasets")
@@ -297,7 +297,7 @@ def test_cost_estimates_never_read_the_private_data(stack, store, make_researche
     """A dataset whose private object does not exist can be priced, not queried."""
     import yaml
 
-    from chalicelib import admin
+    from neblina_admin import operations as admin
 
     meta = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
     name = f"GHOST{uuid.uuid4().hex[:6]}"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from memory_store import MemoryStore
 
-from chalicelib import admin, metadata
+from chalicelib import metadata
 from chalicelib.config import from_environ
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import (
@@ -32,6 +32,7 @@ from chalicelib.errors import (
 )
 from chalicelib.models import DEFAULT_LATENCY_BUCKET_MS, Dataset, PrivacyCost, User, utcnow
 from chalicelib.service import HARDENED_ENGINE_MESSAGE, Service
+from neblina_admin import operations as admin
 
 ROOT = Path(__file__).resolve().parent.parent
 META = metadata.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))

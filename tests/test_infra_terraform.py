@@ -37,7 +37,7 @@ NOT_ON_LAMBDA = {
     "MONGODB_URI": "MongoDB backend only (a secret); this module deploys the DynamoDB backend",
     "NEBLINA_MONGODB_DATABASE": "MongoDB backend only; this module deploys DynamoDB",
     "NEBLINA_TOKEN_DEFAULT_DAYS": "neblina-admin only (lifetime of the tokens it issues)",
-    # chalicelib/admintarget.py: how neblina-admin picks its target (never on Lambda)
+    # neblina_admin/admintarget.py: how neblina-admin picks its target (never on Lambda)
     "AWS_PROFILE": "neblina-admin only (the operator's profile names real AWS as target)",
     "AWS_ACCESS_KEY_ID": "neblina-admin only (checked, never set; the runtime's role signs)",
     "NEBLINA_STATE_DIR": "neblina-admin and the local stack only (where local.env is)",

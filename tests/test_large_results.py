@@ -20,13 +20,14 @@ import httpx
 import pytest
 from api_process import api_server
 
-from chalicelib import admin, archive
+from chalicelib import result_overflow
 from chalicelib.config import Settings, get_settings
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import EngineFailed, EngineRefused, InternalError, ResultTooLarge
 from chalicelib.models import PrivacyCost, QueryState
 from chalicelib.service import ARCHIVE_FAILED, HARDENED_ENGINE_MESSAGE, Service, _record_bytes
 from chalicelib.storage.dynamo import DynamoStore
+from neblina_admin import operations as admin
 
 pytestmark = pytest.mark.stack
 
@@ -63,7 +64,9 @@ def s3(settings: Settings) -> Any:
 
 def archived_bytes(settings: Settings, query_id: str) -> bytes | None:
     try:
-        response = s3(settings).get_object(Bucket=settings.bucket, Key=archive.object_key(query_id))
+        response = s3(settings).get_object(
+            Bucket=settings.bucket, Key=result_overflow.object_key(query_id)
+        )
     except s3(settings).exceptions.NoSuchKey:
         return None
     data: bytes = response["Body"].read()
@@ -89,7 +92,7 @@ def test_a_large_group_by_is_released_archived_in_s3_and_replayed(
     first = http.post("/v1/datasets/SYNTHETIC/queries", json=body(LARGE, query_id))
     assert first.status_code == 200, first.text
     answer = first.json()
-    released = archive.encode(answer["result"])
+    released = result_overflow.encode(answer["result"])
     print(
         f"large GROUP BY: {len(answer['result']['records']):,} rows, {len(released):,} bytes "
         f"of JSON as measured ({len(first.content):,} bytes of response)"
@@ -100,7 +103,7 @@ def test_a_large_group_by_is_released_archived_in_s3_and_replayed(
     record = store.get_query(query_id)
     assert record is not None and record.state is QueryState.DONE
     pointer = record.result
-    assert pointer is not None and archive.is_pointer(pointer)
+    assert pointer is not None and result_overflow.is_pointer(pointer)
     assert pointer["key"] == f"archive/{query_id}.json"
     assert pointer["bucket"] == settings.bucket
     stored = archived_bytes(settings, query_id)
@@ -153,7 +156,7 @@ def test_over_http_with_low_thresholds(
         first = http.post("/v1/datasets/PENGUIN/queries", json=small)
         assert first.status_code == 200, first.text
         record = store.get_query(small["query_id"])
-        assert record is not None and archive.is_pointer(record.result)
+        assert record is not None and result_overflow.is_pointer(record.result)
         again = http.post("/v1/datasets/PENGUIN/queries", json=small).json()
         assert again["replayed"] is True and again["result"] == first.json()["result"]
 
@@ -184,7 +187,7 @@ def test_over_the_inline_threshold_the_record_points_to_s3(
     service = service_with(store, inline_result_bytes=0)
     answer = service.query(who.user_id, "PENGUIN", body(GROUPS))
     record = store.get_query(answer["query_id"])
-    assert record is not None and archive.is_pointer(record.result)
+    assert record is not None and result_overflow.is_pointer(record.result)
     assert (
         service.get_query(who.user_id, "PENGUIN", answer["query_id"])["result"]
         == (answer["result"])
@@ -209,7 +212,7 @@ def test_a_tampered_or_missing_archive_object_is_never_served(
     settings = service.settings
     answer = service.query(who.user_id, "PENGUIN", body(GROUPS))
     query_id = answer["query_id"]
-    key = archive.object_key(query_id)
+    key = result_overflow.object_key(query_id)
     original = archived_bytes(settings, query_id)
     assert original is not None
     if damage == "deleted":
@@ -298,7 +301,9 @@ def test_when_the_s3_write_fails_the_record_fails_and_nothing_is_released(
     # an object already at the key is never replaced (create-only write)
     taken = uuid.uuid4().hex
     settings = get_settings()
-    s3(settings).put_object(Bucket=settings.bucket, Key=archive.object_key(taken), Body=b"{}")
+    s3(settings).put_object(
+        Bucket=settings.bucket, Key=result_overflow.object_key(taken), Body=b"{}"
+    )
     with pytest.raises(InternalError):
         service_with(store, inline_result_bytes=0).query(who.user_id, "PENGUIN", body(COUNT, taken))
     assert archived_bytes(settings, taken) == b"{}"

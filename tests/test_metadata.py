@@ -222,7 +222,7 @@ def test_the_reserved_words_are_exactly_the_keywords_of_smartnoise_sql() -> None
     assert keywords == M.RESERVED_WORDS
     assert lexes_as_a_name("study_year") and lexes_as_a_name("month_value")
     # and the words refused really cannot be grouped by, while their suggestion can
-    from chalicelib.engines.smartnoise_sql import ENGINE
+    from chalicelib.engines.smartnoise_engine import ENGINE
     from chalicelib.errors import InvalidQuery
     from chalicelib.models import Dataset, utcnow
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated function:Depr
 @pytest.fixture
 def ghost(store) -> str:  # type: ignore[no-untyped-def]
     """A dataset with PENGUIN's metadata whose private object does not exist."""
-    from chalicelib import admin
+    from neblina_admin import operations as admin
 
     meta = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
     name = f"GHOSTDP{uuid.uuid4().hex[:6]}"

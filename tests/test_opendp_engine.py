@@ -29,7 +29,7 @@ from opendp_pipelines import (
     species_histogram,
 )
 
-from chalicelib.engines import get_engine
+from chalicelib.engines import COMMON_FIELDS, get_engine
 from chalicelib.engines import opendp_engine as oe
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.models import Dataset, PrivacyCost, exact_decimal, utcnow
@@ -528,7 +528,7 @@ def test_the_openapi_document_describes_both_engines() -> None:
     schemas = document("test")["components"]["schemas"]
     for name in ("CostRequest", "QueryRequest"):
         assert set(schemas[name]["discriminator"]["mapping"]) == {"smartnoise_sql", "opendp"}
-    assert set(schemas["OpenDPQueryRequest"]["properties"]) == oe.FIELDS | oe.DUMMY_FIELDS
+    assert set(schemas["OpenDPQueryRequest"]["properties"]) == oe.FIELDS | COMMON_FIELDS
     assert set(schemas["OpenDPCostRequest"]["properties"]) == {"engine", "pipeline", "fixed_delta"}
     assert schemas["Value"]["properties"]["type"]["const"] == "value"
 

@@ -72,6 +72,7 @@ def test_api_package_fits_the_zip_limit(manifest: dict[str, Any], unzipped: dict
     assert not tops & {"boto3", "botocore"}, "the runtime provides boto3/botocore"
     assert (unzipped["api"] / "chalice" / "app.py").exists()
     assert not (unzipped["api"] / "chalice" / "cli").exists(), "only Chalice's runtime ships"
+    assert not tops & {"neblina_admin", "typer", "click", "rich"}, "the admin never ships"
 
 
 def test_authorizer_package_is_small_and_has_no_dp_library(

@@ -299,9 +299,9 @@ class RecordingEngine:
     name = "smartnoise_sql"
 
     def __init__(self) -> None:
-        from chalicelib.engines import smartnoise_sql
+        from chalicelib.engines import smartnoise_engine
 
-        self.inner = smartnoise_sql.ENGINE
+        self.inner = smartnoise_engine.ENGINE
         self.priced: list[dict[str, Any]] = []
         self.ran: list[dict[str, Any]] = []
 

@@ -17,7 +17,8 @@ from snsql.sql._mechanisms.laplace import Laplace
 
 from chalicelib import metadata as M
 from chalicelib.datasets import LoadedDataset, coerce_types
-from chalicelib.engines import smartnoise_sql as sn
+from chalicelib.engines import COMMON_FIELDS
+from chalicelib.engines import smartnoise_engine as sn
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.models import Dataset, utcnow
 
@@ -418,7 +419,7 @@ def test_completed_keys_are_the_same_json_on_neighbouring_datasets(
 def test_the_openapi_models_describe_the_engines_fields_stats_and_mechanisms() -> None:
     from chalicelib import api_models
 
-    assert set(api_models.SqlQueryRequest.model_fields) == sn.FIELDS | sn.DUMMY_FIELDS
+    assert set(api_models.SqlQueryRequest.model_fields) == sn.FIELDS | COMMON_FIELDS
     assert set(api_models.Mechanisms.model_fields) == set(sn.STATS)
     assert {m.value for m in api_models.Mechanism} == set(sn.MECHANISMS)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_smartnoise_engine import DATASET, loaded, request
 
-from chalicelib.engines.smartnoise_sql import ENGINE
+from chalicelib.engines.smartnoise_engine import ENGINE
 from chalicelib.errors import InvalidQuery
 
 ROOT = Path(__file__).resolve().parent.parent

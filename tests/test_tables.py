@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from chalicelib.tables import frame_to_table
+from chalicelib.wire_tables import frame_to_table
 from neblina_client._tables import decode_table
 
 

@@ -12,6 +12,10 @@ from typing import Any, Protocol
 from chalicelib.errors import InvalidRequest
 from chalicelib.models import Dataset, PrivacyCost
 
+# The fields every engine accepts besides its own: the engine's name, the caller's idempotency
+# key and the dummy-run switches (the service reads these; each engine refuses the rest).
+COMMON_FIELDS = frozenset({"engine", "query_id", "dummy", "dummy_rows", "dummy_seed"})
+
 
 class EngineRequest(Protocol):
     """An engine's validated request."""
@@ -40,7 +44,7 @@ class Engine(Protocol):
 
 
 ENGINE_MODULES = {
-    "smartnoise_sql": "chalicelib.engines.smartnoise_sql",
+    "smartnoise_sql": "chalicelib.engines.smartnoise_engine",
     "opendp": "chalicelib.engines.opendp_engine",
 }
 

@@ -102,6 +102,7 @@ from opendp.mod import __version__ as OPENDP_VERSION
 
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset
+from chalicelib.engines import COMMON_FIELDS
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.models import Dataset, PrivacyCost, exact_decimal, float_down, format_decimal
 
@@ -115,8 +116,7 @@ warnings.filterwarnings(
 )
 
 NAME = "opendp"
-FIELDS = {"engine", "query_id", "pipeline", "fixed_delta"}
-DUMMY_FIELDS = {"dummy", "dummy_rows", "dummy_seed"}
+FIELDS = {"pipeline", "fixed_delta"}  # besides the engines' COMMON_FIELDS
 
 # What may be built. Tabular, non-polars constructors whose output is a number or a vector:
 # the input form (split_dataframe), column access and casts, imputation, clamping and
@@ -709,7 +709,7 @@ class OpenDPEngine:
     name = NAME
 
     def parse(self, body: dict[str, Any]) -> OpenDPRequest:
-        validation.refuse_unknown(body, FIELDS | DUMMY_FIELDS)
+        validation.refuse_unknown(body, FIELDS | COMMON_FIELDS)
         if "pipeline" not in body:
             raise InvalidRequest("pipeline is required (the client's opendp.query sends it)")
         nodes = canonical_nodes(body["pipeline"])

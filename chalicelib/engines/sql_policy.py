@@ -10,7 +10,7 @@ the two against each other.
 The allowlist is written against SmartNoise's AST, not against SQLite: an engine that runs
 SmartNoise's rewritten query elsewhere (DuckDB, Spark) reuses it and only has to make the
 constructs allowed here total on its own database (for SQLite:
-:func:`chalicelib.engines.smartnoise_sql.make_total`).
+:func:`chalicelib.engines.smartnoise_engine.make_total`).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ data "aws_iam_policy_document" "api" {
     )
   }
   statement {
-    # Results too large for a queries item (chalicelib/archive.py), create-only; nothing
+    # Results too large for a queries item (chalicelib/result_overflow.py), create-only; nothing
     # else in the bucket is writable. Reading them back is ReadDatasetObjects.
     sid       = "ArchiveLargeResults"
     actions   = ["s3:PutObject"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chalicelib import archive, metadata
+from chalicelib import metadata, result_overflow
 from chalicelib.config import get_settings
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import ResultTooLarge
@@ -54,7 +54,7 @@ def test_archived_and_refused_results_behave_alike_on_every_backend(
     answer = service.query(user, "PENGUIN", body(GROUPS))
     record = backend.get_query(answer["query_id"])
     assert record is not None and record.state is QueryState.DONE
-    assert archive.is_pointer(record.result)
+    assert result_overflow.is_pointer(record.result)
     assert record.result["key"] == f"archive/{answer['query_id']}.json"
     replay = service.query(user, "PENGUIN", body(GROUPS, answer["query_id"]))
     assert replay["replayed"] is True and replay["result"] == answer["result"]

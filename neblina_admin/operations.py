@@ -9,7 +9,6 @@ admin HTTP surface. Every function validates its inputs first and raises a
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
@@ -149,10 +148,10 @@ def check_data(
 ) -> None:
     """Read the source as the engines do and refuse it unless it matches the metadata.
 
-    Raises ``InvalidRequest`` naming every problem (see :mod:`chalicelib.sourcecheck`).
+    Raises ``InvalidRequest`` naming every problem (see :mod:`neblina_admin.sourcecheck`).
     """
-    from chalicelib import sourcecheck
     from chalicelib.datasets import DatasetLoader, source_format
+    from neblina_admin import sourcecheck
 
     resolved = source_format(source, fmt)
     dataset = Dataset(
@@ -625,13 +624,6 @@ def write_export(records: Iterable[QueryRecord], out: TextIO, fmt: str) -> int:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
         count += 1
     return count
-
-
-def to_text(records: Iterable[QueryRecord], fmt: str) -> str:
-    """The export as a string (tests and small archives)."""
-    buffer = io.StringIO()
-    write_export(records, buffer, fmt)
-    return buffer.getvalue()
 
 
 def iso(value: datetime | None) -> str | None:

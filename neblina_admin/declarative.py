@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib import admin
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidRequest
 from chalicelib.models import (
@@ -46,6 +45,7 @@ from chalicelib.models import (
     utcnow,
 )
 from chalicelib.storage import Store
+from neblina_admin import operations as admin
 
 _TOP_KEYS = {"users", "datasets", "grants"}
 _USER_KEYS = {"id", "description", "disabled"}

@@ -52,7 +52,7 @@ from sqlalchemy.pool import StaticPool
 
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset, coerce_types
-from chalicelib.engines import sql_policy
+from chalicelib.engines import COMMON_FIELDS, sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.metadata import IDENTIFIER, to_smartnoise
 from chalicelib.models import (
@@ -64,13 +64,13 @@ from chalicelib.models import (
     float_down,
     format_decimal,
 )
-from chalicelib.tables import frame_to_table
+from chalicelib.wire_tables import frame_to_table
 
 log = logging.getLogger(__name__)
 
 NAME = "smartnoise_sql"
-FIELDS = {"engine", "query_id", "query", "epsilon", "delta", "mechanisms", "postprocess"}
-DUMMY_FIELDS = {"dummy", "dummy_rows", "dummy_seed"}
+# besides the engines' COMMON_FIELDS
+FIELDS = {"query", "epsilon", "delta", "mechanisms", "postprocess"}
 STATS = {stat.name: stat for stat in Stat}
 MECHANISMS = {m.name: m for m in Mechanism}
 
@@ -698,7 +698,7 @@ class SmartnoiseSqlEngine:
     name = NAME
 
     def parse(self, body: dict[str, Any]) -> SqlRequest:
-        validation.refuse_unknown(body, FIELDS | DUMMY_FIELDS)
+        validation.refuse_unknown(body, FIELDS | COMMON_FIELDS)
         query = body.get("query")
         if not isinstance(query, str) or not query.strip():
             raise InvalidRequest("query must be a non-empty SQL string")

@@ -4,7 +4,7 @@ Authentication is the administrator's own AWS credentials (or ``MONGODB_URI``): 
 talks to the store directly; there is no admin HTTP surface. The store is chosen as the
 server chooses it (``NEBLINA_STORE``, ``AWS_ENDPOINT_URL``, ``NEBLINA_TABLE_PREFIX``); with
 none of ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID`` set, the local stack of
-``.neblina/local.env`` (:mod:`chalicelib.admintarget`), and the target is named on stderr.
+``.neblina/local.env`` (:mod:`neblina_admin.admintarget`), and the target is named on stderr.
 
 Exit codes: 0 done; 1 refused (invalid input, conflict, below spent) with nothing changed;
 2 usage error; 3 not found; 4 storage unreachable or unexpected error; ``plan
@@ -27,7 +27,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from chalicelib import admin, admintarget, declarative
 from chalicelib.auth import IssuedToken
 from chalicelib.config import Settings, get_settings
 from chalicelib.errors import InvalidRequest, NeblinaError, NotFound
@@ -41,6 +40,8 @@ from chalicelib.models import (
     utcnow,
 )
 from chalicelib.storage import Store, get_store, reset_store
+from neblina_admin import admintarget, declarative
+from neblina_admin import operations as admin
 
 EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CHANGES = 1, 3, 4, 5
 
@@ -67,7 +68,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 def _a_number(value: str | None) -> str | None:
     """Usage check of an amount option: it must be written as a number (exit 2 otherwise).
 
-    Whether the number is acceptable (>= 0, finite, δ < 1) is decided by chalicelib.admin,
+    Whether the number is acceptable (>= 0, finite, δ < 1) is decided by neblina_admin.operations,
     with exit 1 like every other refusal.
     """
     if value is None:
@@ -100,7 +101,7 @@ DeltaOpt = Annotated[
 
 
 def _use_target() -> None:
-    """Choose the store once per command (see chalicelib.admintarget) and name it on stderr."""
+    """Choose the store once per command (see neblina_admin.admintarget) and name it on stderr."""
     context = click.get_current_context(silent=True)
     if context is not None:
         root = context.find_root()
