@@ -519,6 +519,8 @@ def top_up(store: Store, uid: str, dataset: str, eps: object, dlt: object) -> Gr
     current = require_grant(store, uid, dataset)
     if current.initial.delta + change.delta >= 1:
         raise InvalidRequest("delta of a grant must stay below 1")
+    if not on_grid((current.initial + change).epsilon):  # docs/ledger.md, "Amounts"
+        raise InvalidRequest("epsilon of a grant must stay at most 1000000000")
     return store.change_grant(uid, dataset, change)
 
 

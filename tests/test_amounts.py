@@ -250,9 +250,13 @@ def test_a_dummy_run_that_fails_names_opendps_reason(monkeypatch: pytest.MonkeyP
 
 
 # --- the admin CLI: grant and cap amounts through its real entry point ----------------------
-@pytest.mark.usefixtures("admin_env")
-def test_the_admin_cli_refuses_grant_and_cap_amounts_the_ledger_cannot_hold() -> None:
+def test_the_admin_cli_refuses_grant_and_cap_amounts_the_ledger_cannot_hold(
+    request: pytest.FixtureRequest,
+) -> None:
     from test_cli import cli
+
+    store = request.getfixturevalue("admin_env")
+    store.put_dataset(Dataset("PENGUIN", "s3://b/k.csv", META, utcnow()))
 
     assert cli("users", "add", "amounts-user").exit_code == 0
     for value in ("1e-400", "1e400", "NaN", "Infinity", "1e-21", "1000000001", "0." + "1" * 40):
@@ -266,3 +270,8 @@ def test_the_admin_cli_refuses_grant_and_cap_amounts_the_ledger_cannot_hold() ->
             assert "epsilon must" in result.output or "delta must" in result.output, args
             assert "Traceback" not in result.output
     assert cli("grants", "show", "amounts-user", "PENGUIN").exit_code == 3  # nothing granted
+    assert (
+        cli("grants", "add", "amounts-user", "PENGUIN", "-e", "999999999", "-d", "0").exit_code == 0
+    )
+    topped = cli("grants", "top-up", "amounts-user", "PENGUIN", "-e", "2")
+    assert topped.exit_code == 1 and "at most 1000000000" in topped.output, topped.output
