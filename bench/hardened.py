@@ -88,7 +88,7 @@ def measure(runs: int, bucket_ms: int) -> dict[str, dict[str, list[float]]]:
             user = f"bench-{mode}-{uuid.uuid4().hex[:6]}"  # one user per mode: rate limits
             admin.add_user(store, user)
             for dataset in datasets.values():
-                admin.grant(store, user, dataset, "1000000", "0.5")
+                admin.grant(store, user, dataset, epsilon="1000000", delta="0.5")
             token = admin.add_token(store, user).secret
             http = httpx.Client(
                 base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60

@@ -136,7 +136,7 @@ def over_http(runs: int) -> dict[tuple[str, str, str], list[float]]:
         user = f"bench-{uuid.uuid4().hex[:6]}"
         admin.add_user(store, user)
         for dataset in ("PENGUIN", "SYNTHETIC"):
-            admin.grant(store, user, dataset, "1000000", "0.5")
+            admin.grant(store, user, dataset, epsilon="1000000", delta="0.5")
         token = admin.add_token(store, user).secret
         for dataset in ("PENGUIN", "SYNTHETIC"):
             with Client(url=stack.api_url, token=token, dataset=dataset) as client:

@@ -182,7 +182,8 @@ def run(clients: int, seconds: float, quiet: bool = False) -> dict[str, Any]:
             admin.add_user(store, user)
             size = "small" if i % 4 == 3 else "large"
             for dataset in QUERIES:
-                admin.grant(store, user, dataset, *GRANTS[size])
+                epsilon, delta = GRANTS[size]
+                admin.grant(store, user, dataset, epsilon=epsilon, delta=delta)
                 pairs.append((user, dataset))
             tokens[user] = admin.add_token(store, user).secret
         tally = Tally()

@@ -135,7 +135,7 @@ def format_decimal(value: Decimal) -> str:
     return text
 
 
-@dataclass(frozen=True, order=False)
+@dataclass(frozen=True, order=False, kw_only=True)
 class PrivacyCost:
     """An (ε, δ) pair of exact decimals: the price of a query or an amount of budget."""
 

@@ -633,7 +633,7 @@ def datasets_update(
         raise InvalidRequest("give a per-query cap or --no-per-query-cap, not both")
     policy: dict[str, Any] = {}
     if cap_given:
-        policy["query_cap"] = admin.per_query_cap(per_query_epsilon, per_query_delta)
+        policy["query_cap"] = admin.per_query_cap(epsilon=per_query_epsilon, delta=per_query_delta)
     elif no_per_query_cap:
         policy["query_cap"] = None
     if hardened is not None:
@@ -742,7 +742,7 @@ def _print_cap(cap: DatasetCap | None) -> None:
 @handled
 def grants_add(user_id: str, dataset: str, epsilon: EpsilonOpt, delta: DeltaOpt) -> None:
     """Give a user a budget (ε, δ) on a dataset."""
-    grant, created = admin.grant(_store(), user_id, dataset, epsilon, delta)
+    grant, created = admin.grant(_store(), user_id, dataset, epsilon=epsilon, delta=delta)
     if not created:
         err.print(
             f"error: {user_id} already holds a grant on {dataset} (use grants set or top-up)",
@@ -765,7 +765,7 @@ def grants_top_up(
     ] = "0",
 ) -> None:
     """Add to a grant."""
-    grant = admin.top_up(_store(), user_id, dataset, epsilon, delta)
+    grant = admin.top_up(_store(), user_id, dataset, epsilon=epsilon, delta=delta)
     out.print(f"{user_id} on {dataset}: initial {_amount(grant.initial)}")
 
 
@@ -773,7 +773,7 @@ def grants_top_up(
 @handled
 def grants_set(user_id: str, dataset: str, epsilon: EpsilonOpt, delta: DeltaOpt) -> None:
     """Set a grant's initial budget (never below what was spent)."""
-    grant = admin.set_grant(_store(), user_id, dataset, epsilon, delta)
+    grant = admin.set_grant(_store(), user_id, dataset, epsilon=epsilon, delta=delta)
     out.print(f"{user_id} on {dataset}: initial {_amount(grant.initial)}")
 
 
@@ -842,7 +842,7 @@ def grants_cap(
     """Set a dataset-wide budget across all users, enforced with each debit."""
     if no_limit == (epsilon is not None or delta is not None):
         raise InvalidRequest("give --epsilon and --delta, or --no-limit")
-    limit = None if no_limit else admin.budget(epsilon, delta)
+    limit = None if no_limit else admin.budget(epsilon=epsilon, delta=delta)
     cap = admin.set_cap(_store(), dataset, limit)
     out.print(f"dataset {dataset}")
     _print_cap(cap)

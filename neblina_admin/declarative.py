@@ -182,7 +182,7 @@ def parse(raw: object, base: Path) -> Desired:
                 spec = entry["cap"]
                 if not isinstance(spec, dict) or set(spec) != {"epsilon", "delta"}:
                     raise InvalidRequest("cap must be {epsilon: ..., delta: ...}")
-                cap = admin.budget(spec["epsilon"], spec["delta"])
+                cap = admin.budget(epsilon=spec["epsilon"], delta=spec["delta"])
             fmt = entry.get("format")
             if fmt not in (None, "csv", "parquet"):
                 raise InvalidRequest(f"unknown format {fmt!r}: csv or parquet")
@@ -191,7 +191,7 @@ def parse(raw: object, base: Path) -> Desired:
                 spec = entry["per_query_cap"]
                 if not isinstance(spec, dict) or set(spec) != {"epsilon", "delta"}:
                     raise InvalidRequest("per_query_cap must be {epsilon: ..., delta: ...}")
-                per_query = admin.per_query_cap(spec["epsilon"], spec["delta"])
+                per_query = admin.per_query_cap(epsilon=spec["epsilon"], delta=spec["delta"])
             hardened = entry.get("hardened", False)
             if not isinstance(hardened, bool):
                 raise InvalidRequest("hardened must be true or false")
@@ -226,7 +226,7 @@ def parse(raw: object, base: Path) -> Desired:
         if name not in desired.datasets and name not in invalid_datasets:
             problems.append(f"{where}: dataset {name!r} is not among the file's datasets")
         try:
-            initial = admin.budget(entry.get("epsilon"), entry.get("delta"))
+            initial = admin.budget(epsilon=entry.get("epsilon"), delta=entry.get("delta"))
         except InvalidRequest as exc:
             _problem(problems, where, exc)
             continue
@@ -472,7 +472,7 @@ def _create_grant(store: Store, uid: str, name: str, initial: PrivacyCost) -> Ca
 
 
 def _set_grant(store: Store, uid: str, name: str, initial: PrivacyCost) -> Callable[[], None]:
-    return _later(admin.set_grant, store, uid, name, initial.epsilon, initial.delta)
+    return _later(admin.set_grant, store, uid, name, epsilon=initial.epsilon, delta=initial.delta)
 
 
 def _delete_grant(store: Store, uid: str, name: str) -> Callable[[], None]:

@@ -76,7 +76,7 @@ def amount(value: object, field: str) -> Decimal:
     return abs(result) if result == 0 else result  # -0 is 0
 
 
-def budget(epsilon: object, delta: object) -> PrivacyCost:
+def budget(*, epsilon: object, delta: object) -> PrivacyCost:
     """An (ε, δ) budget: ε >= 0 and 0 <= δ < 1."""
     result = PrivacyCost(epsilon=amount(epsilon, "epsilon"), delta=amount(delta, "delta"))
     if result.delta >= 1:
@@ -411,9 +411,9 @@ def add_dataset(
     return dataset, True
 
 
-def per_query_cap(epsilon: object, delta: object) -> PrivacyCost:
+def per_query_cap(*, epsilon: object, delta: object) -> PrivacyCost:
     """The largest cost one query may have: ε > 0 and 0 <= δ < 1."""
-    cap = budget(epsilon, delta)
+    cap = budget(epsilon=epsilon, delta=delta)
     if cap.epsilon <= 0:
         raise InvalidRequest(f"a per-query cap needs epsilon above 0 (got {epsilon!r})")
     return cap
@@ -498,42 +498,44 @@ def require_grant(store: Store, uid: str, dataset: str) -> Grant:
     return grant
 
 
-def grant(store: Store, uid: str, dataset: str, eps: object, dlt: object) -> tuple[Grant, bool]:
+def grant(
+    store: Store, user_id: str, dataset: str, *, epsilon: object, delta: object
+) -> tuple[Grant, bool]:
     """Give a user a budget on a dataset; returns (grant, created). Existing grants are kept."""
-    initial = budget(eps, dlt)
-    require_user(store, uid)
+    initial = budget(epsilon=epsilon, delta=delta)
+    require_user(store, user_id)
     require_dataset(store, dataset)
     try:
-        return store.create_grant(uid, dataset, initial), True
+        return store.create_grant(user_id, dataset, initial), True
     except AlreadyExists:
-        existing = store.get_grant(uid, dataset)
+        existing = store.get_grant(user_id, dataset)
         assert existing is not None
         return existing, False
 
 
-def top_up(store: Store, uid: str, dataset: str, eps: object, dlt: object) -> Grant:
+def top_up(store: Store, user_id: str, dataset: str, *, epsilon: object, delta: object) -> Grant:
     """Add to a grant's initial (and so remaining) budget."""
-    change = budget(eps, dlt)
+    change = budget(epsilon=epsilon, delta=delta)
     if change == PrivacyCost.zero():
         raise InvalidRequest("a top-up needs epsilon or delta above 0")
-    current = require_grant(store, uid, dataset)
+    current = require_grant(store, user_id, dataset)
     if current.initial.delta + change.delta >= 1:
         raise InvalidRequest("delta of a grant must stay below 1")
     if not on_grid((current.initial + change).epsilon):  # docs/ledger.md, "Amounts"
         raise InvalidRequest("epsilon of a grant must stay at most 1000000000")
-    return store.change_grant(uid, dataset, change)
+    return store.change_grant(user_id, dataset, change)
 
 
-def set_grant(store: Store, uid: str, dataset: str, eps: object, dlt: object) -> Grant:
+def set_grant(store: Store, user_id: str, dataset: str, *, epsilon: object, delta: object) -> Grant:
     """Set a grant's initial budget; never below what was spent (``BelowSpent``)."""
-    target = budget(eps, dlt)
+    target = budget(epsilon=epsilon, delta=delta)
     for _ in range(5):
-        current = require_grant(store, uid, dataset)
+        current = require_grant(store, user_id, dataset)
         if current.initial == target:
             return current
         try:
             return store.change_grant(
-                uid, dataset, target - current.initial, expected_initial=current.initial
+                user_id, dataset, target - current.initial, expected_initial=current.initial
             )
         except Conflict as exc:
             if exc.code != "concurrent_change":

@@ -98,7 +98,7 @@ def make_researcher(store: object):  # type: ignore[no-untyped-def]
         user_id = f"user-{uuid.uuid4().hex[:10]}"
         admin.add_user(store, user_id)  # type: ignore[arg-type]
         for dataset, (epsilon, delta) in (grants or {"PENGUIN": ("10", "0.001")}).items():
-            admin.grant(store, user_id, dataset, epsilon, delta)  # type: ignore[arg-type]
+            admin.grant(store, user_id, dataset, epsilon=epsilon, delta=delta)
         issued = admin.add_token(store, user_id)  # type: ignore[arg-type]
         return Researcher(user_id=user_id, token=issued.secret)
 

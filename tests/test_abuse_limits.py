@@ -61,7 +61,13 @@ def memory() -> MemoryStore:
         s.put_user(User(user_id=user, created_at=utcnow()))
     s.put_dataset(Dataset("PENGUIN", PENGUINS, META, utcnow()))
     s.put_dataset(
-        Dataset("CAPPED", PENGUINS, META, utcnow(), per_query_cap=PrivacyCost("1", "0.00001"))
+        Dataset(
+            "CAPPED",
+            PENGUINS,
+            META,
+            utcnow(),
+            per_query_cap=PrivacyCost(epsilon="1", delta="0.00001"),
+        )
     )
     for user in ("alice", "bob"):
         for dataset in ("PENGUIN", "CAPPED"):
@@ -188,7 +194,7 @@ def test_caps_and_hardened_mode_through_the_cli_and_the_declarative_file(
     )
     stored = store.get_dataset(name)
     assert (stored.per_query_cap, stored.hardened, stored.latency_bucket_ms) == (
-        PrivacyCost("2", "0.00001"),
+        PrivacyCost(epsilon="2", delta="0.00001"),
         True,
         250,
     )
@@ -231,7 +237,7 @@ def test_caps_and_hardened_mode_through_the_cli_and_the_declarative_file(
     ]
     stored = own.get_dataset("PENGUIN_H")
     assert (stored.per_query_cap, stored.hardened, stored.latency_bucket_ms) == (
-        PrivacyCost("1", "0.000001"),
+        PrivacyCost(epsilon="1", delta="0.000001"),
         True,
         300,
     )
@@ -297,7 +303,7 @@ def test_per_query_cap_and_body_limit_over_http(
 ) -> None:
     name = f"CAP{uuid.uuid4().hex[:6]}"
     admin.add_dataset(store, name, "s3://neblina-datasets/PENGUIN/penguins.csv", META)
-    admin.update_dataset(store, name, query_cap=PrivacyCost("1", "0.001"))
+    admin.update_dataset(store, name, query_cap=PrivacyCost(epsilon="1", delta="0.001"))
     who = make_researcher({name: ("10", "0.001")})
     http = httpx.Client(
         base_url=stack.api_url, headers={"Authorization": f"Bearer {who.token}"}, timeout=60

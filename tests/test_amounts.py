@@ -184,14 +184,16 @@ def test_fixed_delta_has_one_range_and_one_message(value: object) -> None:
 @pytest.mark.parametrize("value", ["1e-21", "1e400", "1000000001", "NaN", "-1", "0.1" + "1" * 30])
 def test_grant_amounts_off_the_grid_are_refused(value: str) -> None:
     with pytest.raises(InvalidRequest):
-        admin.budget(value, "0")
+        admin.budget(epsilon=value, delta="0")
     with pytest.raises(InvalidRequest):
-        admin.budget("1", value)
+        admin.budget(epsilon="1", delta=value)
 
 
 def test_grant_amounts_on_the_grid_are_kept_digit_for_digit() -> None:
-    assert admin.budget("1000000000", "0.00000000000000000001").delta == AMOUNT_QUANTUM
-    assert str(admin.budget("-0", "-0").epsilon) == "0"
+    assert (
+        admin.budget(epsilon="1000000000", delta="0.00000000000000000001").delta == AMOUNT_QUANTUM
+    )
+    assert str(admin.budget(epsilon="-0", delta="-0").epsilon) == "0"
 
 
 # --- over HTTP: the amounts of issue 10 §2 ---------------------------------------------------

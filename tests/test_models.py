@@ -60,3 +60,14 @@ def test_partial_order_needs_both_components() -> None:
 )
 def test_format_decimal_never_uses_exponents(value: Decimal, text: str) -> None:
     assert format_decimal(value) == text
+
+
+def test_privacy_costs_and_admin_amounts_take_epsilon_and_delta_by_keyword_only() -> None:
+    # ε and δ are both decimals: a positional pair could be swapped without any error
+    with pytest.raises(TypeError):
+        PrivacyCost("1", "0.00001")  # type: ignore[misc]
+    from neblina_admin import operations
+
+    with pytest.raises(TypeError):
+        operations.budget("1", "0.00001")  # type: ignore[misc]
+    assert PrivacyCost(epsilon="1", delta="0.00001").delta == Decimal("0.00001")
