@@ -277,3 +277,24 @@ def test_the_admin_cli_refuses_grant_and_cap_amounts_the_ledger_cannot_hold(
     )
     topped = cli("grants", "top-up", "amounts-user", "PENGUIN", "-e", "2")
     assert topped.exit_code == 1 and "at most 1000000000" in topped.output, topped.output
+
+
+def test_a_grant_without_delta_runs_pure_epsilon_sql_and_pays_no_delta(
+    stack, make_researcher
+) -> None:  # type: ignore[no-untyped-def]
+    """SmartNoise's odometer charged every SQL query δ >= 1e-15: a δ = 0 grant could run none."""
+    researcher = make_researcher({"PENGUIN": ("1", "0")})
+    headers = {"Authorization": f"Bearer {researcher.token}"}
+    document = {
+        "engine": "smartnoise_sql",
+        "query": "SELECT SUM(body_mass_g) AS m FROM df",
+        "epsilon": "0.3",
+        "delta": 0,
+        "query_id": uuid.uuid4().hex,
+    }
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=60) as http:
+        ran = http.post("/v1/datasets/PENGUIN/queries", json=document)
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["cost"] == {"epsilon": "0.3", "delta": "0"}
+        budget = http.get("/v1/datasets/PENGUIN/budget").json()
+    assert budget["remaining"] == {"epsilon": "0.7", "delta": "0"}
