@@ -30,7 +30,9 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+import opendp.prelude as dp
 import pandas as pd
+from opendp.mod import _EXPONENTIAL_SEARCH_BANDS, binary_search, enable_features
 from opendp.typing import set_default_int_type
 from snsql import Privacy
 from snsql._ast.ast import AggFunction, TableColumn
@@ -88,19 +90,20 @@ class _ScaleCache:
 
     SmartNoise finds each mechanism's noise scale by a binary search over OpenDP
     measurements (~25 ms per aggregate, every time a query is priced or run). The result is
-    a pure function of the key below, so it is computed once per process.
+    a pure function of the key below, so it is computed once per process. A string is a
+    refusal (SmartNoise's message), remembered like a scale.
     """
 
     def __init__(self, size: int = 4096) -> None:
-        self._scales: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        self._scales: OrderedDict[tuple[Any, ...], float | str] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[Any, ...]) -> float | None:
+    def get(self, key: tuple[Any, ...]) -> float | str | None:
         with self._lock:
             return self._scales.get(key)
 
-    def put(self, key: tuple[Any, ...], scale: float) -> None:
+    def put(self, key: tuple[Any, ...], scale: float | str) -> None:
         with self._lock:
             self._scales[key] = scale
             while len(self._scales) > self._size:
@@ -140,8 +143,95 @@ class MemoLaplace(Laplace):  # type: ignore[misc]
             self.scale = cached
 
 
+# The bands in which OpenDP's ``binary_search_param`` looks for a float parameter when it is
+# given no bounds: 0, 0.5, then 2^(k^2) for k < 8 (OpenDP 0.14.2, pinned).
+_GAUSSIAN_BANDS: tuple[float, ...] = tuple(_EXPONENTIAL_SEARCH_BANDS[float])
+
+
+def _unable(mechanism: Any, cause: object) -> ValueError:
+    """SmartNoise's own refusal (``_classify`` makes it a 4xx EngineRefused)."""
+    return ValueError(
+        f"Unable to find appropriate noise scale for with {mechanism.mechanism} with "
+        f"epsilon={mechanism.epsilon} and bounds ({mechanism.lower}, {mechanism.upper}).  "
+        f"Try preprocessing to reduce senstivity, or try different privacy parameters.\n{cause}"
+    )
+
+
+def gaussian_scale(mechanism: Any) -> float:
+    """SmartNoise 1.0.10's Gaussian noise scale, found without its two-minute failure.
+
+    SmartNoise (``Gaussian._compute_noise_scale``) calls OpenDP's ``binary_search_param``
+    with no bounds on the predicate "make_fix_delta(make_zCDP_to_approxDP(clamp >> sum >>
+    gaussian(scale))) is (max_contrib, (ε, δ))-close". OpenDP first walks the bands 0, 0.5,
+    1, 2, 16, 512, ... upwards until the predicate turns true, then bisects that band.
+    Whenever sensitivity/0.5 is large (a SUM over [2000, 7000] at scale 0.5 has ρ ≈ 1e8),
+    the predicate at 0.5 does not answer: the zCDP → approxDP conversion raises ``Overflow``
+    (≈ 0.25 s per call). OpenDP then takes the exception as a second decision boundary,
+    bisects (0, 0.5) down to the lower edge of the failing region (≈ 3.7e-151, where ρ is
+    infinite and the predicate is plainly false), and searches from there towards the
+    negative side, where ``make_gaussian`` rejects the scale: a ValueError after ~500 calls
+    that mostly overflow, ≈ 2 minutes of CPU on every price (measured in BENCHMARKS.md).
+    Since the predicate at 0 answers (false) and every negative scale raises, that path
+    fails whatever else holds; here it fails after one call instead.
+
+    Otherwise this is OpenDP's own search step for step: the same bands in the same order,
+    then ``binary_search`` over the same band, so the same scale, bit for bit
+    (``tests/test_scale_search.py`` compares both over a grid). Any other exception during
+    the band walk (never seen: the overflow region lies below the answer) falls back to
+    SmartNoise's own search, unchanged.
+    """
+    set_default_int_type(f"i{mechanism.bit_depth}")
+    lower, upper, max_contrib = mechanism.lower, mechanism.upper, mechanism.max_contrib
+    epsilon, delta = mechanism.epsilon, mechanism.delta
+    bounds = (float(math.floor(lower)), float(math.ceil(upper)))
+    rough_scale = (
+        float(upper - lower) * max_contrib * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
+    )
+    if rough_scale > 10_000_000:
+        raise ValueError(
+            f"Noise scale is too large using epsilon={epsilon} and bounds ({lower}, {upper}) "
+            f"with {mechanism.mechanism}.  Try preprocessing to reduce senstivity, or try "
+            "different privacy parameters."
+        )
+    enable_features("floating-point", "contrib")
+    space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance()
+    summed = dp.t.then_sum()  # type: ignore[no-untyped-call]
+    bounded_sum = space >> dp.t.then_clamp(bounds=bounds) >> summed
+
+    def close(scale: float) -> bool:
+        measurement = bounded_sum >> dp.m.then_gaussian(scale)
+        adp = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(measurement), delta=delta)
+        return bool(adp.check(max_contrib, (epsilon, delta)))
+
+    def smartnoise_search() -> float:
+        Gaussian._compute_noise_scale(mechanism)
+        return float(mechanism.scale)
+
+    try:
+        at_zero = close(_GAUSSIAN_BANDS[0])
+    except Exception:
+        return smartnoise_search()
+    for previous, band in itertools.pairwise(_GAUSSIAN_BANDS):
+        try:
+            answer = close(band)
+        except Exception as exc:
+            if band == _GAUSSIAN_BANDS[1]:
+                raise _unable(mechanism, exc) from exc
+            return smartnoise_search()
+        if answer != at_zero:
+            try:
+                return float(binary_search(close, bounds=(previous, band)))
+            except Exception as exc:  # SmartNoise fails the same way here
+                raise _unable(mechanism, exc) from exc
+    return smartnoise_search()
+
+
 class MemoGaussian(Gaussian):  # type: ignore[misc]
-    """SmartNoise's Gaussian mechanism with its noise-scale search memoised."""
+    """SmartNoise's Gaussian mechanism, its noise-scale search memoised and made total.
+
+    The scale comes from :func:`gaussian_scale` (SmartNoise's search without its
+    two-minute path to a refusal); refusals are remembered as well as scales.
+    """
 
     scale: Any
 
@@ -159,8 +249,15 @@ class MemoGaussian(Gaussian):  # type: ignore[misc]
         )
         cached = SCALES.get(key)
         if cached is None:
-            super()._compute_noise_scale()
-            SCALES.put(key, _found_scale(self))
+            try:
+                scale = gaussian_scale(self)
+            except ValueError as exc:
+                SCALES.put(key, str(exc))
+                raise
+            SCALES.put(key, scale)
+            self.scale = scale
+        elif isinstance(cached, str):
+            raise ValueError(cached)
         else:
             set_default_int_type(f"i{self.bit_depth}")  # as the original search does
             self.scale = cached
