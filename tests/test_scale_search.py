@@ -20,7 +20,7 @@ from snsql.sql._mechanisms.gaussian import Gaussian
 from snsql.sql._mechanisms.laplace import Laplace
 from test_smartnoise_engine import DATASET, ENGINE, request
 
-from chalicelib.engines import smartnoise_sql as sn
+from chalicelib.engines import smartnoise_engine as sn
 from chalicelib.errors import EngineRefused
 
 # (ε, δ, lower, upper, max_contrib) that SmartNoise prices today: small and large ε and δ,
