@@ -12,6 +12,7 @@ unexpected) and that a refused request debits nothing. The gateway's own bodies 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -278,3 +279,27 @@ def test_an_unexpected_exception_is_a_bare_500_that_names_nothing(
     response = api.call("GET", "/v1/datasets/PENGUIN/budget")
     assert error_of(response) == (500, "internal_error")
     assert b"secret" not in response.body and b"17" not in response.body
+
+
+@pytest.mark.parametrize("route", ["cost", "queries"])
+def test_a_gaussian_sum_smartnoise_cannot_calibrate_is_a_quick_422_that_debits_nothing(
+    api: Api, route: str
+) -> None:
+    """SmartNoise's own search took ~2 minutes to refuse it (BENCHMARKS.md, docs/api.md)."""
+    body = {
+        "engine": "smartnoise_sql",
+        "query": "SELECT SUM(body_mass_g) AS s FROM df",  # bounds [2000, 7000]
+        "epsilon": "0.8",
+        "delta": "0.00001",
+        "mechanisms": {"sum_float": "gaussian"},
+    }
+    if route == "queries":
+        body["query_id"] = "q-route-gauss"
+    before = api.remaining()
+    started = time.monotonic()
+    response = api.call("POST", f"/v1/datasets/PENGUIN/{route}", body)
+    assert time.monotonic() - started < 10
+    assert error_of(response) == (422, "engine_error")
+    assert "Unable to find appropriate noise scale" in json.loads(response.body)["message"]
+    assert api.remaining() == before
+    assert api.store.queries == {}
