@@ -459,6 +459,7 @@ def error_codes() -> dict[int, list[str]]:
             isinstance(cls, type)
             and issubclass(cls, errors.NeblinaError)
             and cls is not errors.Conflict
+            and not issubclass(cls, errors.StorageError)  # admin only, never an answer
         ):
             codes.setdefault(cls.status_code, set()).add(cls.code)
     return {status: sorted(found) for status, found in sorted(codes.items())}

@@ -6,6 +6,11 @@ private data has been read must be fixed strings (see :class:`EngineFailed`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chalicelib.models import QueryRecord
+
 
 class NeblinaError(Exception):
     """Base class: an error the API reports as ``{"error": code, "message": message}``."""
@@ -197,3 +202,53 @@ class DatasetUnavailableError(NeblinaError):
 
     def __init__(self) -> None:
         super().__init__(self.FIXED_MESSAGE)
+
+
+# --- storage -------------------------------------------------------------------------------
+# What a store refuses. The admin tools report these by code; the HTTP API never answers one
+# (``api_models.error_codes`` leaves them out of the documented codes).
+
+
+class StorageError(NeblinaError):
+    """Base class: a store refused an administrative write (create, change, delete)."""
+
+
+class AlreadyExists(StorageError):
+    """A create-only write found the item already there."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class ItemNotFound(StorageError, NotFound):
+    """An update or delete named an item that does not exist."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class BelowSpent(StorageError, Conflict):
+    """A grant or cap change would put the limit below what has already been spent."""
+
+    status_code = 409
+    code = "below_spent"
+
+
+class ConcurrentChange(StorageError, Conflict):
+    """The item changed between the read and the conditional write; try again."""
+
+    status_code = 409
+    code = "concurrent_change"
+
+
+class QueryIdTaken(Exception):
+    """``reserve`` found a record with this query id (not a retry of the caller's own write).
+
+    Not an HTTP error: the service decides what it means (a replay of the same payload, or
+    :class:`QueryIdConflict`), from ``existing``, as Powertools'
+    ``IdempotencyItemAlreadyExistsError`` carries the old record.
+    """
+
+    def __init__(self, existing: QueryRecord) -> None:
+        super().__init__(f"query id {existing.query_id} already has a record")
+        self.existing = existing

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -506,14 +505,12 @@ class Service:
             state=QueryState.RUNNING,
             created_at=now,
             lease_expires_at=now + timedelta(seconds=self.settings.query_lease_seconds),
-            extra={"attempt": secrets.token_hex(8)},
         )
         try:
+            # the store tells its own retried write from another request's record
             self.store.reserve(record)
         except QueryIdTaken as taken:
-            existing = taken.existing
-            if existing.extra.get("attempt") != record.extra["attempt"]:
-                return self._replay(existing, record)
+            return self._replay(taken.existing, record)
         return self._run(engine, dataset, request, record)
 
     def _replay(self, existing: QueryRecord, record: QueryRecord) -> dict[str, Any]:

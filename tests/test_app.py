@@ -68,6 +68,7 @@ def test_the_openapi_document_lists_every_error_code_under_its_status() -> None:
         f"{cls.status_code} {cls.code}"
         for cls in classes
         if cls is not errors.Conflict
+        and not issubclass(cls, errors.StorageError)
         and f"`{cls.code}`" not in listed.get(str(cls.status_code), "")
     )
     assert missing == [], (

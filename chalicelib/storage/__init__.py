@@ -13,7 +13,13 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from chalicelib.errors import Conflict, NeblinaError, NotFound
+from chalicelib.errors import (
+    AlreadyExists,
+    BelowSpent,
+    ConcurrentChange,
+    ItemNotFound,
+    QueryIdTaken,
+)
 from chalicelib.models import (
     Dataset,
     DatasetCap,
@@ -23,51 +29,26 @@ from chalicelib.models import (
     QueryState,
     Token,
     User,
-    format_decimal,
 )
 
-
-class QueryIdTaken(NeblinaError):
-    """Raised by ``reserve`` when a record with this query id already exists."""
-
-    status_code = 409
-    code = "query_id_conflict"
-
-    def __init__(self, existing: QueryRecord) -> None:
-        super().__init__("query_id already used")
-        self.existing = existing
-
-
-class AlreadyExists(NeblinaError):
-    """A create-only write found the item already there."""
-
-    status_code = 409
-    code = "conflict"
+__all__ = [
+    "AlreadyExists",
+    "BelowSpent",
+    "ConcurrentChange",
+    "Directory",
+    "Grants",
+    "ItemNotFound",
+    "Ledger",
+    "QueryIdTaken",
+    "RateLimiter",
+    "Store",
+    "get_store",
+    "reset_store",
+]
 
 
-class ItemNotFound(NotFound):
-    """An update or delete named an item that does not exist."""
-
-    code = "not_found"
-
-
-class BelowSpent(Conflict):
-    """A grant or cap change would put the limit below what has already been spent."""
-
-    code = "below_spent"
-
-
-class ConcurrentChange(Conflict):
-    """The item changed between the read and the conditional write; try again."""
-
-    code = "concurrent_change"
-
-
-class Store(Protocol):
-    """What the service needs from storage."""
-
-    def create_schema(self) -> None:
-        """Create the tables/collections and indexes if they do not exist (idempotent)."""
+class Directory(Protocol):
+    """Who and what: users, their tokens, the datasets."""
 
     # users -----------------------------------------------------------------------------
     def get_user(self, user_id: str) -> User | None:
@@ -125,7 +106,10 @@ class Store(Protocol):
         """Delete a dataset and its cap (:class:`ItemNotFound` if absent); grants are the
         admin layer's business, the archive is never deleted."""
 
-    # grants ----------------------------------------------------------------------------
+
+class Grants(Protocol):
+    """Budgets: each user's grant on a dataset, and the dataset-wide caps."""
+
     def get_grant(self, user_id: str, dataset: str) -> Grant | None:
         """The user's grant on the dataset, or None."""
 
@@ -160,7 +144,6 @@ class Store(Protocol):
         """Remove a grant (:class:`ItemNotFound` if absent). Its spend stays counted in the
         dataset's cap and in the archive."""
 
-    # dataset caps ------------------------------------------------------------------------
     def get_cap(self, dataset: str) -> DatasetCap | None:
         """The dataset-wide budget, or None when the dataset was never capped."""
 
@@ -172,7 +155,10 @@ class Store(Protocol):
         interrupted run. A limit below the dataset-wide spend raises :class:`BelowSpent`.
         """
 
-    # ledger ----------------------------------------------------------------------------
+
+class Ledger(Protocol):
+    """The query records and the debits they carry: reserve, finish, refund, expire."""
+
     def reserve(self, record: QueryRecord) -> None:
         """Debit ``record.cost`` from the grant and create ``record``, atomically.
 
@@ -221,7 +207,17 @@ class Store(Protocol):
     ) -> Iterator[QueryRecord]:
         """Every record of a user and/or a dataset, oldest first (the archive export)."""
 
-    # rate limits -----------------------------------------------------------------------
+    def reconcile(self) -> int:
+        """Settle reservations that crashed requests left half-written; returns how many.
+
+        Only backends whose ledger writes are not transactions leave any (MongoDB: pending
+        entries older than the query lease); elsewhere it returns 0.
+        """
+
+
+class RateLimiter(Protocol):
+    """Fixed-window request counters."""
+
     def take_request(
         self, user_id: str, window_start: datetime, window_seconds: int, limit: int
     ) -> bool:
@@ -233,24 +229,15 @@ class Store(Protocol):
         """
 
 
-def below_spent_message(current: Grant, change: PrivacyCost) -> str:
-    """Why ``change`` cannot be applied to ``current`` (the same words on every backend)."""
-    wanted = current.initial + change
-    return (
-        f"refused: the grant of {current.user_id} on {current.dataset} would become "
-        f"epsilon {format_decimal(wanted.epsilon)}, delta {format_decimal(wanted.delta)}, "
-        f"below what was already spent (epsilon {format_decimal(current.spent.epsilon)}, "
-        f"delta {format_decimal(current.spent.delta)}); spent budget cannot be taken back"
-    )
+class Store(Directory, Grants, Ledger, RateLimiter, Protocol):
+    """What the service and the admin tools need from storage: every role, one backend.
 
+    Backends subclass :class:`chalicelib.storage.base.StoreBase`, which holds what they
+    share; ``tests/contract/`` runs one suite against each of them.
+    """
 
-def cap_below_message(dataset: str, limit: PrivacyCost, spent: PrivacyCost) -> str:
-    """Why a cap of ``limit`` is refused."""
-    return (
-        f"refused: a cap of epsilon {format_decimal(limit.epsilon)}, delta "
-        f"{format_decimal(limit.delta)} on {dataset} is below what its grants already spent "
-        f"(epsilon {format_decimal(spent.epsilon)}, delta {format_decimal(spent.delta)})"
-    )
+    def create_schema(self) -> None:
+        """Create the tables/collections and indexes if they do not exist (idempotent)."""
 
 
 def get_store() -> Store:

@@ -23,13 +23,11 @@ other shape.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
-from types import SimpleNamespace
 from typing import Any
 
 from pynamodb.attributes import (
@@ -40,7 +38,8 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.constants import NUMBER
+from pynamodb.connection import Connection
+from pynamodb.constants import DATETIME_FORMAT, NUMBER
 from pynamodb.exceptions import (
     DeleteError,
     DoesNotExist,
@@ -48,12 +47,21 @@ from pynamodb.exceptions import (
     TransactWriteError,
     UpdateError,
 )
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.config import Settings
-from chalicelib.errors import BudgetExhausted, InternalError, InvalidRequest, NoGrant
+from chalicelib.errors import (
+    AlreadyExists,
+    ConcurrentChange,
+    InternalError,
+    ItemNotFound,
+    NoGrant,
+    QueryIdTaken,
+)
 from chalicelib.models import (
     Dataset,
     DatasetCap,
@@ -65,17 +73,19 @@ from chalicelib.models import (
     User,
     format_decimal,
 )
-from chalicelib.storage import (
-    AlreadyExists,
-    BelowSpent,
-    ConcurrentChange,
-    ItemNotFound,
-    QueryIdTaken,
-    below_spent_message,
-    cap_below_message,
+from chalicelib.storage.base import (
+    SHAPE_RETRIES,
+    StoreBase,
+    budget_exhausted,
+    decode_cursor,
+    encode_cursor,
 )
 
 CONDITION_FAILED = "ConditionalCheckFailed"
+# The DynamoDB client's limits (PynamoDB retries throttles and 5xx with backoff).
+MAX_RETRY_ATTEMPTS = 3
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 20
 
 
 class DecimalAttribute(Attribute[Decimal]):
@@ -94,130 +104,186 @@ def _owner_key(user_id: str, dataset: str) -> str:
     return f"{user_id}#{dataset}"
 
 
-def build_models(settings: Settings) -> SimpleNamespace:
-    """The PynamoDB model classes bound to this deployment's table names and endpoint."""
+class UserModel(Model):
+    """A user (table ``users``)."""
 
-    class _Meta:
-        region = settings.region
-        host = settings.endpoint_url
-        billing_mode = "PAY_PER_REQUEST"
-        max_retry_attempts = 3
-        connect_timeout_seconds = 5
-        read_timeout_seconds = 20
+    user_id = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute()
+    disabled = BooleanAttribute(default=False)
+    description = UnicodeAttribute(default="")
 
-    def meta(kind: str) -> type:
-        return type("Meta", (_Meta,), {"table_name": settings.table_name(kind)})
 
-    class UserModel(Model):
-        Meta = meta("users")  # type: ignore[assignment]
-        user_id = UnicodeAttribute(hash_key=True)
-        created_at = UTCDateTimeAttribute()
-        disabled = BooleanAttribute(default=False)
-        description = UnicodeAttribute(default="")
+class TokensByUser(GlobalSecondaryIndex["TokenModel"]):  # type: ignore[no-untyped-call]
+    """Index ``by_user`` of the tokens table."""
 
-    class TokensByUser(GlobalSecondaryIndex["TokenModel"]):  # type: ignore[no-untyped-call]
-        class Meta:
-            index_name = "by_user"
-            projection = AllProjection()
+    class Meta:
+        index_name = "by_user"
+        projection = AllProjection()
 
-        user_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute(hash_key=True)
 
-    class TokenModel(Model):
-        Meta = meta("tokens")  # type: ignore[assignment]
-        token_hash = UnicodeAttribute(hash_key=True)
-        token_id = UnicodeAttribute()
-        user_id = UnicodeAttribute()
-        created_at = UTCDateTimeAttribute()
-        expires_at = UTCDateTimeAttribute(null=True)
-        revoked = BooleanAttribute(default=False)
-        last_used_at = UTCDateTimeAttribute(null=True)
-        purge_at = NumberAttribute(null=True)
-        by_user = TokensByUser()
 
-    class DatasetModel(Model):
-        Meta = meta("datasets")  # type: ignore[assignment]
-        name = UnicodeAttribute(hash_key=True)
-        source = UnicodeAttribute()
-        source_format = UnicodeAttribute(default="csv")
-        metadata = JSONAttribute()
-        description = UnicodeAttribute(default="")
-        created_at = UTCDateTimeAttribute()
-        per_query_epsilon = DecimalAttribute(null=True)  # largest cost of one query
-        per_query_delta = DecimalAttribute(null=True)
-        hardened = BooleanAttribute(null=True)  # fixed latency buckets, generic failures
-        latency_bucket_ms = NumberAttribute(null=True)
+class TokenModel(Model):
+    """An API token, by the hash of its secret (table ``tokens``)."""
 
-    class GrantModel(Model):
-        Meta = meta("grants")  # type: ignore[assignment]
-        user_id = UnicodeAttribute(hash_key=True)
-        dataset = UnicodeAttribute(range_key=True)
-        initial_epsilon = DecimalAttribute()
-        initial_delta = DecimalAttribute()
-        spent_epsilon = DecimalAttribute()
-        spent_delta = DecimalAttribute()
-        remaining_epsilon = DecimalAttribute()
-        remaining_delta = DecimalAttribute()
-        capped = BooleanAttribute(null=True)  # debits also go to the dataset's caps item
+    token_hash = UnicodeAttribute(hash_key=True)
+    token_id = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute()
+    expires_at = UTCDateTimeAttribute(null=True)
+    revoked = BooleanAttribute(default=False)
+    last_used_at = UTCDateTimeAttribute(null=True)
+    purge_at = NumberAttribute(null=True)
+    by_user = TokensByUser()
 
-    class CapModel(Model):
-        Meta = meta("caps")  # type: ignore[assignment]
-        dataset = UnicodeAttribute(hash_key=True)
-        limited = BooleanAttribute(default=True)
-        limit_epsilon = DecimalAttribute(null=True)
-        limit_delta = DecimalAttribute(null=True)
-        spent_epsilon = DecimalAttribute()
-        spent_delta = DecimalAttribute()
-        remaining_epsilon = DecimalAttribute()  # limit - spent; meaningful when limited
-        remaining_delta = DecimalAttribute()
-        complete = BooleanAttribute(default=False)
 
-    class QueriesByOwner(GlobalSecondaryIndex["QueryModel"]):  # type: ignore[no-untyped-call]
-        class Meta:
-            index_name = "by_owner"
-            projection = AllProjection()
+class DatasetModel(Model):
+    """A dataset and its policy (table ``datasets``)."""
 
-        owner_key = UnicodeAttribute(hash_key=True)
-        created_at = UTCDateTimeAttribute(range_key=True)
+    name = UnicodeAttribute(hash_key=True)
+    source = UnicodeAttribute()
+    source_format = UnicodeAttribute(default="csv")
+    metadata = JSONAttribute()
+    description = UnicodeAttribute(default="")
+    created_at = UTCDateTimeAttribute()
+    per_query_epsilon = DecimalAttribute(null=True)  # largest cost of one query
+    per_query_delta = DecimalAttribute(null=True)
+    hardened = BooleanAttribute(null=True)  # fixed latency buckets, generic failures
+    latency_bucket_ms = NumberAttribute(null=True)
 
-    class QueryModel(Model):
-        Meta = meta("queries")  # type: ignore[assignment]
-        query_id = UnicodeAttribute(hash_key=True)
-        owner_key = UnicodeAttribute()
-        user_id = UnicodeAttribute()
-        dataset = UnicodeAttribute()
-        engine = UnicodeAttribute()
-        payload_hash = UnicodeAttribute()
-        request = JSONAttribute()
-        cost_epsilon = DecimalAttribute()
-        cost_delta = DecimalAttribute()
-        state = UnicodeAttribute()
-        created_at = UTCDateTimeAttribute()
-        lease_expires_at = UTCDateTimeAttribute()
-        finished_at = UTCDateTimeAttribute(null=True)
-        result = JSONAttribute(null=True)
-        error = JSONAttribute(null=True)
-        extra = JSONAttribute(null=True)
-        capped = BooleanAttribute(null=True)  # the debit also went to the dataset's cap
-        by_owner = QueriesByOwner()
 
-    class RateLimitModel(Model):
-        Meta = meta("ratelimits")  # type: ignore[assignment]
-        window_key = UnicodeAttribute(hash_key=True)  # user#window start (epoch seconds)
-        hits = NumberAttribute()
-        purge_at = NumberAttribute()  # TTL: a day after the window ends
+class GrantModel(Model):
+    """A user's budget on a dataset (table ``grants``)."""
 
-    return SimpleNamespace(
-        User=UserModel,
-        Token=TokenModel,
-        Dataset=DatasetModel,
-        Grant=GrantModel,
-        Cap=CapModel,
-        Query=QueryModel,
-        RateLimit=RateLimitModel,
+    user_id = UnicodeAttribute(hash_key=True)
+    dataset = UnicodeAttribute(range_key=True)
+    initial_epsilon = DecimalAttribute()
+    initial_delta = DecimalAttribute()
+    spent_epsilon = DecimalAttribute()
+    spent_delta = DecimalAttribute()
+    remaining_epsilon = DecimalAttribute()
+    remaining_delta = DecimalAttribute()
+    capped = BooleanAttribute(null=True)  # debits also go to the dataset's caps item
+
+
+class CapModel(Model):
+    """A dataset-wide budget (table ``caps``)."""
+
+    dataset = UnicodeAttribute(hash_key=True)
+    limited = BooleanAttribute(default=True)
+    limit_epsilon = DecimalAttribute(null=True)
+    limit_delta = DecimalAttribute(null=True)
+    spent_epsilon = DecimalAttribute()
+    spent_delta = DecimalAttribute()
+    remaining_epsilon = DecimalAttribute()  # limit - spent; meaningful when limited
+    remaining_delta = DecimalAttribute()
+    complete = BooleanAttribute(default=False)
+
+
+class QueriesByOwner(GlobalSecondaryIndex["QueryModel"]):  # type: ignore[no-untyped-call]
+    """Index ``by_owner`` of the queries table: a user's history on a dataset."""
+
+    class Meta:
+        index_name = "by_owner"
+        projection = AllProjection()
+
+    owner_key = UnicodeAttribute(hash_key=True)
+    created_at = UTCDateTimeAttribute(range_key=True)
+
+
+class QueryModel(Model):
+    """A query record of the ledger (table ``queries``)."""
+
+    query_id = UnicodeAttribute(hash_key=True)
+    owner_key = UnicodeAttribute()
+    user_id = UnicodeAttribute()
+    dataset = UnicodeAttribute()
+    engine = UnicodeAttribute()
+    payload_hash = UnicodeAttribute()
+    request = JSONAttribute()
+    cost_epsilon = DecimalAttribute()
+    cost_delta = DecimalAttribute()
+    state = UnicodeAttribute()
+    created_at = UTCDateTimeAttribute()
+    lease_expires_at = UTCDateTimeAttribute()
+    finished_at = UTCDateTimeAttribute(null=True)
+    result = JSONAttribute(null=True)
+    error = JSONAttribute(null=True)
+    extra = JSONAttribute(null=True)
+    capped = BooleanAttribute(null=True)  # the debit also went to the dataset's cap
+    ledger_attempt = UnicodeAttribute(null=True)  # the reserve call that wrote the record
+    by_owner = QueriesByOwner()
+
+
+class RateLimitModel(Model):
+    """A request counter of one user and window (table ``ratelimits``)."""
+
+    window_key = UnicodeAttribute(hash_key=True)  # user#window start (epoch seconds)
+    hits = NumberAttribute()
+    purge_at = NumberAttribute()  # TTL: a day after the window ends
+
+
+@dataclass(frozen=True)
+class Models:
+    """The model classes bound to one deployment's table names and endpoint."""
+
+    user: type[UserModel]
+    token: type[TokenModel]
+    dataset: type[DatasetModel]
+    grant: type[GrantModel]
+    cap: type[CapModel]
+    query: type[QueryModel]
+    ratelimit: type[RateLimitModel]
+
+    def all(self) -> tuple[type[Model], ...]:
+        """Every model, in table order."""
+        return (
+            self.user,
+            self.token,
+            self.dataset,
+            self.grant,
+            self.cap,
+            self.query,
+            self.ratelimit,
+        )
+
+
+def _meta(settings: Settings, kind: str) -> type:
+    """PynamoDB's ``Meta`` of one table: its name, region, endpoint and client limits."""
+    return type(
+        "Meta",
+        (),
+        {
+            "table_name": settings.table_name(kind),
+            "region": settings.region,
+            "host": settings.endpoint_url,
+            "billing_mode": "PAY_PER_REQUEST",
+            "max_retry_attempts": MAX_RETRY_ATTEMPTS,
+            "connect_timeout_seconds": CONNECT_TIMEOUT_SECONDS,
+            "read_timeout_seconds": READ_TIMEOUT_SECONDS,
+        },
     )
 
 
-def _grant(item: Any) -> Grant:
+def _bind[M: Model](model: type[M], settings: Settings, kind: str) -> type[M]:
+    """A subclass of ``model`` on this deployment's table (indexes are copied per class)."""
+    return type(model.__name__, (model,), {"Meta": _meta(settings, kind)})
+
+
+def build_models(settings: Settings) -> Models:
+    """The PynamoDB model classes bound to this deployment's table names and endpoint."""
+    return Models(
+        user=_bind(UserModel, settings, "users"),
+        token=_bind(TokenModel, settings, "tokens"),
+        dataset=_bind(DatasetModel, settings, "datasets"),
+        grant=_bind(GrantModel, settings, "grants"),
+        cap=_bind(CapModel, settings, "caps"),
+        query=_bind(QueryModel, settings, "queries"),
+        ratelimit=_bind(RateLimitModel, settings, "ratelimits"),
+    )
+
+
+def _grant(item: GrantModel) -> Grant:
     return Grant(
         user_id=item.user_id,
         dataset=item.dataset,
@@ -228,7 +294,7 @@ def _grant(item: Any) -> Grant:
     )
 
 
-def _cap(item: Any) -> DatasetCap:
+def _cap(item: CapModel) -> DatasetCap:
     limit = None
     if item.limited:
         limit = PrivacyCost(epsilon=item.limit_epsilon, delta=item.limit_delta)
@@ -240,7 +306,7 @@ def _cap(item: Any) -> DatasetCap:
     )
 
 
-def _user(item: Any) -> User:
+def _user(item: UserModel) -> User:
     return User(
         user_id=item.user_id,
         created_at=item.created_at,
@@ -249,7 +315,7 @@ def _user(item: Any) -> User:
     )
 
 
-def _token(item: Any) -> Token:
+def _token(item: TokenModel) -> Token:
     return Token(
         token_hash=item.token_hash,
         token_id=item.token_id,
@@ -261,7 +327,7 @@ def _token(item: Any) -> Token:
     )
 
 
-def _dataset(item: Any) -> Dataset:
+def _dataset(item: DatasetModel) -> Dataset:
     per_query_cap = None
     if item.per_query_epsilon is not None:
         per_query_cap = PrivacyCost(epsilon=item.per_query_epsilon, delta=item.per_query_delta)
@@ -278,7 +344,7 @@ def _dataset(item: Any) -> Dataset:
     )
 
 
-def _record(item: Any) -> QueryRecord:
+def _record(item: QueryModel) -> QueryRecord:
     return QueryRecord(
         query_id=item.query_id,
         user_id=item.user_id,
@@ -297,25 +363,6 @@ def _record(item: Any) -> QueryRecord:
     )
 
 
-_CURSOR_KEYS = {"query_id", "owner_key", "created_at"}
-
-
-def _decode_cursor(cursor: str, owner_key: str) -> dict[str, Any]:
-    """The DynamoDB start key in a pagination cursor, refused unless it is the caller's own."""
-    try:
-        key = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-    except (ValueError, UnicodeError) as exc:
-        raise InvalidRequest("invalid cursor") from exc
-    if (
-        not isinstance(key, dict)
-        or set(key) != _CURSOR_KEYS
-        or key.get("owner_key") != {"S": owner_key}
-        or not all(isinstance(v, dict) and set(v) == {"S"} for v in key.values())
-    ):
-        raise InvalidRequest("invalid cursor")
-    return key
-
-
 def _purge_at(expires_at: datetime) -> int:
     """When DynamoDB's TTL may delete an expired token: 30 days after it expired."""
     return int(expires_at.timestamp()) + 30 * 24 * 3600
@@ -327,22 +374,64 @@ def _is_condition_failure(error: Exception) -> bool:
 
 
 class _CapShapeChanged(Exception):
-    """The grant's ``capped`` flag was not what the transaction assumed: retry the other way."""
+    """The grant's ``capped`` flag was not what the transaction assumed: retry the other way.
+
+    Private on purpose: a control-flow signal between a transaction and its retry loop in
+    this module, never raised to a caller.
+    """
 
 
-def _reason(reasons: Sequence[Any], index: int) -> Any:
-    return reasons[index] if len(reasons) > index else None
+RawItem = dict[str, Any]
 
 
-def _failed(reason: Any) -> bool:
-    return reason is not None and reason.code == CONDITION_FAILED
+@dataclass(frozen=True)
+class _Refusal:
+    """Which conditions of a cancelled transaction failed, read from the items themselves.
+
+    DynamoDB returns one cancellation reason per item, with the old item when it existed
+    (``ReturnValuesOnConditionCheckFailure=ALL_OLD``). Each table's items carry attributes
+    no other table's do, so a reason is attributed by its item, not by its position (the
+    order PynamoDB sends the items in is not part of its API). A failed reason without an
+    item means the item was absent: the caller reads to tell which one.
+    """
+
+    query: RawItem | None
+    grant: RawItem | None
+    cap: RawItem | None
+    absent: bool
+
+    @classmethod
+    def of(cls, error: TransactWriteError) -> _Refusal:
+        failed = [
+            reason.raw_item or {}
+            for reason in error.cancellation_reasons or []
+            if reason is not None and reason.code == CONDITION_FAILED
+        ]
+
+        def with_attribute(name: str) -> RawItem | None:
+            return next((item for item in failed if name in item), None)
+
+        return cls(
+            query=with_attribute("payload_hash"),
+            grant=with_attribute("initial_epsilon"),
+            cap=with_attribute("limited"),
+            absent=any(not item for item in failed),
+        )
 
 
-def _raw_bool(raw_item: dict[str, Any] | None, name: str) -> bool:
-    return bool((raw_item or {}).get(name, {}).get("BOOL", False))
+def _raw_string(item: RawItem, name: str) -> str | None:
+    value = item.get(name, {}).get("S")
+    return value if isinstance(value, str) else None
 
 
-class DynamoStore:
+def _raw_remaining(item: RawItem) -> PrivacyCost:
+    return PrivacyCost(
+        epsilon=Decimal(item["remaining_epsilon"]["N"]),
+        delta=Decimal(item["remaining_delta"]["N"]),
+    )
+
+
+class DynamoStore(StoreBase):
     """:class:`chalicelib.storage.Store` on DynamoDB."""
 
     def __init__(self, settings: Settings) -> None:
@@ -351,55 +440,62 @@ class DynamoStore:
         self._capped: dict[str, bool] = {}
 
     @cached_property
-    def m(self) -> SimpleNamespace:
+    def m(self) -> Models:
         """The model classes (built on first use, so construction does no work)."""
         return build_models(self._settings)
 
-    def _models(self) -> tuple[Any, ...]:
-        m = self.m
-        return (m.User, m.Token, m.Dataset, m.Grant, m.Cap, m.Query, m.RateLimit)
+    @cached_property
+    def _connection(self) -> Connection:
+        """The connection transactions are sent on, built with PynamoDB's public API."""
+        return Connection(
+            region=self._settings.region,
+            host=self._settings.endpoint_url,
+            max_retry_attempts=MAX_RETRY_ATTEMPTS,
+            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
+            read_timeout_seconds=READ_TIMEOUT_SECONDS,
+        )
 
     def create_schema(self) -> None:
-        for model in self._models():
+        for model in self.m.all():
             model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
 
-    def _transaction(self) -> TransactWrite:
-        return TransactWrite(connection=self.m.Grant._get_connection().connection)
+    def _transaction(self, client_request_token: str | None = None) -> TransactWrite:
+        return TransactWrite(connection=self._connection, client_request_token=client_request_token)
 
     # users ---------------------------------------------------------------------------
     def get_user(self, user_id: str) -> User | None:
         try:
-            return _user(self.m.User.get(user_id, consistent_read=True))
+            return _user(self.m.user.get(user_id, consistent_read=True))
         except DoesNotExist:
             return None
 
     def put_user(self, user: User, *, create_only: bool = True) -> None:
-        item = self.m.User(
+        item = self.m.user(
             user.user_id,
             created_at=user.created_at,
             disabled=user.disabled,
             description=user.description,
         )
-        self._save(item, self.m.User.user_id.does_not_exist() if create_only else None)
+        self._save(item, self.m.user.user_id.does_not_exist() if create_only else None)
 
     def list_users(self) -> list[User]:
         return sorted(
-            (_user(i) for i in self.m.User.scan(consistent_read=True)), key=lambda u: u.user_id
+            (_user(i) for i in self.m.user.scan(consistent_read=True)), key=lambda u: u.user_id
         )
 
     def delete_user(self, user_id: str) -> None:
-        self._delete(self.m.User(user_id), self.m.User.user_id.exists(), f"user {user_id}")
+        self._delete(self.m.user(user_id), self.m.user.user_id.exists(), f"user {user_id}")
 
     # tokens --------------------------------------------------------------------------
     def get_token(self, token_hash: str) -> Token | None:
         try:
-            return _token(self.m.Token.get(token_hash))
+            return _token(self.m.token.get(token_hash))
         except DoesNotExist:
             return None
 
     def put_token(self, token: Token) -> None:
         purge_at = _purge_at(token.expires_at) if token.expires_at is not None else None
-        item = self.m.Token(
+        item = self.m.token(
             token.token_hash,
             token_id=token.token_id,
             user_id=token.user_id,
@@ -409,17 +505,17 @@ class DynamoStore:
             last_used_at=token.last_used_at,
             purge_at=purge_at,
         )
-        self._save(item, self.m.Token.token_hash.does_not_exist())
+        self._save(item, self.m.token.token_hash.does_not_exist())
 
     def list_tokens(self, user_id: str | None = None) -> list[Token]:
         # The by_user index is eventually consistent on AWS: a token issued a moment ago may
         # be missing from a listing (never from authentication, which reads the table).
-        T = self.m.Token
+        T = self.m.token
         items = T.by_user.query(user_id) if user_id is not None else T.scan(consistent_read=True)
         return sorted((_token(i) for i in items), key=lambda t: (t.created_at, t.token_id))
 
     def revoke_token(self, token_hash: str) -> None:
-        T = self.m.Token
+        T = self.m.token
         try:
             T(token_hash).update(actions=[T.revoked.set(True)], condition=T.token_hash.exists())
         except UpdateError as exc:
@@ -428,7 +524,7 @@ class DynamoStore:
             raise
 
     def expire_token(self, token_hash: str, expires_at: datetime) -> None:
-        T = self.m.Token
+        T = self.m.token
         try:
             T(token_hash).update(
                 actions=[T.expires_at.set(expires_at), T.purge_at.set(_purge_at(expires_at))],
@@ -443,7 +539,7 @@ class DynamoStore:
                 raise ItemNotFound("no such token") from exc
 
     def touch_token(self, token_hash: str, used_at: datetime, resolution: timedelta) -> bool:
-        T = self.m.Token
+        T = self.m.token
         try:
             T(token_hash).update(
                 actions=[T.last_used_at.set(used_at)],
@@ -459,13 +555,13 @@ class DynamoStore:
     # datasets ------------------------------------------------------------------------
     def get_dataset(self, name: str) -> Dataset | None:
         try:
-            return _dataset(self.m.Dataset.get(name, consistent_read=True))
+            return _dataset(self.m.dataset.get(name, consistent_read=True))
         except DoesNotExist:
             return None
 
     def put_dataset(self, dataset: Dataset, *, create_only: bool = True) -> None:
         cap = dataset.per_query_cap
-        item = self.m.Dataset(
+        item = self.m.dataset(
             dataset.name,
             source=dataset.source,
             source_format=dataset.source_format,
@@ -477,30 +573,30 @@ class DynamoStore:
             hardened=True if dataset.hardened else None,
             latency_bucket_ms=dataset.latency_bucket_ms,
         )
-        self._save(item, self.m.Dataset.name.does_not_exist() if create_only else None)
+        self._save(item, self.m.dataset.name.does_not_exist() if create_only else None)
 
     def list_datasets(self) -> list[Dataset]:
         return sorted(
-            (_dataset(i) for i in self.m.Dataset.scan(consistent_read=True)),
+            (_dataset(i) for i in self.m.dataset.scan(consistent_read=True)),
             key=lambda d: d.name,
         )
 
     def delete_dataset(self, name: str) -> None:
-        self._delete(self.m.Dataset(name), self.m.Dataset.name.exists(), f"dataset {name}")
-        self.m.Cap(name).delete()
+        self._delete(self.m.dataset(name), self.m.dataset.name.exists(), f"dataset {name}")
+        self.m.cap(name).delete()
         self._capped.pop(name, None)
 
     # grants --------------------------------------------------------------------------
     def get_grant(self, user_id: str, dataset: str) -> Grant | None:
         try:
-            return _grant(self.m.Grant.get(user_id, dataset, consistent_read=True))
+            return _grant(self.m.grant.get(user_id, dataset, consistent_read=True))
         except DoesNotExist:
             return None
 
     def list_grants(
         self, user_id: str | None = None, *, dataset: str | None = None
     ) -> Sequence[Grant]:
-        G = self.m.Grant
+        G = self.m.grant
         if user_id is not None:
             condition = G.dataset == dataset if dataset is not None else None
             items = G.query(user_id, range_key_condition=condition, consistent_read=True)
@@ -523,7 +619,7 @@ class DynamoStore:
     def _create_grant(
         self, user_id: str, dataset: str, initial: PrivacyCost, capped: bool
     ) -> Grant:
-        U, D, G, C = self.m.User, self.m.Dataset, self.m.Grant, self.m.Cap
+        U, D, G, C = self.m.user, self.m.dataset, self.m.grant, self.m.cap
         zero = PrivacyCost.zero()
         item = G(
             user_id,
@@ -538,34 +634,31 @@ class DynamoStore:
         )
         try:
             with self._transaction() as tx:
-                # checks first, then the put (PynamoDB's order): reasons 0-2, put is 3
                 tx.condition_check(U, user_id, condition=U.user_id.exists())
                 tx.condition_check(D, dataset, condition=D.name.exists())
                 cap_check = C.dataset.exists() if capped else C.dataset.does_not_exist()
                 tx.condition_check(C, dataset, condition=cap_check)
-                tx.save(item, condition=G.user_id.does_not_exist())
+                tx.save(item, condition=G.user_id.does_not_exist(), return_values="ALL_OLD")
         except TransactWriteError as exc:
-            reasons = exc.cancellation_reasons or []
-            if _failed(_reason(reasons, 0)):
+            refusal = _Refusal.of(exc)
+            if refusal.absent and self.get_user(user_id) is None:
                 raise ItemNotFound(f"unknown user {user_id}") from exc
-            if _failed(_reason(reasons, 1)):
+            if refusal.absent and self.get_dataset(dataset) is None:
                 raise ItemNotFound(f"unknown dataset {dataset}") from exc
-            if _failed(_reason(reasons, 3)):
+            if refusal.grant is not None:
                 raise AlreadyExists(f"{user_id} already holds a grant on {dataset}") from exc
-            if _failed(_reason(reasons, 2)):
-                raise _CapShapeChanged() from exc
-            raise InternalError() from exc
+            # what is left is the cap check: a cap appeared (or went) meanwhile
+            raise _CapShapeChanged() from exc
         return _grant(item)
 
-    def change_grant(
+    def _apply_grant_change(
         self,
         user_id: str,
         dataset: str,
         change: PrivacyCost,
-        *,
-        expected_initial: PrivacyCost | None = None,
-    ) -> Grant:
-        G = self.m.Grant
+        expected_initial: PrivacyCost | None,
+    ) -> Grant | None:
+        G = self.m.grant
         # remaining + change >= 0 is "the new initial is not below spent"; spent is untouched,
         # so queries running at the same time are neither blocked nor double-counted.
         condition = (
@@ -589,96 +682,70 @@ class DynamoStore:
                 condition=condition,
             )
         except UpdateError as exc:
-            if not _is_condition_failure(exc):
-                raise
-            current = self.get_grant(user_id, dataset)
-            if current is None:
-                raise ItemNotFound(f"{user_id} holds no grant on {dataset}") from exc
-            if expected_initial is not None and current.initial != expected_initial:
-                raise ConcurrentChange("the grant changed meanwhile; try again") from exc
-            raise BelowSpent(below_spent_message(current, change)) from exc
+            if _is_condition_failure(exc):
+                return None
+            raise
         return _grant(item)
 
     def delete_grant(self, user_id: str, dataset: str) -> None:
-        G = self.m.Grant
+        G = self.m.grant
         self._delete(G(user_id, dataset), G.user_id.exists(), f"grant {user_id}/{dataset}")
 
     # dataset caps --------------------------------------------------------------------
     def get_cap(self, dataset: str) -> DatasetCap | None:
         try:
-            return _cap(self.m.Cap.get(dataset, consistent_read=True))
+            return _cap(self.m.cap.get(dataset, consistent_read=True))
         except DoesNotExist:
             return None
 
-    def set_cap(self, dataset: str, limit: PrivacyCost | None) -> DatasetCap:
-        C = self.m.Cap
-        if self.get_dataset(dataset) is None:
-            raise ItemNotFound(f"unknown dataset {dataset}")
-        current = self.get_cap(dataset)
-        if current is None:
-            if limit is not None:
-                grants = self.list_grants(dataset=dataset)
-                total = sum((g.spent for g in grants), PrivacyCost.zero())
-                if not total <= limit:
-                    raise BelowSpent(cap_below_message(dataset, limit, total))
-            zero = PrivacyCost.zero()
-            start = limit or zero
-            item = C(
-                dataset,
-                limited=limit is not None,
-                limit_epsilon=limit.epsilon if limit else None,
-                limit_delta=limit.delta if limit else None,
-                spent_epsilon=zero.epsilon,
-                spent_delta=zero.delta,
-                remaining_epsilon=start.epsilon,
-                remaining_delta=start.delta,
-                complete=False,
-            )
-            try:
-                item.save(condition=C.dataset.does_not_exist())
-            except PutError as exc:
-                if not _is_condition_failure(exc):
-                    raise
-                return self.set_cap(dataset, limit)  # created concurrently: change it instead
-        else:
-            self._change_cap_limit(current, limit)
-        self._bring_grants_under_cap(dataset)
-        cap = self.get_cap(dataset)
-        assert cap is not None
-        return cap
+    def _insert_cap(self, dataset: str, limit: PrivacyCost | None) -> bool:
+        C = self.m.cap
+        zero = PrivacyCost.zero()
+        start = limit or zero
+        item = C(
+            dataset,
+            limited=limit is not None,
+            limit_epsilon=limit.epsilon if limit else None,
+            limit_delta=limit.delta if limit else None,
+            spent_epsilon=zero.epsilon,
+            spent_delta=zero.delta,
+            remaining_epsilon=start.epsilon,
+            remaining_delta=start.delta,
+            complete=False,
+        )
+        try:
+            item.save(condition=C.dataset.does_not_exist())
+        except PutError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
 
-    def _change_cap_limit(self, current: DatasetCap, limit: PrivacyCost | None) -> None:
-        C = self.m.Cap
-        for _ in range(20):
-            if limit is not None and not current.spent <= limit:
-                raise BelowSpent(cap_below_message(current.dataset, limit, current.spent))
-            actions: list[Any] = [C.limited.set(limit is not None)]
-            if limit is None:
-                actions += [C.limit_epsilon.remove(), C.limit_delta.remove()]
-            else:
-                remaining = limit - current.spent
-                actions += [
-                    C.limit_epsilon.set(limit.epsilon),
-                    C.limit_delta.set(limit.delta),
-                    C.remaining_epsilon.set(remaining.epsilon),
-                    C.remaining_delta.set(remaining.delta),
-                ]
-            try:
-                # optimistic: remaining is derived from the spent read above
-                C(current.dataset).update(
-                    actions=actions,
-                    condition=(C.spent_epsilon == current.spent.epsilon)
-                    & (C.spent_delta == current.spent.delta),
-                )
-                return
-            except UpdateError as exc:
-                if not _is_condition_failure(exc):
-                    raise
-            fresh = self.get_cap(current.dataset)
-            if fresh is None:
-                raise ItemNotFound(f"dataset {current.dataset} has no cap")
-            current = fresh
-        raise ConcurrentChange("the dataset-wide spend keeps changing; try again")
+    def _write_cap_limit(self, current: DatasetCap, limit: PrivacyCost | None) -> bool:
+        C = self.m.cap
+        actions: list[Action] = [C.limited.set(limit is not None)]
+        if limit is None:
+            actions += [C.limit_epsilon.remove(), C.limit_delta.remove()]
+        else:
+            remaining = limit - current.spent
+            actions += [
+                C.limit_epsilon.set(limit.epsilon),
+                C.limit_delta.set(limit.delta),
+                C.remaining_epsilon.set(remaining.epsilon),
+                C.remaining_delta.set(remaining.delta),
+            ]
+        try:
+            # optimistic: remaining is derived from the spent read by the caller
+            C(current.dataset).update(
+                actions=actions,
+                condition=(C.spent_epsilon == current.spent.epsilon)
+                & (C.spent_delta == current.spent.delta),
+            )
+        except UpdateError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
 
     def _bring_grants_under_cap(self, dataset: str) -> None:
         """Flag each uncapped grant and add its spend to the cap, one transaction per grant.
@@ -687,7 +754,7 @@ class DynamoStore:
         owner is querying: if a debit lands in between, the transaction fails and the grant
         is read again. Once flagged, every debit of the grant goes through the cap.
         """
-        G, C = self.m.Grant, self.m.Cap
+        G, C = self.m.grant, self.m.cap
         for grant in self.list_grants(dataset=dataset):
             current: Grant | None = grant
             while current is not None and not current.capped:
@@ -716,11 +783,11 @@ class DynamoStore:
         C(dataset).update(actions=[C.complete.set(True)], condition=C.dataset.exists())
 
     # ledger --------------------------------------------------------------------------
-    def reserve(self, record: QueryRecord) -> None:
+    def _reserve(self, record: QueryRecord, attempt: str) -> None:
         capped = self._capped.get(record.dataset, False)
-        for _ in range(3):
+        for _ in range(SHAPE_RETRIES):
             try:
-                self._reserve(record, capped)
+                self._debit(record, attempt, capped)
             except _CapShapeChanged:
                 capped = not capped
                 continue
@@ -728,14 +795,16 @@ class DynamoStore:
             return
         raise InternalError()
 
-    def _reserve(self, record: QueryRecord, capped: bool) -> None:
-        G, Q, C = self.m.Grant, self.m.Query, self.m.Cap
+    def _debit(self, record: QueryRecord, attempt: str, capped: bool) -> None:
+        G, Q, C = self.m.grant, self.m.query, self.m.cap
         grant = G(record.user_id, record.dataset)
         cost = record.cost
-        query = self._query_item(record, capped)
+        query = self._query_item(record, attempt, capped)
         shape = G.capped == True if capped else G.capped.does_not_exist()  # noqa: E712
         try:
-            with self._transaction() as tx:
+            # The token makes an SDK retry of this very transaction succeed on AWS instead
+            # of failing on its own record (the record's attempt covers the rest).
+            with self._transaction(client_request_token=f"{attempt}-{int(capped)}") as tx:
                 # The whole check is this condition: the grant exists, both remaining
                 # amounts cover the cost, and the grant is (or is not) under a cap as this
                 # transaction assumes. DynamoDB evaluates it and applies the update in one
@@ -792,38 +861,40 @@ class DynamoStore:
                     return_values="ALL_OLD",
                 )
         except TransactWriteError as exc:
-            # PynamoDB sends condition checks, deletes, puts, then updates in the order they
-            # were added: the query put is item 0, the grant update 1, the cap update 2.
-            reasons = exc.cancellation_reasons or []
-            query_reason, grant_reason = _reason(reasons, 0), _reason(reasons, 1)
-            cap_reason = _reason(reasons, 2)
-            if _failed(query_reason):
-                existing = self.get_query(record.query_id)
-                if existing is not None:
-                    raise QueryIdTaken(existing) from exc
-            if _failed(grant_reason):
-                if not grant_reason.raw_item:
-                    raise NoGrant(f"no grant on dataset {record.dataset}") from exc
-                if _raw_bool(grant_reason.raw_item, "capped") != capped:
-                    raise _CapShapeChanged() from exc
-                raise BudgetExhausted(self._exhausted_message(grant_reason.raw_item)) from exc
-            if _failed(cap_reason):
-                if not cap_reason.raw_item:
-                    raise InternalError() from exc  # a capped grant always has its cap
-                raise BudgetExhausted(
-                    "not enough budget left on the dataset (its cap across all users): "
-                    + self._exhausted_message(cap_reason.raw_item).split(": ", 1)[1]
-                ) from exc
-            raise InternalError() from exc
+            self._diagnose_debit(record, attempt, capped, _Refusal.of(exc), exc)
 
-    @staticmethod
-    def _exhausted_message(raw_item: dict[str, Any]) -> str:
-        remaining_eps = raw_item.get("remaining_epsilon", {}).get("N", "?")
-        remaining_delta = raw_item.get("remaining_delta", {}).get("N", "?")
-        return (
-            f"not enough budget for this query: remaining epsilon {remaining_eps}, "
-            f"remaining delta {remaining_delta}"
-        )
+    def _diagnose_debit(
+        self,
+        record: QueryRecord,
+        attempt: str,
+        capped: bool,
+        refusal: _Refusal,
+        exc: TransactWriteError,
+    ) -> None:
+        """Why a debit transaction was cancelled; returns only when it was this attempt's
+        own write, committed before a retry (then the debit and the record stand)."""
+        if refusal.query is not None:
+            if _raw_string(refusal.query, "ledger_attempt") == attempt:
+                return
+            existing = self.get_query(record.query_id)
+            if existing is not None:
+                raise QueryIdTaken(existing) from exc
+        grant = None
+        if refusal.absent and refusal.grant is None:
+            grant = self.get_grant(record.user_id, record.dataset)
+            if grant is None:
+                raise NoGrant(f"no grant on dataset {record.dataset}") from exc
+        if refusal.grant is not None:
+            if bool(refusal.grant.get("capped", {}).get("BOOL", False)) != capped:
+                raise _CapShapeChanged() from exc
+            raise budget_exhausted(_raw_remaining(refusal.grant)) from exc
+        if grant is not None:
+            if grant.capped != capped:
+                raise _CapShapeChanged() from exc
+            raise InternalError() from exc  # a capped grant always has its cap
+        if refusal.cap is not None:
+            raise budget_exhausted(_raw_remaining(refusal.cap), dataset_cap=True) from exc
+        raise InternalError() from exc
 
     def finish(
         self,
@@ -833,8 +904,8 @@ class DynamoStore:
         result: dict[str, Any] | None = None,
         error: dict[str, str] | None = None,
     ) -> None:
-        Q = self.m.Query
-        actions = [Q.state.set(state.value), Q.finished_at.set(finished_at)]
+        Q = self.m.query
+        actions: list[Action] = [Q.state.set(state.value), Q.finished_at.set(finished_at)]
         if result is not None:
             actions.append(Q.result.set(result))
         if error is not None:
@@ -848,7 +919,7 @@ class DynamoStore:
             raise InternalError() from exc
 
     def refund(self, record: QueryRecord, finished_at: datetime, error: dict[str, str]) -> None:
-        G, Q, C = self.m.Grant, self.m.Query, self.m.Cap
+        G, Q, C = self.m.grant, self.m.query, self.m.cap
         cost = record.cost
         stored = self._query_capped(record.query_id)  # fixed when the record was created
         try:
@@ -887,7 +958,7 @@ class DynamoStore:
             raise InternalError() from exc
 
     def expire_query(self, query_id: str, now: datetime, error: dict[str, str]) -> bool:
-        Q = self.m.Query
+        Q = self.m.query
         try:
             Q(query_id).update(
                 actions=[
@@ -905,14 +976,14 @@ class DynamoStore:
 
     def _query_capped(self, query_id: str) -> bool:
         try:
-            item = self.m.Query.get(query_id, consistent_read=True, attributes_to_get=["capped"])
+            item = self.m.query.get(query_id, consistent_read=True, attributes_to_get=["capped"])
         except DoesNotExist:
             return False
         return bool(item.capped)
 
     def get_query(self, query_id: str) -> QueryRecord | None:
         try:
-            return _record(self.m.Query.get(query_id, consistent_read=True))
+            return _record(self.m.query.get(query_id, consistent_read=True))
         except DoesNotExist:
             return None
 
@@ -920,24 +991,30 @@ class DynamoStore:
         self, user_id: str, dataset: str, limit: int, cursor: str | None
     ) -> tuple[list[QueryRecord], str | None]:
         owner_key = _owner_key(user_id, dataset)
-        last_key = _decode_cursor(cursor, owner_key) if cursor else None
-        page = self.m.Query.by_owner.query(
+        last_key = None
+        if cursor:
+            created_at, query_id = decode_cursor(cursor, owner_key)
+            last_key = {
+                "query_id": {"S": query_id},
+                "owner_key": {"S": owner_key},
+                "created_at": {"S": created_at.astimezone(UTC).strftime(DATETIME_FORMAT)},
+            }
+        page = self.m.query.by_owner.query(
             owner_key,
             scan_index_forward=False,
             limit=limit,
             last_evaluated_key=last_key,
         )
         records = [_record(item) for item in page]
-        next_key = page.last_evaluated_key
-        next_cursor = (
-            base64.urlsafe_b64encode(json.dumps(next_key).encode()).decode() if next_key else None
-        )
-        return records, next_cursor
+        if not page.last_evaluated_key or not records:
+            return records, None
+        last = records[-1]
+        return records, encode_cursor(owner_key, last.created_at, last.query_id)
 
     def iter_queries(
         self, *, user_id: str | None = None, dataset: str | None = None
     ) -> Iterator[QueryRecord]:
-        Q = self.m.Query
+        Q = self.m.query
         if user_id is not None and dataset is not None:
             items: Any = Q.by_owner.query(_owner_key(user_id, dataset))
         else:
@@ -954,7 +1031,7 @@ class DynamoStore:
     def take_request(
         self, user_id: str, window_start: datetime, window_seconds: int, limit: int
     ) -> bool:
-        R = self.m.RateLimit
+        R = self.m.ratelimit
         start = int(window_start.timestamp())
         try:
             # UpdateItem creates the counter on the window's first request; the condition
@@ -970,8 +1047,8 @@ class DynamoStore:
         return True
 
     # helpers -------------------------------------------------------------------------
-    def _query_item(self, record: QueryRecord, capped: bool = False) -> Any:
-        return self.m.Query(
+    def _query_item(self, record: QueryRecord, attempt: str, capped: bool) -> QueryModel:
+        return self.m.query(
             record.query_id,
             owner_key=_owner_key(record.user_id, record.dataset),
             user_id=record.user_id,
@@ -989,10 +1066,11 @@ class DynamoStore:
             error=record.error,
             extra=record.extra or None,
             capped=True if capped else None,
+            ledger_attempt=attempt,
         )
 
     @staticmethod
-    def _save(item: Any, condition: Any) -> None:
+    def _save(item: Model, condition: Condition | None) -> None:
         try:
             item.save(condition=condition)
         except PutError as exc:
@@ -1001,7 +1079,7 @@ class DynamoStore:
             raise
 
     @staticmethod
-    def _delete(item: Any, condition: Any, what: str) -> None:
+    def _delete(item: Model, condition: Condition, what: str) -> None:
         try:
             item.delete(condition=condition)
         except DeleteError as exc:

@@ -22,10 +22,8 @@ without them is the timeline above :meth:`MongoStore.reserve`, and ``docs/ledger
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -38,7 +36,14 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from chalicelib.config import Settings
-from chalicelib.errors import BudgetExhausted, InternalError, InvalidRequest, NoGrant
+from chalicelib.errors import (
+    AlreadyExists,
+    ConcurrentChange,
+    InternalError,
+    ItemNotFound,
+    NoGrant,
+    QueryIdTaken,
+)
 from chalicelib.models import (
     Dataset,
     DatasetCap,
@@ -48,17 +53,17 @@ from chalicelib.models import (
     QueryState,
     Token,
     User,
-    format_decimal,
     utcnow,
 )
-from chalicelib.storage import (
-    AlreadyExists,
-    BelowSpent,
-    ConcurrentChange,
-    ItemNotFound,
-    QueryIdTaken,
-    below_spent_message,
-    cap_below_message,
+from chalicelib.storage.base import (
+    CAP_SEED_PASSES,
+    DEBIT_TRIES,
+    GRANT_SEED_RETRIES,
+    StoreBase,
+    budget_exhausted,
+    decode_cursor,
+    encode_cursor,
+    new_attempt,
 )
 
 log = logging.getLogger(__name__)
@@ -203,7 +208,7 @@ def _record(doc: Doc) -> QueryRecord:
     )
 
 
-class MongoStore:
+class MongoStore(StoreBase):
     """:class:`chalicelib.storage.Store` on MongoDB, without multi-document transactions.
 
     ``grace`` is how old a ``pending`` entry must be before :meth:`reconcile` may settle
@@ -458,14 +463,13 @@ class MongoStore:
         assert grant is not None
         return grant
 
-    def change_grant(
+    def _apply_grant_change(
         self,
         user_id: str,
         dataset: str,
         change: PrivacyCost,
-        *,
-        expected_initial: PrivacyCost | None = None,
-    ) -> Grant:
+        expected_initial: PrivacyCost | None,
+    ) -> Grant | None:
         selector: Doc = {
             **self._key(user_id, dataset),
             # remaining + change >= 0: the new initial is not below what was spent
@@ -484,14 +488,7 @@ class MongoStore:
         doc = self._grants.find_one_and_update(
             selector, {"$inc": inc}, return_document=ReturnDocument.AFTER
         )
-        if doc is not None:
-            return _grant(doc)
-        current = self.get_grant(user_id, dataset)
-        if current is None:
-            raise ItemNotFound(f"{user_id} holds no grant on {dataset}")
-        if expected_initial is not None and current.initial != expected_initial:
-            raise ConcurrentChange("the grant changed meanwhile; try again")
-        raise BelowSpent(below_spent_message(current, change))
+        return None if doc is None else _grant(doc)
 
     def delete_grant(self, user_id: str, dataset: str) -> None:
         if self._grants.delete_one(self._key(user_id, dataset)).deleted_count == 0:
@@ -502,70 +499,52 @@ class MongoStore:
         doc = self._caps.find_one({"_id": dataset})
         return None if doc is None else _cap(doc)
 
-    def set_cap(self, dataset: str, limit: PrivacyCost | None) -> DatasetCap:
-        if self.get_dataset(dataset) is None:
-            raise ItemNotFound(f"unknown dataset {dataset}")
-        current = self.get_cap(dataset)
-        if current is None:
-            if limit is not None:
-                grants = self.list_grants(dataset=dataset)
-                total = sum((g.spent for g in grants), PrivacyCost.zero())
-                if not total <= limit:
-                    raise BelowSpent(cap_below_message(dataset, limit, total))
-            start = limit or PrivacyCost.zero()
-            try:
-                self._caps.insert_one(
-                    {
-                        "_id": dataset,
-                        "limited": limit is not None,
-                        "limit_epsilon": _d128(start.epsilon),
-                        "limit_delta": _d128(start.delta),
-                        "spent_epsilon": _d128(Decimal(0)),
-                        "spent_delta": _d128(Decimal(0)),
-                        "remaining_epsilon": _d128(start.epsilon),
-                        "remaining_delta": _d128(start.delta),
-                        "complete": False,
-                        "pending": [],
-                    }
-                )
-            except DuplicateKeyError:
-                return self.set_cap(dataset, limit)
-        else:
-            for _ in range(20):
-                if limit is not None and not current.spent <= limit:
-                    raise BelowSpent(cap_below_message(dataset, limit, current.spent))
-                update: Doc = {"limited": limit is not None}
-                if limit is not None:
-                    remaining = limit - current.spent
-                    update.update(
-                        limit_epsilon=_d128(limit.epsilon),
-                        limit_delta=_d128(limit.delta),
-                        remaining_epsilon=_d128(remaining.epsilon),
-                        remaining_delta=_d128(remaining.delta),
-                    )
-                selector = {
+    def _insert_cap(self, dataset: str, limit: PrivacyCost | None) -> bool:
+        start = limit or PrivacyCost.zero()
+        try:
+            self._caps.insert_one(
+                {
                     "_id": dataset,
-                    "spent_epsilon": _eq(current.spent.epsilon),
-                    "spent_delta": _eq(current.spent.delta),
+                    "limited": limit is not None,
+                    "limit_epsilon": _d128(start.epsilon),
+                    "limit_delta": _d128(start.delta),
+                    "spent_epsilon": _d128(Decimal(0)),
+                    "spent_delta": _d128(Decimal(0)),
+                    "remaining_epsilon": _d128(start.epsilon),
+                    "remaining_delta": _d128(start.delta),
+                    "complete": False,
+                    "pending": [],
                 }
-                if self._caps.update_one(selector, {"$set": update}).matched_count:
-                    break
-                fresh = self.get_cap(dataset)
-                if fresh is None:
-                    raise ItemNotFound(f"dataset {dataset} has no cap")
-                current = fresh
-            else:
-                raise ConcurrentChange("the dataset-wide spend keeps changing; try again")
-        for _ in range(5):
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    def _write_cap_limit(self, current: DatasetCap, limit: PrivacyCost | None) -> bool:
+        update: Doc = {"limited": limit is not None}
+        if limit is not None:
+            remaining = limit - current.spent
+            update.update(
+                limit_epsilon=_d128(limit.epsilon),
+                limit_delta=_d128(limit.delta),
+                remaining_epsilon=_d128(remaining.epsilon),
+                remaining_delta=_d128(remaining.delta),
+            )
+        selector = {
+            "_id": current.dataset,
+            "spent_epsilon": _eq(current.spent.epsilon),
+            "spent_delta": _eq(current.spent.delta),
+        }
+        return self._caps.update_one(selector, {"$set": update}).matched_count == 1
+
+    def _bring_grants_under_cap(self, dataset: str) -> None:
+        for _ in range(CAP_SEED_PASSES):
             uncapped = [g for g in self.list_grants(dataset=dataset) if not g.capped]
             if not uncapped:
                 self._caps.update_one({"_id": dataset}, {"$set": {"complete": True}})
-                break
+                return
             for grant in uncapped:
                 self._bring_grant_under_cap(grant.user_id, dataset)
-        cap = self.get_cap(dataset)
-        assert cap is not None
-        return cap
 
     def _bring_grant_under_cap(self, user_id: str, dataset: str) -> None:
         """Add the grant's spend to the cap, then flag the grant, in that order.
@@ -576,7 +555,7 @@ class MongoStore:
         :meth:`reconcile` sees that the grant carries no ``cap_seed_attempt`` for the entry
         and takes the amount back.
         """
-        for _ in range(50):
+        for _ in range(GRANT_SEED_RETRIES):
             doc = self._grants.find_one(self._key(user_id, dataset))
             if doc is None or doc.get("capped"):
                 return
@@ -606,10 +585,12 @@ class MongoStore:
         return self._grants.update_one(selector, update).matched_count == 1
 
     # ledger --------------------------------------------------------------------------
-    def _entry(self, kind: str, cost: PrivacyCost, **fields: str) -> Doc:
+    def _entry(
+        self, kind: str, cost: PrivacyCost, attempt: str | None = None, **fields: str
+    ) -> Doc:
         return {
             "kind": kind,
-            "attempt": uuid.uuid4().hex,
+            "attempt": attempt or new_attempt(),
             "epsilon": _d128(cost.epsilon),
             "delta": _d128(cost.delta),
             "at": self.clock(),
@@ -640,7 +621,7 @@ class MongoStore:
         )
         return result.matched_count == 1
 
-    def reserve(self, record: QueryRecord) -> None:
+    def _reserve(self, record: QueryRecord, attempt: str) -> None:
         """Debit the grant (and the cap) and create the record, without a transaction.
 
         Timeline (each step is one single-document, atomic write)::
@@ -651,6 +632,7 @@ class MongoStore:
               if remaining >= cost for both ε and δ        no match -> NoGrant/BudgetExhausted
           R2  capped grant: the same on the dataset's cap  no match -> undo R1, BudgetExhausted
           R3  insert the record, carrying the attempt      duplicate -> undo R2, R1, QueryIdTaken
+              (unless the record found carries this attempt: a retried insert of ours)
           R4  $pull the entries: the debit now stands with its record
 
         No engine runs before reserve returns, i.e. before R4. A crash after R1 and before
@@ -664,18 +646,18 @@ class MongoStore:
         existing = self._queries.find_one({"_id": record.query_id})
         if existing is not None and not self._replaceable(existing, record):
             raise QueryIdTaken(_record(existing))
-        entry = self._entry(DEBIT, record.cost, query_id=record.query_id)
+        entry = self._entry(DEBIT, record.cost, attempt, query_id=record.query_id)
         grant_key = self._key(record.user_id, record.dataset)
         capped = self._debit_grant(record, entry)
         if capped:
             self._debit_cap(record, entry, grant_key)
         try:
             self._insert_record(record, entry["attempt"], capped, existing)
-        except _Taken as taken:
+        except QueryIdTaken:
             if capped:
                 self._undo(self._caps, {"_id": record.dataset}, entry)
             self._undo(self._grants, grant_key, entry)
-            raise QueryIdTaken(taken.existing) from None
+            raise
         settled = self._settle(self._grants, grant_key, entry)
         if capped:
             settled = self._settle(self._caps, {"_id": record.dataset}, entry) and settled
@@ -696,7 +678,7 @@ class MongoStore:
     def _debit_grant(self, record: QueryRecord, entry: Doc) -> bool:
         """R1; returns whether the grant is under its dataset's cap."""
         key = self._key(record.user_id, record.dataset)
-        for attempt in range(2):
+        for tried in range(DEBIT_TRIES):
             doc = self._grants.find_one_and_update(
                 {**key, **_covers(record.cost)},
                 {"$inc": _spend(record.cost, 1), "$push": {"pending": entry}},
@@ -708,15 +690,15 @@ class MongoStore:
             current = self._grants.find_one(key)
             if current is None:
                 raise NoGrant(f"no grant on dataset {record.dataset}")
-            if attempt == 0 and self._reconcile_doc(self._grants, key, current):
+            if tried == 0 and self._reconcile_doc(self._grants, key, current):
                 continue  # stale reservations were holding budget: try once more
-            raise BudgetExhausted(_exhausted_message(current))
+            raise budget_exhausted(_cost(current, "remaining"))
         raise AssertionError("unreachable")
 
     def _debit_cap(self, record: QueryRecord, entry: Doc, grant_key: Doc) -> None:
         """R2 (undoes R1 when the cap refuses)."""
         selector = {"_id": record.dataset}
-        for attempt in range(2):
+        for tried in range(DEBIT_TRIES):
             matched = self._caps.update_one(
                 {**selector, "$or": [{"limited": False}, _covers(record.cost)]},
                 {"$inc": _spend(record.cost, 1), "$push": {"pending": entry}},
@@ -726,17 +708,14 @@ class MongoStore:
             current = self._caps.find_one(selector)
             if (
                 current is not None
-                and attempt == 0
+                and tried == 0
                 and self._reconcile_doc(self._caps, selector, current)
             ):
                 continue
             self._undo(self._grants, grant_key, entry)
             if current is None:
                 raise InternalError()  # a capped grant always has its cap
-            raise BudgetExhausted(
-                "not enough budget left on the dataset (its cap across all users): "
-                + _exhausted_message(current).split(": ", 1)[1]
-            )
+            raise budget_exhausted(_cost(current, "remaining"), dataset_cap=True)
 
     def _insert_record(
         self, record: QueryRecord, attempt: str, capped: bool, existing: Doc | None
@@ -772,7 +751,9 @@ class MongoStore:
         current = self._queries.find_one({"_id": record.query_id})
         if current is None:  # pragma: no cover - deleted in between: records never are
             raise InternalError()
-        raise _Taken(_record(current))
+        if current.get("ledger_attempt") == attempt:
+            return  # a retried insert of this attempt: the record is ours
+        raise QueryIdTaken(_record(current))
 
     def _record_doc(self, record: QueryRecord, attempt: str, capped: bool) -> Doc:
         return {
@@ -930,7 +911,7 @@ class MongoStore:
         owner = f"{user_id}#{dataset}"
         selector: Doc = {"user_id": user_id, "dataset": dataset}
         if cursor:
-            created_at, query_id = _decode_cursor(cursor, owner)
+            created_at, query_id = decode_cursor(cursor, owner)
             selector["$or"] = [
                 {"created_at": {"$lt": created_at}},
                 {"created_at": created_at, "_id": {"$lt": query_id}},
@@ -944,8 +925,7 @@ class MongoStore:
         next_cursor = None
         if len(docs) > limit:
             last = docs[limit - 1]
-            document = {"o": owner, "t": _aware(last["created_at"]).isoformat(), "q": last["_id"]}
-            next_cursor = base64.urlsafe_b64encode(json.dumps(document).encode()).decode()
+            next_cursor = encode_cursor(owner, _aware(last["created_at"]), last["_id"])
         return records, next_cursor
 
     def iter_queries(
@@ -985,30 +965,3 @@ class MongoStore:
             # the counter exists and is at the limit (or was created by a concurrent
             # first request): try once more without upserting
             return self._ratelimits.update_one(below, {"$inc": {"hits": 1}}).matched_count == 1
-
-
-class _Taken(Exception):
-    def __init__(self, existing: QueryRecord) -> None:
-        super().__init__("query id taken")
-        self.existing = existing
-
-
-def _exhausted_message(doc: Doc) -> str:
-    return (
-        "not enough budget for this query: "
-        f"remaining epsilon {format_decimal(_dec(doc['remaining_epsilon']))}, "
-        f"remaining delta {format_decimal(_dec(doc['remaining_delta']))}"
-    )
-
-
-def _decode_cursor(cursor: str, owner: str) -> tuple[datetime, str]:
-    """The position in a pagination cursor, refused unless it is the caller's own."""
-    try:
-        document = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        if not isinstance(document, dict) or set(document) != {"o", "t", "q"}:
-            raise ValueError("shape")
-        if document["o"] != owner or not isinstance(document["q"], str):
-            raise ValueError("owner")
-        return datetime.fromisoformat(document["t"]), document["q"]
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise InvalidRequest("invalid cursor") from exc
