@@ -20,7 +20,6 @@ import httpx
 import pytest
 import yaml
 from api_process import api_server
-from memory_store import MemoryStore
 
 from chalicelib import metadata
 from chalicelib.config import from_environ
@@ -28,6 +27,7 @@ from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import InvalidRequest, QueryCapExceeded, RateLimited
 from chalicelib.models import Dataset, PrivacyCost, User, utcnow
 from chalicelib.service import Service
+from chalicelib.storage.memory import MemoryStore
 from neblina_admin import declarative
 from neblina_admin import operations as admin
 

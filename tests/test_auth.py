@@ -7,11 +7,11 @@ import re
 from datetime import timedelta
 
 import pytest
-from memory_store import MemoryStore
 
 from chalicelib.auth import TOKEN_PATTERN, authenticate, hash_token, issue_token
 from chalicelib.errors import Forbidden, Unauthorized
 from chalicelib.models import User, utcnow
+from chalicelib.storage.memory import MemoryStore
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from memory_store import MemoryStore
 
 from chalicelib import metadata
 from chalicelib.config import from_environ
@@ -32,6 +31,7 @@ from chalicelib.errors import (
 )
 from chalicelib.models import DEFAULT_LATENCY_BUCKET_MS, Dataset, PrivacyCost, User, utcnow
 from chalicelib.service import HARDENED_ENGINE_MESSAGE, Service
+from chalicelib.storage.memory import MemoryStore
 from neblina_admin import operations as admin
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,6 @@ from typing import Any
 
 import opendp.prelude as dp
 import pytest
-from memory_store import MemoryStore
 from opendp_pipelines import (
     META,
     ROOT,
@@ -34,6 +33,7 @@ from chalicelib.models import (
     utcnow,
 )
 from chalicelib.service import Service
+from chalicelib.storage.memory import MemoryStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated function:DeprecationWarning")
 GRANT = PrivacyCost(epsilon=5, delta="0.001")

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-from memory_store import MemoryStore
 
 from chalicelib import engines
 from chalicelib.config import from_environ
@@ -29,6 +28,7 @@ from chalicelib.errors import (
 )
 from chalicelib.models import Dataset, PrivacyCost, QueryState, User, utcnow
 from chalicelib.service import Service
+from chalicelib.storage.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
 META = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())

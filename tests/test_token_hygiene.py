@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from memory_store import MemoryStore
 
 from chalicelib import auth
 from chalicelib.auth import LAST_USED_RESOLUTION, authenticate, hash_token, issue_token
 from chalicelib.errors import Conflict, Forbidden, InvalidRequest, Unauthorized
 from chalicelib.models import Token, User, utcnow
+from chalicelib.storage.memory import MemoryStore
 from neblina_admin import operations as admin
 
 

@@ -4,7 +4,9 @@
   local stack, with its own table prefix;
 - ``mongomock``: MongoStore on mongomock (in-process; taught Decimal128 by
   ``mongomock_decimal128``), which proves the logic but not concurrency;
-- ``mongodb``: MongoStore on a real server when ``MONGODB_URI`` is set, skipped otherwise.
+- ``mongodb``: MongoStore on a real server when ``MONGODB_URI`` is set, skipped otherwise;
+- ``memory``: MemoryStore, the in-process store the service tests use, held to the same
+  contract so what those tests prove holds for the real backends.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 from mongo_backends import mongo_database
 
-BACKENDS = ("dynamodb", "mongomock", "mongodb")
+BACKENDS = ("dynamodb", "mongomock", "mongodb", "memory")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -33,6 +35,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Any]:
         store: Any = DynamoStore(dataclasses.replace(get_settings(), table_prefix=prefix))
         store.create_schema()
         yield store
+        return
+    if request.param == "memory":
+        from chalicelib.storage.memory import MemoryStore
+
+        yield MemoryStore()
         return
     from chalicelib.storage.mongo import MongoStore
 
