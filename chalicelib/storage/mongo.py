@@ -644,6 +644,9 @@ class MongoStore(StoreBase):
         Overspending is impossible at every point: R1 and R2 are each a conditional $inc.
         """
         existing = self._queries.find_one({"_id": record.query_id})
+        if existing is not None and existing.get("ledger_attempt") == attempt:
+            self._settle_debit(record, attempt, bool(existing.get("capped")))  # ours: R4
+            return
         if existing is not None and not self._replaceable(existing, record):
             raise QueryIdTaken(_record(existing))
         entry = self._entry(DEBIT, record.cost, attempt, query_id=record.query_id)
@@ -658,14 +661,19 @@ class MongoStore(StoreBase):
                 self._undo(self._caps, {"_id": record.dataset}, entry)
             self._undo(self._grants, grant_key, entry)
             raise
-        settled = self._settle(self._grants, grant_key, entry)
-        if capped:
-            settled = self._settle(self._caps, {"_id": record.dataset}, entry) and settled
-        if not settled:
+        if not self._settle_debit(record, attempt, capped):
             # Only if this request outlived the lease and a reconcile took the debit back:
             # do not run anything on a debit that no longer exists.
             log.error("query %s: reservation settled by reconcile meanwhile", record.query_id)
             raise InternalError()
+
+    def _settle_debit(self, record: QueryRecord, attempt: str, capped: bool) -> bool:
+        """R4: drop the debit's entries; False if one was already gone (reconciled)."""
+        entry = {"attempt": attempt}
+        settled = self._settle(self._grants, self._key(record.user_id, record.dataset), entry)
+        if capped:
+            settled = self._settle(self._caps, {"_id": record.dataset}, entry) and settled
+        return settled
 
     @staticmethod
     def _replaceable(existing: Doc, record: QueryRecord) -> bool:

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import yaml
 from chalice.test import Client as ChaliceClient
-from memory_store import MemoryStore
 
 import app
 from chalicelib import auth, metadata, storage
@@ -30,6 +29,7 @@ from chalicelib.config import from_environ, get_settings
 from chalicelib.datasets import DatasetLoader
 from chalicelib.models import Dataset, PrivacyCost, User, utcnow
 from chalicelib.service import Service
+from chalicelib.storage.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 META = metadata.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
