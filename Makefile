@@ -5,7 +5,7 @@ PORT ?= 4566
 
 # mypy --strict covers what ships and what operators run: the Lambda code, the client and
 # the admin package (once it has its own folder).
-TYPED := chalicelib client/neblina_client $(wildcard neblina_admin)
+TYPED := app.py chalicelib neblina_admin client/neblina_client
 TIERS := unit contract stack build
 
 .PHONY: help venv demo test check up down status lint typecheck bench clean package checkov \

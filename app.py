@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from chalice import AuthResponse, Chalice, Response
+from chalice.app import AuthResponse, Chalice, Request, Response
 
 from chalicelib.config import get_settings
 from chalicelib.errors import InternalError, InvalidRequest, NeblinaError, PayloadTooLarge
@@ -41,12 +41,9 @@ def get_service() -> Service:
     if not _SERVICE:
         with _SERVICE_LOCK:
             if not _SERVICE:
-                from chalicelib.datasets import DatasetLoader
-                from chalicelib.service import Service
-                from chalicelib.storage import get_store
+                from chalicelib.deps import build_service
 
-                settings = get_settings()
-                _SERVICE.append(Service(get_store(), settings, DatasetLoader(settings)))
+                _SERVICE.append(build_service(get_settings()))
     return _SERVICE[0]
 
 
@@ -108,9 +105,17 @@ def token_authorizer(auth_request: Any) -> Any:
     return AuthResponse(routes=["*"], principal_id=user.user_id)
 
 
+def current_request() -> Request:
+    """The request being served (Chalice sets it before calling a route)."""
+    request = app.current_request
+    if request is None:
+        raise InternalError()
+    return request
+
+
 def caller() -> str:
     """The authenticated user id (set by the authorizer)."""
-    context = app.current_request.context.get("authorizer") or {}
+    context = current_request().context.get("authorizer") or {}
     principal = context.get("principalId")
     if not principal:
         raise InternalError()
@@ -119,7 +124,9 @@ def caller() -> str:
 
 def json_body() -> Any:
     """The request body as JSON: 413 over the size limit, 400 when malformed."""
-    raw = app.current_request.raw_body or b""
+    raw = current_request().raw_body or b""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
     if len(raw) > get_settings().max_body_bytes:
         raise PayloadTooLarge(f"request body larger than {get_settings().max_body_bytes} bytes")
     if not raw:
@@ -131,7 +138,7 @@ def json_body() -> Any:
 
 def query_param(name: str) -> str | None:
     """One query-string parameter, or None."""
-    params = app.current_request.query_params or {}
+    params: Mapping[str, Any] = current_request().query_params or {}
     value = params.get(name)
     return None if value is None else str(value)
 

@@ -19,6 +19,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from chalicelib.errors import Forbidden, Unauthorized
 from chalicelib.models import Token, User, utcnow
@@ -31,19 +32,14 @@ TOKEN_PATTERN = re.compile(r"^nbl_[A-Za-z0-9_-]{43}$")
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 
 
-class TokenLookup:
+class TokenLookup(Protocol):
     """What the authorizer needs from storage (a subset of ``Store``)."""
 
-    def get_token(self, token_hash: str) -> Token | None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def get_token(self, token_hash: str) -> Token | None: ...
 
-    def get_user(self, user_id: str) -> User | None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def get_user(self, user_id: str) -> User | None: ...
 
-    def touch_token(
-        self, token_hash: str, used_at: datetime, resolution: timedelta
-    ) -> bool:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def touch_token(self, token_hash: str, used_at: datetime, resolution: timedelta) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -25,19 +25,20 @@ import os
 import threading
 import time
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
+from chalicelib.aws import s3_client
 from chalicelib.config import Settings
 from chalicelib.dummy import make_dummy
+from chalicelib.lru import LruCache
 from chalicelib.models import Dataset
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,6 @@ class LoadedDataset:
                 self._derived[key] = build(self)
             value: T = self._derived[key]
             return value
-
-
-@lru_cache(maxsize=1)
-def _s3_client(endpoint_url: str | None, region: str) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -245,11 +239,14 @@ def _within_public_domain(series: pd.Series, spec: dict[str, Any]) -> pd.Series:
 class DatasetLoader:
     """Reads datasets from their sources, with a small LRU cache of loaded frames."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, s3: Callable[[], Any] | None = None) -> None:
         self._settings = settings
-        self._cache: OrderedDict[tuple[str, str, str], LoadedDataset] = OrderedDict()
-        self._dummy_cache: OrderedDict[tuple[str, str, int, int], LoadedDataset] = OrderedDict()
-        self._lock = threading.Lock()
+        self._s3 = s3 or partial(s3_client, settings)
+        self._cache: LruCache[tuple[str, str, str], LoadedDataset] = LruCache(
+            settings.dataset_cache_entries
+        )
+        self._dummy_cache: LruCache[tuple[str, str, int, int], LoadedDataset] = LruCache(16)
+        self._lock = threading.Lock()  # guards _key_locks
         self._key_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self.reads = 0  # how many times a source was actually read (tests and benchmarks)
 
@@ -261,9 +258,7 @@ class DatasetLoader:
         try:
             if scheme == "s3":
                 bucket, key = split_s3_uri(source)
-                head = _s3_client(self._settings.endpoint_url, self._settings.region).head_object(
-                    Bucket=bucket, Key=key
-                )
+                head = self._s3().head_object(Bucket=bucket, Key=key)
                 return f"{head.get('ETag', '')}:{head.get('VersionId', '')}"
             if scheme in ("http", "https"):
                 request = urllib.request.Request(source, method="HEAD")  # noqa: S310
@@ -282,7 +277,7 @@ class DatasetLoader:
         scheme = urlparse(source).scheme
         if scheme == "s3":
             bucket, key = split_s3_uri(source)
-            client = _s3_client(self._settings.endpoint_url, self._settings.region)
+            client = self._s3()
             body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
             return body
         if scheme in ("http", "https"):
@@ -318,17 +313,15 @@ class DatasetLoader:
         metadata = copy.deepcopy(dataset.metadata)  # the entry's own: nobody mutates it later
         digest = metadata_digest(metadata)
         key = (dataset.name, version, digest)
+        entry = self._cache.get(key)
+        if entry is not None:
+            return entry
         with self._lock:
-            entry = self._cache.get(key)
-            if entry is not None:
-                self._cache.move_to_end(key)
-                return entry
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # one reader per (dataset, version); others wait for it
-            with self._lock:
-                entry = self._cache.get(key)
-                if entry is not None:
-                    return entry
+            entry = self._cache.get(key)
+            if entry is not None:
+                return entry
             try:
                 frame = self._read_frame(dataset, metadata)
             except DatasetUnavailable:
@@ -337,12 +330,10 @@ class DatasetLoader:
                 log.warning("dataset %s: cannot load source: %s", dataset.name, exc)
                 raise DatasetUnavailable("dataset source unavailable") from exc
             entry = LoadedDataset(dataset.name, version, metadata, frame)
+            # an older version (or metadata) of the same dataset goes
+            self._cache.discard(lambda k: k[0] != dataset.name)
+            self._cache.put(key, entry)
             with self._lock:
-                for old in [k for k in self._cache if k[0] == dataset.name]:
-                    del self._cache[old]  # an older version (or metadata) of the same dataset
-                self._cache[key] = entry
-                while len(self._cache) > self._settings.dataset_cache_entries:
-                    self._cache.popitem(last=False)
                 self._key_locks.pop(key, None)
             return entry
 
@@ -351,15 +342,9 @@ class DatasetLoader:
         metadata = copy.deepcopy(dataset.metadata)
         digest = metadata_digest(metadata)
         key = (dataset.name, digest, rows, seed)
-        with self._lock:
-            entry = self._dummy_cache.get(key)
-            if entry is not None:
-                self._dummy_cache.move_to_end(key)
-                return entry
-        frame = make_dummy(metadata, rows, seed)
-        entry = LoadedDataset(dataset.name, digest, metadata, frame, is_dummy=True)
-        with self._lock:
-            self._dummy_cache[key] = entry
-            while len(self._dummy_cache) > 16:
-                self._dummy_cache.popitem(last=False)
-        return entry
+        return self._dummy_cache.get_or_build(
+            key,
+            lambda: LoadedDataset(
+                dataset.name, digest, metadata, make_dummy(metadata, rows, seed), is_dummy=True
+            ),
+        )

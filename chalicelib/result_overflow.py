@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from chalicelib.aws import s3_client
 from chalicelib.config import Settings
 
 ARCHIVE_PREFIX = "archive/"
@@ -51,21 +53,15 @@ def object_key(query_id: str) -> str:
     return f"{ARCHIVE_PREFIX}{query_id}.json"
 
 
-@lru_cache(maxsize=1)
-def _s3_client(endpoint_url: str | None, region: str) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
-
-
 class ResultArchive:
     """Writes and reads archived results in the deployment's bucket."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, s3: Callable[[], Any] | None = None) -> None:
         self._settings = settings
+        self._s3 = s3 or partial(s3_client, settings)
 
     def _client(self) -> Any:
-        return _s3_client(self._settings.endpoint_url, self._settings.region)
+        return self._s3()
 
     def put(self, query_id: str, body: bytes) -> dict[str, Any]:
         """Write ``body`` as the query's archived result; returns the pointer to store.

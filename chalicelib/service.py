@@ -32,9 +32,7 @@ import hashlib
 import json
 import logging
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -44,7 +42,7 @@ from typing import Any, NoReturn
 from chalicelib import result_overflow, validation
 from chalicelib.config import Settings
 from chalicelib.datasets import DatasetLoader, DatasetUnavailable, metadata_digest
-from chalicelib.engines import Engine, EngineRequest, get_engine
+from chalicelib.engines import Engine, EngineRequest, Engines
 from chalicelib.errors import (
     DatasetNotFound,
     DatasetUnavailableError,
@@ -62,6 +60,7 @@ from chalicelib.errors import (
     RateLimited,
     ResultTooLarge,
 )
+from chalicelib.lru import LruCache
 from chalicelib.models import (
     INTERRUPTED,
     AmountOutOfRange,
@@ -172,28 +171,6 @@ class _Hardening:
         return self.started + buckets * bucket
 
 
-class _Lru[T]:
-    """A small thread-safe LRU map."""
-
-    def __init__(self, size: int) -> None:
-        self._items: OrderedDict[str, T] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> T | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: T) -> None:
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-
 class Service:
     """The API's operations for an authenticated user."""
 
@@ -206,15 +183,17 @@ class Service:
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         results: ResultArchive | None = None,
+        engines: Engines | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.loader = loader
         self.results = results or ResultArchive(settings)
+        self.engines = engines or Engines(settings)
         self.clock = clock
         self.timer = timer
         self.sleep = sleep
-        self._costs: _Lru[PrivacyCost] = _Lru(1024)
+        self._costs: LruCache[str, PrivacyCost] = LruCache(1024)
 
     # lookups -------------------------------------------------------------------------
     def _dataset(self, name: str) -> Dataset:
@@ -375,12 +354,12 @@ class Service:
         return record
 
     # cost and queries ----------------------------------------------------------------
-    def _parse(self, body: object) -> tuple[Engine, EngineRequest, dict[str, Any]]:
+    def _parse(self, body: object) -> tuple[Engine[Any], EngineRequest, dict[str, Any]]:
         document = validation.require_object(body)
-        engine = get_engine(document.get("engine"))
+        engine = self.engines.get(document.get("engine"))
         return engine, engine.parse(document), document
 
-    def _price(self, engine: Engine, dataset: Dataset, request: EngineRequest) -> PrivacyCost:
+    def _price(self, engine: Engine[Any], dataset: Dataset, request: EngineRequest) -> PrivacyCost:
         """The charge: the engine's exact price rounded up to the ledger's grid, memoised.
 
         It is a pure function of metadata and request. The rounding is the one rule of
@@ -486,7 +465,7 @@ class Service:
     def _debit_and_run(
         self,
         user_id: str,
-        engine: Engine,
+        engine: Engine[Any],
         dataset: Dataset,
         request: EngineRequest,
         query_id: str,
@@ -535,7 +514,7 @@ class Service:
         )
 
     def _run(
-        self, engine: Engine, dataset: Dataset, request: EngineRequest, record: QueryRecord
+        self, engine: Engine[Any], dataset: Dataset, request: EngineRequest, record: QueryRecord
     ) -> dict[str, Any]:
         """Steps 4-6 for a reserved record; every exception leaves the record settled.
 
@@ -633,7 +612,7 @@ class Service:
 
     def _dummy_query(
         self,
-        engine: Engine,
+        engine: Engine[Any],
         dataset: Dataset,
         request: EngineRequest,
         document: dict[str, Any],

@@ -98,13 +98,12 @@ class _FaultyEngine:
 
 def install(service: Any) -> None:
     """Wrap the service's store, loader and engines at the steps above."""
-    from chalicelib import service as service_module
     from chalicelib.models import QueryState
 
     real_query = service.query
     real_reserve, real_finish = service.store.reserve, service.store.finish
     real_load = service.loader.load
-    real_get_engine = service_module.get_engine
+    real_get_engine = service.engines.get
 
     def query(user_id: str, name: str, body: object) -> Any:
         _current.fault = parse_fault(body.get("query_id") if isinstance(body, dict) else None)
@@ -134,7 +133,7 @@ def install(service: Any) -> None:
     service.store.reserve = reserve
     service.store.finish = finish
     service.loader.load = load
-    service_module.get_engine = lambda name: _FaultyEngine(real_get_engine(name))
+    service.engines.get = lambda name: _FaultyEngine(real_get_engine(name))
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from chalicelib import metadata as M
 from chalicelib.datasets import LoadedDataset, coerce_types
-from chalicelib.engines import ENGINE_MODULES, get_engine
+from chalicelib.engines import FACTORIES, get_engine
 from chalicelib.errors import NeblinaError
 from chalicelib.models import Dataset, utcnow
 from neblina_client._opendp import input_space, pipeline_nodes
@@ -465,8 +465,8 @@ COVERED: dict[str, tuple[Callable[[Counter[str], int], None], int]] = {
 
 
 def test_every_registered_engine_is_in_the_neighbouring_datasets_test() -> None:
-    assert set(COVERED) == set(ENGINE_MODULES), (
-        "an engine was added to chalicelib.engines.ENGINE_MODULES: give it a corpus here"
+    assert set(COVERED) == set(FACTORIES), (
+        "an engine was added to chalicelib.engines.FACTORIES: give it a corpus here"
     )
 
 

@@ -65,10 +65,10 @@ class ExplodingEngine:
 
 
 @pytest.fixture
-def exploding(monkeypatch: pytest.MonkeyPatch) -> ExplodingEngine:
+def exploding(service: Service) -> ExplodingEngine:
     engine = ExplodingEngine()
-    monkeypatch.setitem(engines.ENGINE_MODULES, "exploding", "unused")
-    monkeypatch.setitem(engines._LOADED, "exploding", engine)
+    factories = {**engines.FACTORIES, "exploding": lambda _settings: engine}
+    service.engines = engines.Engines(service.settings, factories)
     return engine
 
 
@@ -326,7 +326,8 @@ def test_a_warm_process_runs_with_exactly_the_metadata_it_priced(
     from chalicelib import metadata
 
     recorder = RecordingEngine()
-    monkeypatch.setitem(engines._LOADED, "smartnoise_sql", recorder)
+    factories = {**engines.FACTORIES, "smartnoise_sql": lambda _settings: recorder}
+    service.engines = engines.Engines(service.settings, factories)
     group = "SELECT species, island, COUNT(*) AS n FROM df GROUP BY species, island"
     updates = [
         {"censor_dims": True, "max_ids": 1},

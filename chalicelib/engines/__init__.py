@@ -1,16 +1,24 @@
-"""DP engines behind one small interface, and the registry that names them.
+"""DP engines behind one typed interface, and the lazy registry that builds them.
 
 An engine module is imported only when a request names it, so a SmartNoise request never
-pays for another engine's imports (and the authorizer pays for none).
+pays for another engine's imports (and the authorizer pays for none). Each engine is built
+by a factory from the deployment's :class:`~chalicelib.config.Settings` (its limits are
+handed in; no engine reads global settings), and each factory states the engine's request
+type, so mypy checks that the engine really is an ``Engine`` of that request.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
+from chalicelib.config import Settings
 from chalicelib.errors import InvalidRequest
 from chalicelib.models import Dataset, PrivacyCost
+
+if TYPE_CHECKING:  # the loader imports pandas: never at cold start
+    from chalicelib.datasets import LoadedDataset
 
 # The fields every engine accepts besides its own: the engine's name, the caller's idempotency
 # key and the dummy-run switches (the service reads these; each engine refuses the rest).
@@ -22,10 +30,11 @@ class EngineRequest(Protocol):
 
     def canonical(self) -> dict[str, Any]:
         """The request as stored in the archive and hashed for idempotency."""
+        ...
 
 
-class Engine(Protocol):
-    """One DP library.
+class Engine[R: EngineRequest](Protocol):
+    """One DP library, whose validated requests are ``R``.
 
     ``parse`` and ``cost`` see only the request and the public metadata; ``execute`` is the
     only method that sees rows (private or dummy).
@@ -33,30 +42,74 @@ class Engine(Protocol):
 
     name: str
 
-    def parse(self, body: dict[str, Any]) -> EngineRequest:
+    def parse(self, body: dict[str, Any]) -> R:
         """Validate the engine's fields of a request body (400 on bad input)."""
+        ...
 
-    def cost(self, dataset: Dataset, request: EngineRequest) -> PrivacyCost:
+    def cost(self, dataset: Dataset, request: R) -> PrivacyCost:
         """The exact privacy cost, from the request and metadata only."""
+        ...
 
-    def execute(self, loaded: Any, request: EngineRequest) -> dict[str, Any]:
+    def execute(self, loaded: LoadedDataset, request: R) -> dict[str, Any]:
         """Run the mechanism on a loaded (private or dummy) dataset; a JSON result."""
+        ...
 
 
-ENGINE_MODULES = {
-    "smartnoise_sql": "chalicelib.engines.smartnoise_engine",
-    "opendp": "chalicelib.engines.opendp_engine",
-}
-
-_LOADED: dict[str, Engine] = {}
+type EngineFactory = Callable[[Settings], Engine[Any]]
 
 
-def get_engine(name: object) -> Engine:
-    """The engine called ``name``; 400 for an unknown name."""
-    if not isinstance(name, str) or name not in ENGINE_MODULES:
-        known = ", ".join(sorted(ENGINE_MODULES))
-        raise InvalidRequest(f"unknown engine {name!r} (expected one of: {known})")
-    if name not in _LOADED:
-        module = importlib.import_module(ENGINE_MODULES[name])
-        _LOADED[name] = module.ENGINE
-    return _LOADED[name]
+def _smartnoise_sql(settings: Settings) -> Engine[Any]:
+    from chalicelib.engines.smartnoise_engine import SmartnoiseSqlEngine, SqlRequest
+
+    engine: Engine[SqlRequest] = SmartnoiseSqlEngine(max_query_chars=settings.max_query_chars)
+    return engine
+
+
+def _opendp(settings: Settings) -> Engine[Any]:
+    from chalicelib.engines.opendp_engine import OpenDPEngine, OpenDPRequest
+
+    engine: Engine[OpenDPRequest] = OpenDPEngine()
+    return engine
+
+
+# The engines a request may name ("engine"), each with its factory.
+FACTORIES: Mapping[str, EngineFactory] = {"smartnoise_sql": _smartnoise_sql, "opendp": _opendp}
+
+
+class Engines:
+    """The engines by name, each built on first use and then kept (thread-safe)."""
+
+    def __init__(self, settings: Settings, factories: Mapping[str, EngineFactory] = FACTORIES):
+        self._settings = settings
+        self._factories = dict(factories)
+        self._built: dict[str, Engine[Any]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._factories)
+
+    def get(self, name: object) -> Engine[Any]:
+        """The engine called ``name``; 400 for an unknown name."""
+        if not isinstance(name, str) or name not in self._factories:
+            known = ", ".join(sorted(self._factories))
+            raise InvalidRequest(f"unknown engine {name!r} (expected one of: {known})")
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = self._factories[name](self._settings)
+            return self._built[name]
+
+
+_DEFAULT: list[Engines] = []
+
+
+def get_engine(name: object) -> Engine[Any]:
+    """The engine called ``name`` under the process settings (scripts, benchmarks, tests).
+
+    The API's service uses the :class:`Engines` its composition root hands it.
+    """
+    if not _DEFAULT:
+        from chalicelib.config import get_settings
+
+        _DEFAULT.append(Engines(get_settings()))
+    return _DEFAULT[0].get(name)

@@ -79,9 +79,7 @@ import json
 import math
 import re
 import secrets
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -104,6 +102,7 @@ from chalicelib import validation
 from chalicelib.datasets import LoadedDataset
 from chalicelib.engines import COMMON_FIELDS
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
+from chalicelib.lru import LruCache
 from chalicelib.models import Dataset, PrivacyCost, exact_decimal, float_down, format_decimal
 
 enable_features("contrib")  # the only feature this engine enables (see the module docstring)
@@ -447,28 +446,8 @@ def _describe(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
-class _BuiltCache:
-    """Measurements already built, by pipeline digest (building is pure: same JSON, same object)."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, digest: str, nodes: list[dict[str, Any]]) -> Any:
-        with self._lock:
-            if digest in self._items:
-                self._items.move_to_end(digest)
-                return self._items[digest]
-        measurement = build(nodes)
-        with self._lock:
-            self._items[digest] = measurement
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return measurement
-
-
-BUILT = _BuiltCache()
+# Measurements already built, by pipeline digest (building is pure: same JSON, same object).
+BUILT: LruCache[str, Any] = LruCache(64)
 
 
 # --- checks and price -----------------------------------------------------------------------
@@ -698,7 +677,8 @@ class OpenDPRequest:
 
     def measurement(self) -> Any:
         """The built measurement (cached), checked to take the server's CSV input."""
-        measurement = BUILT.get(self.digest, self.nodes())
+        nodes = self.nodes()
+        measurement = BUILT.get_or_build(self.digest, lambda: build(nodes))
         check_measurement(measurement)
         return measurement
 

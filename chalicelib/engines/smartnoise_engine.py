@@ -24,7 +24,6 @@ import math
 import re
 import sqlite3
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -56,6 +55,7 @@ from chalicelib import validation
 from chalicelib.datasets import LoadedDataset, coerce_types
 from chalicelib.engines import COMMON_FIELDS, sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
+from chalicelib.lru import LruCache
 from chalicelib.metadata import IDENTIFIER, to_smartnoise
 from chalicelib.models import (
     EXACT,
@@ -74,6 +74,7 @@ NAME = "smartnoise_sql"
 # besides the engines' COMMON_FIELDS
 FIELDS = {"query", "epsilon", "delta", "mechanisms", "postprocess"}
 STATS = {stat.name: stat for stat in Stat}
+DEFAULT_MAX_QUERY_CHARS = 10_000  # NEBLINA_MAX_QUERY_CHARS unset (chalicelib.config)
 MECHANISMS = {m.name: m for m in Mechanism}
 
 # Messages of these kinds come from the parser/validator and describe the query, not data.
@@ -85,32 +86,13 @@ _QUERY_PROBLEMS = re.compile(
 )
 
 
-class _ScaleCache:
-    """Noise scales already found, keyed by everything the search depends on.
-
-    SmartNoise finds each mechanism's noise scale by a binary search over OpenDP
-    measurements (~25 ms per aggregate, every time a query is priced or run). The result is
-    a pure function of the key below, so it is computed once per process. A string is a
-    refusal (SmartNoise's message), remembered like a scale.
-    """
-
-    def __init__(self, size: int = 4096) -> None:
-        self._scales: OrderedDict[tuple[Any, ...], float | str] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[Any, ...]) -> float | str | None:
-        with self._lock:
-            return self._scales.get(key)
-
-    def put(self, key: tuple[Any, ...], scale: float | str) -> None:
-        with self._lock:
-            self._scales[key] = scale
-            while len(self._scales) > self._size:
-                self._scales.popitem(last=False)
-
-
-SCALES = _ScaleCache()
+# Noise scales already found, keyed by everything the search depends on.
+#
+# SmartNoise finds each mechanism's noise scale by a binary search over OpenDP
+# measurements (~25 ms per aggregate, every time a query is priced or run). The result is
+# a pure function of the key below, so it is computed once per process. A string is a
+# refusal (SmartNoise's message), remembered like a scale.
+SCALES: LruCache[tuple[Any, ...], float | str] = LruCache(4096)
 # An uncensored GROUP BY answers every key of its public domain: at most this many rows.
 MAX_PUBLIC_KEYS = 20_000
 
@@ -794,17 +776,16 @@ class SmartnoiseSqlEngine:
 
     name = NAME
 
+    def __init__(self, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> None:
+        self.max_query_chars = max_query_chars  # NEBLINA_MAX_QUERY_CHARS, from the registry
+
     def parse(self, body: dict[str, Any]) -> SqlRequest:
         validation.refuse_unknown(body, FIELDS | COMMON_FIELDS)
         query = body.get("query")
         if not isinstance(query, str) or not query.strip():
             raise InvalidRequest("query must be a non-empty SQL string")
-        from chalicelib.config import get_settings
-
-        if len(query) > get_settings().max_query_chars:
-            raise InvalidRequest(
-                f"query is longer than {get_settings().max_query_chars} characters"
-            )
+        if len(query) > self.max_query_chars:
+            raise InvalidRequest(f"query is longer than {self.max_query_chars} characters")
         raw_mechanisms = body.get("mechanisms") or {}
         if not isinstance(raw_mechanisms, dict):
             raise InvalidRequest("mechanisms must be an object {stat: mechanism}")
@@ -871,4 +852,6 @@ class SmartnoiseSqlEngine:
         return frame_to_table(_keyed_frame(list(header), [list(r) for r in rows], keys))
 
 
+# With the default limits (scripts and tests); the API builds its own through
+# chalicelib.engines.Engines, with the deployment's limits.
 ENGINE = SmartnoiseSqlEngine()
