@@ -55,11 +55,13 @@ tokens = typer.Typer(
 datasets = typer.Typer(no_args_is_help=True, help="Datasets: source + validated metadata.")
 grants = typer.Typer(no_args_is_help=True, help="Budgets per user and dataset, and caps.")
 archive = typer.Typer(no_args_is_help=True, help="Export archived queries.")
+ledger = typer.Typer(no_args_is_help=True, help="Ledger upkeep: settle what a crash left.")
 app.add_typer(users, name="users")
 app.add_typer(tokens, name="tokens")
 app.add_typer(datasets, name="datasets")
 app.add_typer(grants, name="grants")
 app.add_typer(archive, name="archive")
+app.add_typer(ledger, name="ledger")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -873,6 +875,23 @@ def archive_export(
         out.print(f"exported {count} queries to {output}")
     if count == 0:
         err.print("note: no archived queries matched", markup=False)
+
+
+# ledger -----------------------------------------------------------------------------------
+@ledger.command("reconcile")
+@handled
+def ledger_reconcile() -> None:
+    """Settle reservations and refunds a crash left half-written (older than the query lease).
+
+    MongoDB only (docs/ledger.md, "MongoDB without transactions"): a debit no record carries
+    is given back, one whose record exists stands. Safe to run at any time, and repeatedly.
+    DynamoDB writes each reservation in one transaction, so there is nothing to settle.
+    """
+    settled = admin.reconcile(_store())
+    if settled is None:
+        out.print("nothing to reconcile: this store writes each reservation atomically")
+    else:
+        out.print(f"settled {settled} pending ledger entr{'y' if settled == 1 else 'ies'}")
 
 
 # schema, plan and apply -------------------------------------------------------------------

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from chalicelib import metadata as metadata_module
 from chalicelib.auth import IssuedToken, issue_token
+from chalicelib.aws import s3_client
 from chalicelib.config import Settings, get_settings
 from chalicelib.errors import Conflict, InvalidRequest
 from chalicelib.models import (
@@ -167,13 +168,6 @@ def check_data(
 
 
 # S3 -------------------------------------------------------------------------------------
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the configured endpoint."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region)
-
-
 def ensure_bucket(settings: Settings, bucket: str) -> None:
     """Create the bucket if it does not exist (private, versioned)."""
     client = s3_client(settings)
@@ -548,6 +542,16 @@ def revoke_grant(store: Store, uid: str, dataset: str) -> Grant:
     current = require_grant(store, uid, dataset)
     store.delete_grant(uid, dataset)
     return current
+
+
+def reconcile(store: Store) -> int | None:
+    """Settle the ledger entries a crash left pending; how many, or None if the store has none.
+
+    Only the MongoDB store keeps pending entries (it writes a reservation in steps); a
+    DynamoDB reservation is one transaction.
+    """
+    settle = getattr(store, "reconcile", None)
+    return None if settle is None else int(settle())
 
 
 def set_cap(store: Store, dataset: str, limit: PrivacyCost | None) -> DatasetCap:
