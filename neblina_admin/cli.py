@@ -888,10 +888,7 @@ def ledger_reconcile() -> None:
     DynamoDB writes each reservation in one transaction, so there is nothing to settle.
     """
     settled = admin.reconcile(_store())
-    if settled is None:
-        out.print("nothing to reconcile: this store writes each reservation atomically")
-    else:
-        out.print(f"settled {settled} pending ledger entr{'y' if settled == 1 else 'ies'}")
+    out.print(f"settled {settled} pending ledger entr{'y' if settled == 1 else 'ies'}")
 
 
 # schema, plan and apply -------------------------------------------------------------------

@@ -544,14 +544,13 @@ def revoke_grant(store: Store, uid: str, dataset: str) -> Grant:
     return current
 
 
-def reconcile(store: Store) -> int | None:
-    """Settle the ledger entries a crash left pending; how many, or None if the store has none.
+def reconcile(store: Store) -> int:
+    """Settle the ledger entries a crash left pending; returns how many.
 
     Only the MongoDB store keeps pending entries (it writes a reservation in steps); a
-    DynamoDB reservation is one transaction.
+    DynamoDB reservation is one transaction, so there it is always 0.
     """
-    settle = getattr(store, "reconcile", None)
-    return None if settle is None else int(settle())
+    return store.reconcile()
 
 
 def set_cap(store: Store, dataset: str, limit: PrivacyCost | None) -> DatasetCap:

@@ -66,11 +66,12 @@ def test_ledger_reconcile_gives_back_a_debit_a_crash_left_without_a_record(
     assert "settled 0" in again.stdout and store.get_grant(user, dataset).remaining == cost(1)
 
 
-def test_ledger_reconcile_says_a_transactional_store_has_nothing_to_settle(
+def test_ledger_reconcile_settles_nothing_on_a_transactional_store(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from chalicelib.storage.memory import MemoryStore
     from neblina_admin import cli
 
-    monkeypatch.setattr(cli, "_store", lambda: object())  # no reconcile(): like DynamoStore
+    monkeypatch.setattr(cli, "_store", MemoryStore)  # one transaction per write, like DynamoDB
     result = CliRunner().invoke(cli.app, ["ledger", "reconcile"])
-    assert result.exit_code == 0 and "nothing to reconcile" in result.stdout
+    assert result.exit_code == 0 and "settled 0 pending ledger entries" in result.stdout
