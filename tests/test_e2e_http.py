@@ -287,7 +287,9 @@ def test_missing_token_revoked_token_and_unknown_route(stack, store, researcher)
 
     issued = admin.add_token(store, researcher.user_id)
     assert raw(stack, issued.secret).get("/v1/datasets").status_code == 200
-    store.m.token(issued.record.token_hash).update(actions=[store.m.token.revoked.set(True)])
+    store.models.token(issued.record.token_hash).update(
+        actions=[store.models.token.revoked.set(True)]
+    )
     response = raw(stack, issued.secret).get("/v1/datasets")
     assert response.status_code == 403
     assert response.json() == {"error": "forbidden", "message": "API token revoked"}

@@ -248,7 +248,7 @@ class DynamoStore(StoreBase):
         self._capped: dict[str, bool] = {}
 
     @cached_property
-    def m(self) -> Models:
+    def models(self) -> Models:
         """The model classes (built on first use, so construction does no work)."""
         return build_models(self._settings)
 
@@ -264,7 +264,7 @@ class DynamoStore(StoreBase):
         )
 
     def create_schema(self) -> None:
-        for model in self.m.all():
+        for model in self.models.all():
             model.create_table(billing_mode="PAY_PER_REQUEST", wait=True)
 
     def _transaction(self, client_request_token: str | None = None) -> TransactWrite:
@@ -273,37 +273,38 @@ class DynamoStore(StoreBase):
     # users ---------------------------------------------------------------------------
     def get_user(self, user_id: str) -> User | None:
         try:
-            return _user(self.m.user.get(user_id, consistent_read=True))
+            return _user(self.models.user.get(user_id, consistent_read=True))
         except DoesNotExist:
             return None
 
     def put_user(self, user: User, *, create_only: bool = True) -> None:
-        item = self.m.user(
+        item = self.models.user(
             user.user_id,
             created_at=user.created_at,
             disabled=user.disabled,
             description=user.description,
         )
-        self._save(item, self.m.user.user_id.does_not_exist() if create_only else None)
+        self._save(item, self.models.user.user_id.does_not_exist() if create_only else None)
 
     def list_users(self) -> list[User]:
         return sorted(
-            (_user(i) for i in self.m.user.scan(consistent_read=True)), key=lambda u: u.user_id
+            (_user(i) for i in self.models.user.scan(consistent_read=True)), key=lambda u: u.user_id
         )
 
     def delete_user(self, user_id: str) -> None:
-        self._delete(self.m.user(user_id), self.m.user.user_id.exists(), f"user {user_id}")
+        U = self.models.user
+        self._delete(U(user_id), U.user_id.exists(), f"user {user_id}")
 
     # tokens --------------------------------------------------------------------------
     def get_token(self, token_hash: str) -> Token | None:
         try:
-            return _token(self.m.token.get(token_hash))
+            return _token(self.models.token.get(token_hash))
         except DoesNotExist:
             return None
 
     def put_token(self, token: Token) -> None:
         purge_at = _purge_at(token.expires_at) if token.expires_at is not None else None
-        item = self.m.token(
+        item = self.models.token(
             token.token_hash,
             token_id=token.token_id,
             user_id=token.user_id,
@@ -313,17 +314,17 @@ class DynamoStore(StoreBase):
             last_used_at=token.last_used_at,
             purge_at=purge_at,
         )
-        self._save(item, self.m.token.token_hash.does_not_exist())
+        self._save(item, self.models.token.token_hash.does_not_exist())
 
     def list_tokens(self, user_id: str | None = None) -> list[Token]:
         # The by_user index is eventually consistent on AWS: a token issued a moment ago may
         # be missing from a listing (never from authentication, which reads the table).
-        T = self.m.token
+        T = self.models.token
         items = T.by_user.query(user_id) if user_id is not None else T.scan(consistent_read=True)
         return sorted((_token(i) for i in items), key=lambda t: (t.created_at, t.token_id))
 
     def revoke_token(self, token_hash: str) -> None:
-        T = self.m.token
+        T = self.models.token
         try:
             T(token_hash).update(actions=[T.revoked.set(True)], condition=T.token_hash.exists())
         except UpdateError as exc:
@@ -332,7 +333,7 @@ class DynamoStore(StoreBase):
             raise
 
     def expire_token(self, token_hash: str, expires_at: datetime) -> None:
-        T = self.m.token
+        T = self.models.token
         try:
             T(token_hash).update(
                 actions=[T.expires_at.set(expires_at), T.purge_at.set(_purge_at(expires_at))],
@@ -347,7 +348,7 @@ class DynamoStore(StoreBase):
                 raise ItemNotFound("no such token") from exc
 
     def touch_token(self, token_hash: str, used_at: datetime, resolution: timedelta) -> bool:
-        T = self.m.token
+        T = self.models.token
         try:
             T(token_hash).update(
                 actions=[T.last_used_at.set(used_at)],
@@ -363,13 +364,13 @@ class DynamoStore(StoreBase):
     # datasets ------------------------------------------------------------------------
     def get_dataset(self, name: str) -> Dataset | None:
         try:
-            return _dataset(self.m.dataset.get(name, consistent_read=True))
+            return _dataset(self.models.dataset.get(name, consistent_read=True))
         except DoesNotExist:
             return None
 
     def put_dataset(self, dataset: Dataset, *, create_only: bool = True) -> None:
         cap = dataset.per_query_cap
-        item = self.m.dataset(
+        item = self.models.dataset(
             dataset.name,
             source=dataset.source,
             source_format=dataset.source_format,
@@ -381,30 +382,31 @@ class DynamoStore(StoreBase):
             hardened=True if dataset.hardened else None,
             latency_bucket_ms=dataset.latency_bucket_ms,
         )
-        self._save(item, self.m.dataset.name.does_not_exist() if create_only else None)
+        self._save(item, self.models.dataset.name.does_not_exist() if create_only else None)
 
     def list_datasets(self) -> list[Dataset]:
         return sorted(
-            (_dataset(i) for i in self.m.dataset.scan(consistent_read=True)),
+            (_dataset(i) for i in self.models.dataset.scan(consistent_read=True)),
             key=lambda d: d.name,
         )
 
     def delete_dataset(self, name: str) -> None:
-        self._delete(self.m.dataset(name), self.m.dataset.name.exists(), f"dataset {name}")
-        self.m.cap(name).delete()
+        D = self.models.dataset
+        self._delete(D(name), D.name.exists(), f"dataset {name}")
+        self.models.cap(name).delete()
         self._capped.pop(name, None)
 
     # grants --------------------------------------------------------------------------
     def get_grant(self, user_id: str, dataset: str) -> Grant | None:
         try:
-            return _grant(self.m.grant.get(user_id, dataset, consistent_read=True))
+            return _grant(self.models.grant.get(user_id, dataset, consistent_read=True))
         except DoesNotExist:
             return None
 
     def list_grants(
         self, user_id: str | None = None, *, dataset: str | None = None
     ) -> Sequence[Grant]:
-        G = self.m.grant
+        G = self.models.grant
         if user_id is not None:
             condition = G.dataset == dataset if dataset is not None else None
             items = G.query(user_id, range_key_condition=condition, consistent_read=True)
@@ -427,7 +429,7 @@ class DynamoStore(StoreBase):
     def _create_grant(
         self, user_id: str, dataset: str, initial: PrivacyCost, capped: bool
     ) -> Grant:
-        U, D, G, C = self.m.user, self.m.dataset, self.m.grant, self.m.cap
+        U, D, G, C = self.models.user, self.models.dataset, self.models.grant, self.models.cap
         zero = PrivacyCost.zero()
         item = G(
             user_id,
@@ -466,7 +468,7 @@ class DynamoStore(StoreBase):
         change: PrivacyCost,
         expected_initial: PrivacyCost | None,
     ) -> Grant | None:
-        G = self.m.grant
+        G = self.models.grant
         # remaining + change >= 0 is "the new initial is not below spent"; spent is untouched,
         # so queries running at the same time are neither blocked nor double-counted.
         condition = (
@@ -496,18 +498,18 @@ class DynamoStore(StoreBase):
         return _grant(item)
 
     def delete_grant(self, user_id: str, dataset: str) -> None:
-        G = self.m.grant
+        G = self.models.grant
         self._delete(G(user_id, dataset), G.user_id.exists(), f"grant {user_id}/{dataset}")
 
     # dataset caps --------------------------------------------------------------------
     def get_cap(self, dataset: str) -> DatasetCap | None:
         try:
-            return _cap(self.m.cap.get(dataset, consistent_read=True))
+            return _cap(self.models.cap.get(dataset, consistent_read=True))
         except DoesNotExist:
             return None
 
     def _insert_cap(self, dataset: str, limit: PrivacyCost | None) -> bool:
-        C = self.m.cap
+        C = self.models.cap
         zero = PrivacyCost.zero()
         start = limit or zero
         item = C(
@@ -530,7 +532,7 @@ class DynamoStore(StoreBase):
         return True
 
     def _write_cap_limit(self, current: DatasetCap, limit: PrivacyCost | None) -> bool:
-        C = self.m.cap
+        C = self.models.cap
         actions: list[Action] = [C.limited.set(limit is not None)]
         if limit is None:
             actions += [C.limit_epsilon.remove(), C.limit_delta.remove()]
@@ -562,7 +564,7 @@ class DynamoStore(StoreBase):
         owner is querying: if a debit lands in between, the transaction fails and the grant
         is read again. Once flagged, every debit of the grant goes through the cap.
         """
-        G, C = self.m.grant, self.m.cap
+        G, C = self.models.grant, self.models.cap
         for grant in self.list_grants(dataset=dataset):
             current: Grant | None = grant
             while current is not None and not current.capped:
@@ -604,7 +606,7 @@ class DynamoStore(StoreBase):
         raise InternalError()
 
     def _debit(self, record: QueryRecord, attempt: str, capped: bool) -> None:
-        G, Q, C = self.m.grant, self.m.query, self.m.cap
+        G, Q, C = self.models.grant, self.models.query, self.models.cap
         grant = G(record.user_id, record.dataset)
         cost = record.cost
         query = self._query_item(record, attempt, capped)
@@ -712,7 +714,7 @@ class DynamoStore(StoreBase):
         result: dict[str, Any] | None = None,
         error: dict[str, str] | None = None,
     ) -> None:
-        Q = self.m.query
+        Q = self.models.query
         actions: list[Action] = [Q.state.set(state.value), Q.finished_at.set(finished_at)]
         if result is not None:
             actions.append(Q.result.set(result))
@@ -727,7 +729,7 @@ class DynamoStore(StoreBase):
             raise InternalError() from exc
 
     def refund(self, record: QueryRecord, finished_at: datetime, error: dict[str, str]) -> None:
-        G, Q, C = self.m.grant, self.m.query, self.m.cap
+        G, Q, C = self.models.grant, self.models.query, self.models.cap
         cost = record.cost
         stored = self._query_capped(record.query_id)  # fixed when the record was created
         try:
@@ -766,7 +768,7 @@ class DynamoStore(StoreBase):
             raise InternalError() from exc
 
     def expire_query(self, query_id: str, now: datetime, error: dict[str, str]) -> bool:
-        Q = self.m.query
+        Q = self.models.query
         try:
             Q(query_id).update(
                 actions=[
@@ -784,14 +786,16 @@ class DynamoStore(StoreBase):
 
     def _query_capped(self, query_id: str) -> bool:
         try:
-            item = self.m.query.get(query_id, consistent_read=True, attributes_to_get=["capped"])
+            item = self.models.query.get(
+                query_id, consistent_read=True, attributes_to_get=["capped"]
+            )
         except DoesNotExist:
             return False
         return bool(item.capped)
 
     def get_query(self, query_id: str) -> QueryRecord | None:
         try:
-            return _record(self.m.query.get(query_id, consistent_read=True))
+            return _record(self.models.query.get(query_id, consistent_read=True))
         except DoesNotExist:
             return None
 
@@ -807,7 +811,7 @@ class DynamoStore(StoreBase):
                 "owner_key": {"S": owner_key},
                 "created_at": {"S": created_at.astimezone(UTC).strftime(DATETIME_FORMAT)},
             }
-        page = self.m.query.by_owner.query(
+        page = self.models.query.by_owner.query(
             owner_key,
             scan_index_forward=False,
             limit=limit,
@@ -822,7 +826,7 @@ class DynamoStore(StoreBase):
     def iter_queries(
         self, *, user_id: str | None = None, dataset: str | None = None
     ) -> Iterator[QueryRecord]:
-        Q = self.m.query
+        Q = self.models.query
         if user_id is not None and dataset is not None:
             items: Any = Q.by_owner.query(_owner_key(user_id, dataset))
         else:
@@ -839,7 +843,7 @@ class DynamoStore(StoreBase):
     def take_request(
         self, user_id: str, window_start: datetime, window_seconds: int, limit: int
     ) -> bool:
-        R = self.m.ratelimit
+        R = self.models.ratelimit
         start = int(window_start.timestamp())
         try:
             # UpdateItem creates the counter on the window's first request; the condition
@@ -856,7 +860,7 @@ class DynamoStore(StoreBase):
 
     # helpers -------------------------------------------------------------------------
     def _query_item(self, record: QueryRecord, attempt: str, capped: bool) -> QueryModel:
-        return self.m.query(
+        return self.models.query(
             record.query_id,
             owner_key=_owner_key(record.user_id, record.dataset),
             user_id=record.user_id,
