@@ -107,6 +107,19 @@ def test_what_smartnoise_can_never_calibrate_is_refused_in_a_second(
     assert time.monotonic() - started < 5  # SmartNoise: ~120 s
 
 
+def test_a_sum_over_bounds_0_0_is_refused_at_once_as_smartnoise_refuses_it_in_4_minutes() -> None:
+    """Sensitivity 0: every band answers true like scale 0, so OpenDP's search goes negative,
+    bisects (-0.5, 0) back to 0.0 through ~1,000 raising calls (231 s measured) and finds no
+    bounds from there ("unable to infer bounds")."""
+    assert all(close(band, 1.0, 1e-5, 0, 0, 1) for band in sn._GAUSSIAN_BANDS)
+    with pytest.raises(Exception, match="scale"):
+        close(-5e-324, 1.0, 1e-5, 0, 0, 1)  # the smallest negative float is refused too
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="unable to infer bounds"):
+        sn.gaussian_scale(unsearched(1.0, 1e-5, 0, 0, 1))
+    assert time.monotonic() - started < 5
+
+
 def test_pricing_the_gaussian_sum_of_body_mass_is_a_fast_422_and_is_remembered() -> None:
     query = request("SELECT SUM(body_mass_g) FROM df", "0.9", mechanisms={"sum_float": "gaussian"})
     started = time.monotonic()

@@ -156,6 +156,12 @@ def gaussian_scale(mechanism: Any) -> float:
     Since the predicate at 0 answers (false) and every negative scale raises, that path
     fails whatever else holds; here it fails after one call instead.
 
+    When every band answers like scale 0 (a column with bounds [0, 0] has sensitivity 0, so
+    the predicate is true everywhere), OpenDP next asks -0.5, which raises; its exception
+    search then bisects (-0.5, 0) down to exactly 0.0 (every negative scale raises: ~1,000
+    steps into the subnormals, 231 s measured) and walks the same bands from 0.0, which
+    answer as before: "unable to infer bounds", a refusal; here, at once.
+
     Otherwise this is OpenDP's own search step for step: the same bands in the same order,
     then ``binary_search`` over the same band, so the same scale, bit for bit
     (``tests/test_scale_search.py`` compares both over a grid). Any other exception during
@@ -205,7 +211,7 @@ def gaussian_scale(mechanism: Any) -> float:
                 return float(binary_search(close, bounds=(previous, band)))
             except Exception as exc:  # SmartNoise fails the same way here
                 raise _unable(mechanism, exc) from exc
-    return smartnoise_search()
+    raise _unable(mechanism, "unable to infer bounds")
 
 
 class MemoGaussian(Gaussian):  # type: ignore[misc]
