@@ -70,6 +70,7 @@ AUTHORIZER_CHALICELIB = (
     "errors.py",
     "models.py",
     "storage/__init__.py",
+    "storage/base.py",
     "storage/dynamo.py",
 )
 HEAVY_PACKAGES = ("pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet")
