@@ -3,10 +3,10 @@ PY := .venv/bin/python
 PORT ?= 4566
 .DEFAULT_GOAL := help
 
-# mypy --strict covers what ships and what operators run: the Lambda code, the client and
-# the admin package (once it has its own folder).
+# mypy --strict covers what ships and what operators run: the routes, the Lambda code, the
+# admin package and the client.
 TYPED := app.py chalicelib neblina_admin client/neblina_client
-TIERS := unit contract stack build
+TIERS := unit contract stack deploy
 
 .PHONY: help venv demo test check up down status lint typecheck bench clean package checkov \
 	$(addprefix test-,$(TIERS))
@@ -15,7 +15,7 @@ help:
 	@echo "make demo       start the local stack, run a researcher's session, stop the stack"
 	@echo "make test       run the whole test suite (starts and stops its own stack)"
 	@echo "make check      fast: ruff, ruff format --check, mypy and the unit tier (no stack)"
-	@echo "make test-unit  one tier: test-unit, test-contract, test-stack, test-build (tests/<tier>/)"
+	@echo "make test-unit  one tier: test-unit, test-contract, test-stack, test-deploy (tests/<tier>/)"
 	@echo "make up / down  keep the local stack running for notebooks (.neblina/local.env)"
 	@echo "                a second stack: NEBLINA_STATE_DIR=DIR make up PORT=4600 (docs/local-stack.md)"
 	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict ($(TYPED))"

@@ -29,7 +29,7 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 # Keywords of SmartNoise SQL's grammar (any case): a column so named cannot be queried there
 # (`GROUP BY month` is a grammar error), so metadata declaring one is refused. The list is
-# SmartNoise's lexer's, checked against it by tests/test_metadata.py.
+# SmartNoise's lexer's, checked against it by tests/unit/test_metadata.py.
 _RESERVED_TEXT = """
     ABS ACOS ALL AND ANTI AS ASC ASIN ATAN ATANH AVG BETWEEN BOOLEAN BY CASE CAST CEIL
     CEILING CHAR CHAR_LENGTH CHOOSE COALESCE CONCAT COS COT COUNT CROSS CURRENT_DATE

@@ -212,7 +212,7 @@ def skip_drain_wait() -> None:
     serving.selectors = SelectorsModule  # type: ignore[assignment]
 
 
-# --- what `terraform apply` of infra/terraform needs (tests/test_terraform_apply.py) -------
+# --- what `terraform apply` of infra/terraform needs (tests/deploy/test_terraform_apply.py) -------
 def install_aws_managed_policies() -> None:
     """Know AWS's managed IAM policies, as every AWS account does.
 

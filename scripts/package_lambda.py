@@ -60,7 +60,7 @@ RUNTIME_SHARED = ("python_dateutil", "dateutil", "urllib3", "six")
 STRIPPED_SHARED_OBJECTS = ("opendp/lib/opendp.abi3.so",)
 
 # What the authorizer imports (app.py imports config and errors; the authorizer function
-# imports auth and storage; those import models). tests/test_package_lambda.py runs the
+# imports auth and storage; those import models). tests/deploy/test_package_lambda.py runs the
 # authorizer from this package alone, so a missing module fails there.
 AUTHORIZER_DEPENDENCIES = ("pynamodb",)
 AUTHORIZER_CHALICELIB = (

@@ -6,7 +6,8 @@ The suite has four tiers, one folder each, and every test is marked with its fol
 - ``tests/unit``: no process, no port, no emulator (guarded: ``tests/unit/conftest.py``);
 - ``tests/contract``: the storage contract over every backend (DynamoDB on the emulator);
 - ``tests/stack``: the local stack (emulator + API server) over HTTP;
-- ``tests/build``: packaging, Terraform, checkov, the generated client.
+- ``tests/deploy``: what ships: the Lambda zips and their cold-start imports, Terraform,
+  checkov, the generated client.
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from stackenv import emulator_env
 
 pytest_plugins = ["pytester"]  # tests/unit/test_unit_guard.py runs a small suite in-process
 
 ROOT = Path(__file__).resolve().parent.parent
-for path in (ROOT, ROOT / "localstack", ROOT / "tests"):
+for path in (ROOT, ROOT / "localstack", ROOT / "tests" / "support"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "contract", "stack", "build")
+TIERS = ("unit", "contract", "stack", "deploy")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,6 +53,7 @@ class Researcher:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Emulator + seeding + API server as child processes (one per test session)."""
     from stack import LocalStack
+    from stackenv import emulator_env
 
     local = LocalStack(
         synthetic_rows=100_000,
@@ -60,7 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         log_dir=tmp_path_factory.mktemp("stack-logs"),
         # Concurrency tests send hundreds of queries a second as one user: the limit is
         # counted on every request (the path is exercised) but set out of their way;
-        # tests/test_abuse_limits.py checks the limit on a server of its own.
+        # tests/stack/test_abuse_limits.py checks the limit on a server of its own.
         extra_env={"NEBLINA_RATE_LIMIT": "1000000"},
     )
     local.start()

@@ -26,7 +26,7 @@ Transport
     Building is ``dp.deserialize``'s own rule (``function(**kwargs)``, tuples from
     ``__tuple__``) with two differences: the function comes from a static table of
     allowlisted functions (no ``importlib``/``getattr`` on request text), and each distinct
-    node is built once. ``tests/test_opendp_engine.py`` checks that ``dp.serialize`` of what
+    node is built once. ``tests/unit/test_opendp_engine.py`` checks that ``dp.serialize`` of what
     is built reproduces the JSON the client sent, byte for byte.
 
 Input form

@@ -164,7 +164,7 @@ def gaussian_scale(mechanism: Any) -> float:
 
     Otherwise this is OpenDP's own search step for step: the same bands in the same order,
     then ``binary_search`` over the same band, so the same scale, bit for bit
-    (``tests/test_scale_search.py`` compares both over a grid). Any other exception during
+    (``tests/unit/test_scale_search.py`` compares both over a grid). Any other exception during
     the band walk (never seen: the overflow region lies below the answer) falls back to
     SmartNoise's own search, unchanged.
     """
@@ -753,7 +753,7 @@ def explicit_cost(reader: PrivateReader, request: SqlRequest, *, censor_dims: bo
     threshold. SmartNoise's odometer (``get_privacy_cost``) instead takes the better of basic
     and advanced composition and adds a slack of δ/2 (1e-15 when δ = 0) to every query; its
     threshold δ/2 is then not counted once advanced composition wins (measured in
-    ``tests/test_amounts.py``). ε is never charged below the odometer's ε. See
+    ``tests/stack/test_amounts.py``). ε is never charged below the odometer's ε. See
     docs/ledger.md ("What a SmartNoise query costs").
     """
     reader._refresh_options()

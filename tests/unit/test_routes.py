@@ -6,7 +6,7 @@ is what ``app.py`` adds to the service: the authorizer, the body and parameter e
 one error mapping (``{"error", "message"}`` with the error's status, a bare 500 for anything
 unexpected) and that a refused request debits nothing. The gateway's own bodies for 401/403
 (Terraform's gateway responses, ``localstack/apiserver.py``) are tested over HTTP in
-``tests/test_e2e_http.py``.
+``tests/stack/test_e2e_http.py``.
 """
 
 from __future__ import annotations

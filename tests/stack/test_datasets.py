@@ -20,7 +20,7 @@ from chalicelib.config import from_environ
 from chalicelib.datasets import DatasetLoader, DatasetUnavailable, coerce_types
 from chalicelib.models import Dataset, utcnow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 META = M.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
 
 

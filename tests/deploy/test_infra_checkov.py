@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_checkov_passes_with_a_reason_for_every_skip() -> None:

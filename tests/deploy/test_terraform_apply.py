@@ -30,7 +30,7 @@ import boto3
 import pytest
 from test_infra_terraform import MODULE, PLUGIN_DIR_ARG, PROVIDER_MIRROR, terraform_binary
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EMULATOR_ROOT = ROOT / "infra" / "emulator"
 NAME = "nbapply"  # not the code's default prefix: the API must get its names from Terraform
 COUNT = "SELECT COUNT(*) AS n FROM PENGUIN"

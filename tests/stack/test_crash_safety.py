@@ -1,6 +1,6 @@
 """Crash safety: the fault-injection matrix (step x fault) over HTTP, with the ledger checked.
 
-A real API server (``tests/fault_server.py``: the local server, wrapped at start-up) runs
+A real API server (``tests/support/fault_server.py``: the local server, wrapped at start-up) runs
 against the session stack's emulator and tables. For each step of the query path and each
 fault (an unexpected exception; a SIGKILL of the server process) one query of a fresh
 researcher hits the fault; the test then reads the ledger directly and through the
@@ -35,8 +35,8 @@ from fault_server import ACTIONS, STEPS, fault_id
 
 from chalicelib.models import PrivacyCost, QueryState, utcnow
 
-ROOT = Path(__file__).resolve().parent.parent
-FAULT_SERVER = ROOT / "tests" / "fault_server.py"
+ROOT = Path(__file__).resolve().parents[2]
+FAULT_SERVER = ROOT / "tests" / "support" / "fault_server.py"
 LEASE_SECONDS = 3
 SERVER_ENV = {"NEBLINA_QUERY_LEASE_SECONDS": str(LEASE_SECONDS), "NEBLINA_RATE_LIMIT": "0"}
 QUERY = {

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # `tests/x.py::test_a` names a file and a test; a following `::test_b` means the same file
 REFERENCE = re.compile(r"`(tests/[\w/]+\.py)?(?:::(test_\w+))?`")
 

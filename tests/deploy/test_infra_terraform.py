@@ -23,7 +23,7 @@ from typing import Any
 import hcl2
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "infra" / "terraform"
 EXAMPLE = MODULE / "examples" / "complete"
 PROVIDER_MIRROR = Path(os.environ.get("NEBLINA_TF_PLUGIN_DIR", "/opt/tf-plugins"))
@@ -402,7 +402,7 @@ def terraform_binary() -> str | None:
 
 @pytest.mark.skipif(terraform_binary() is None, reason="no terraform binary on PATH")
 def test_terraform_fmt() -> None:
-    emulator_root = ROOT / "infra" / "emulator"  # tests/test_terraform_apply.py applies it
+    emulator_root = ROOT / "infra" / "emulator"  # tests/deploy/test_terraform_apply.py applies it
     result = subprocess.run(
         [
             str(terraform_binary()),

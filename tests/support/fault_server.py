@@ -1,6 +1,6 @@
 """The real local API server with faults injected into the query path. Tests only.
 
-    python tests/fault_server.py --host 127.0.0.1 --port 0
+    python tests/support/fault_server.py --host 127.0.0.1 --port 0
 
 Runs ``localstack/apiserver.py`` unchanged, after wrapping the service it builds so that a
 query whose ``query_id`` names a fault (:func:`fault_id`) hits that fault at one step:
@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 for path in (ROOT, ROOT / "localstack"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_child(code: str) -> Any:
     """Run ``code`` in a fresh interpreter (repo and tests on its path); its last JSON line."""
-    prelude = f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]\n"
+    prelude = f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests' / 'support')!r}]\n"
     out = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", prelude + textwrap.dedent(code)],
         capture_output=True,

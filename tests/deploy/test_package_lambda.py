@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from stackenv import emulator_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "lambda"
 SMOKE = ROOT / "scripts" / "package_smoke.py"
 LIMIT = 262_144_000  # Lambda: 250 MB unzipped

@@ -22,7 +22,7 @@ from chalicelib.engines import smartnoise_engine as sn
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.models import Dataset, utcnow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 META = M.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
 DATASET = Dataset("PENGUIN", "unused", META, utcnow())
 FRAME = coerce_types(pd.read_csv(ROOT / "localstack/data/penguins.csv"), META)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from chalicelib.models import PrivacyCost, QueryRecord, QueryState, utcnow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PENGUIN_META = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
 PENGUIN_CSV = ROOT / "localstack/data/penguins.csv"
 runner = CliRunner()

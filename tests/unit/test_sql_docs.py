@@ -11,7 +11,7 @@ from test_smartnoise_engine import DATASET, loaded, request
 from chalicelib.engines.smartnoise_engine import ENGINE
 from chalicelib.errors import InvalidQuery
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def table_rows() -> list[tuple[str, str, str]]:

@@ -22,7 +22,7 @@ from neblina_client._opendp import input_space, pipeline_nodes
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="opendp")
 dp.enable_features("contrib")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 META = M.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
 COLUMNS = list(META["columns"])
 FRAME = coerce_types(pd.read_csv(ROOT / "localstack/data/penguins.csv"), META)

@@ -30,7 +30,7 @@ from neblina_client import (
 if TYPE_CHECKING:
     from fake_server import FakeServer
 
-API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+API_DOC = Path(__file__).resolve().parents[3] / "docs" / "api.md"
 
 # Every error code of docs/api.md: its status and the exception it becomes.
 EXPECTED: dict[str, tuple[int, type[NeblinaError]]] = {

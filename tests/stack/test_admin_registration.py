@@ -212,7 +212,7 @@ def test_the_demo_data_passes_the_strict_check() -> None:
     from chalicelib import metadata
     from neblina_admin import sourcecheck
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     meta = metadata.validate(yaml.safe_load((root / "localstack/data/penguin.yaml").read_text()))
     frame = pd.read_csv(root / "localstack/data/penguins.csv")
     assert sourcecheck.problems(frame, meta, "csv") == []

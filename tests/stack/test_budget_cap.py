@@ -15,7 +15,7 @@ from chalicelib.models import PrivacyCost
 from neblina_admin import operations as admin
 from neblina_client import BudgetExhaustedError, Client, Cost
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COUNT = "SELECT COUNT(*) AS n FROM df"
 
 

@@ -25,7 +25,7 @@ from neblina_client import (
     QueryConflictError,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COUNT = "SELECT COUNT(*) AS n FROM df"
 GROUP = "SELECT species, COUNT(*) AS n, AVG(bill_length_mm) AS b FROM PENGUIN GROUP BY species"
 

@@ -12,7 +12,7 @@ import yaml
 from chalicelib import metadata as M
 from chalicelib.dummy import make_dummy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PENGUIN = M.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
 ALL_TYPES = M.validate(
     {

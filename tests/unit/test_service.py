@@ -30,7 +30,7 @@ from chalicelib.models import Dataset, PrivacyCost, QueryState, User, utcnow
 from chalicelib.service import Service
 from chalicelib.storage.memory import MemoryStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 META = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
 COUNT = {
     "engine": "smartnoise_sql",

@@ -34,7 +34,7 @@ from chalicelib.service import HARDENED_ENGINE_MESSAGE, Service
 from chalicelib.storage.memory import MemoryStore
 from neblina_admin import operations as admin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 META = metadata.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
 PENGUINS = str(ROOT / "localstack/data/penguins.csv")
 COUNT = {

@@ -32,7 +32,7 @@ from neblina_client._opendp import input_space
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated function:DeprecationWarning")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RAW = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
 META = M.validate(
     {

@@ -10,7 +10,7 @@ import yaml
 
 from chalicelib import metadata as M
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PENGUIN = yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text())
 SYNTHETIC = yaml.safe_load((ROOT / "localstack/data/synthetic.yaml").read_text())
 
