@@ -72,6 +72,7 @@ AUTHORIZER_CHALICELIB = (
     "storage/__init__.py",
     "storage/base.py",
     "storage/dynamo.py",
+    "storage/dynamo_models.py",
 )
 HEAVY_PACKAGES = ("pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet")
 
