@@ -24,7 +24,7 @@ def build_service(settings: Settings) -> Service:
     from chalicelib.aws import s3_client
     from chalicelib.datasets import DatasetLoader
     from chalicelib.engines import Engines
-    from chalicelib.result_overflow import ResultArchive
+    from chalicelib.result_overflow import ResultOverflow
     from chalicelib.service import Service
     from chalicelib.storage import get_store
 
@@ -33,6 +33,6 @@ def build_service(settings: Settings) -> Service:
         get_store(),
         settings,
         DatasetLoader(settings, s3=s3),
-        results=ResultArchive(settings, s3=s3),
+        results=ResultOverflow(settings, s3=s3),
         engines=Engines(settings),
     )

@@ -53,7 +53,7 @@ def object_key(query_id: str) -> str:
     return f"{ARCHIVE_PREFIX}{query_id}.json"
 
 
-class ResultArchive:
+class ResultOverflow:
     """Writes and reads archived results in the deployment's bucket."""
 
     def __init__(self, settings: Settings, s3: Callable[[], Any] | None = None) -> None:

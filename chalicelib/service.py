@@ -72,7 +72,7 @@ from chalicelib.models import (
     format_decimal,
     utcnow,
 )
-from chalicelib.result_overflow import ResultArchive
+from chalicelib.result_overflow import ResultOverflow
 from chalicelib.storage import QueryIdTaken, Store
 
 log = logging.getLogger(__name__)
@@ -182,13 +182,13 @@ class Service:
         clock: Callable[[], datetime] = utcnow,
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        results: ResultArchive | None = None,
+        results: ResultOverflow | None = None,
         engines: Engines | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.loader = loader
-        self.results = results or ResultArchive(settings)
+        self.results = results or ResultOverflow(settings)
         self.engines = engines or Engines(settings)
         self.clock = clock
         self.timer = timer
