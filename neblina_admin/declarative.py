@@ -299,12 +299,23 @@ def plan(
     is each dataset whose metadata or format changed, read and checked against its metadata
     (:func:`admin.check_data`).
     """
-    changes: list[Change] = []
     problems: list[str] = []
     users = {u.user_id: u for u in store.list_users()}
     datasets = {d.name: d for d in store.list_datasets()}
     grants: dict[tuple[str, str], Grant] = {(g.user_id, g.dataset): g for g in store.list_grants()}
 
+    changes = [
+        *_plan_users(store, desired, users),
+        *_plan_datasets(store, desired, datasets, settings, problems),
+        *_plan_grants(store, desired, grants, problems),
+        *_plan_removals(store, desired, users, datasets, grants),
+    ]
+    return changes, problems
+
+
+def _plan_users(store: Store, desired: Desired, users: dict[str, User]) -> list[Change]:
+    """Users to create or update (description, disabled)."""
+    changes: list[Change] = []
     for uid, want in desired.users.items():
         have = users.get(uid)
         if have is None:
@@ -320,7 +331,18 @@ def plan(
             changes.append(
                 Change("update", "user", uid, tuple(details), _put_user(store, update, False))
             )
+    return changes
 
+
+def _plan_datasets(
+    store: Store,
+    desired: Desired,
+    datasets: dict[str, Dataset],
+    settings: Settings | None,
+    problems: list[str],
+) -> list[Change]:
+    """Datasets to create or update, each followed by its cap's change; data checked."""
+    changes: list[Change] = []
     for name, spec in desired.datasets.items():
         stored = datasets.get(name)
         source_changed = stored is None or stored.source != spec.source
@@ -367,7 +389,17 @@ def plan(
         cap_change = _cap_change(store, name, cap, spec.cap, problems)
         if cap_change is not None:
             changes.append(cap_change)
+    return changes
 
+
+def _plan_grants(
+    store: Store,
+    desired: Desired,
+    grants: dict[tuple[str, str], Grant],
+    problems: list[str],
+) -> list[Change]:
+    """Grants to create or set (never below what was spent)."""
+    changes: list[Change] = []
     for (uid, name), initial in desired.grants.items():
         key = f"{uid} on {name}"
         have_grant = grants.get((uid, name))
@@ -391,7 +423,18 @@ def plan(
             changes.append(
                 Change("update", "grant", key, (detail,), _set_grant(store, uid, name, initial))
             )
+    return changes
 
+
+def _plan_removals(
+    store: Store,
+    desired: Desired,
+    users: dict[str, User],
+    datasets: dict[str, Dataset],
+    grants: dict[tuple[str, str], Grant],
+) -> list[Change]:
+    """What the file no longer names: grants first, then datasets, then users."""
+    changes: list[Change] = []
     for (uid, name), have_grant in sorted(grants.items()):
         if (uid, name) not in desired.grants:
             spent = f"spent {_amounts(have_grant.spent)} stays in the archive"
@@ -408,7 +451,7 @@ def plan(
                 "remove", "user", uid, ("tokens revoked, archive kept",), _remove_user(store, uid)
             )
         )
-    return changes, problems
+    return changes
 
 
 def _cap_change(
