@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from chalice.app import AuthResponse, Chalice, Request, Response
 
+from chalicelib import VERSION
 from chalicelib.config import get_settings
 from chalicelib.errors import InternalError, InvalidRequest, NeblinaError, PayloadTooLarge
 
 if TYPE_CHECKING:
     from chalicelib.service import Service
 
-VERSION = "0.1.0"
 
 app = Chalice(app_name="neblina")
 app.log.setLevel(os.environ.get("NEBLINA_LOG_LEVEL", "INFO"))

@@ -14,7 +14,6 @@ models refuse them, as the server does.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema, models_json_schema
 
-from chalicelib import errors
+from chalicelib import VERSION, errors
 from chalicelib.models import AMOUNT_QUANTUM, MAX_AMOUNT, QueryState
 
 DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
@@ -594,9 +593,7 @@ def render(version: str) -> str:
 
 def main() -> None:
     """Write ``chalicelib/openapi.json``."""
-    version = importlib.import_module("app").VERSION  # app.py, at the repository's root
-
-    DOCUMENT_PATH.write_text(render(str(version)))
+    DOCUMENT_PATH.write_text(render(VERSION))
     print(f"wrote {DOCUMENT_PATH}", file=sys.stderr)
 
 
