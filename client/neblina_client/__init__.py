@@ -9,6 +9,9 @@ Quickstart (URL and token from ``NEBLINA_URL``/``NEBLINA_TOKEN`` or ``.neblina/l
         print(client.sql.cost(sql, epsilon=1.0, delta=1e-5))
         print(client.sql.query(sql, epsilon=1.0, delta=1e-5).result)
         print(client.budget().remaining)
+
+        job = client.sql.query(sql, epsilon=1.0, delta=1e-5, wait=False)  # runs detached
+        print(job.wait().result)  # a progress bar on a terminal
 """
 
 from ._client import SQL, Client, OpenDP
@@ -28,10 +31,12 @@ from ._exceptions import (
     QueryInProgressError,
     RateLimitedError,
     ServerError,
+    WaitTimeoutError,
 )
+from ._jobs import Job
 from ._retry import Backoff
 from ._tables import decode_table, encode_table
-from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, JobStatus, QueryResult
 from ._version import __version__
 
 __all__ = [
@@ -48,6 +53,8 @@ __all__ = [
     "DatasetUnavailableError",
     "EngineError",
     "InvalidRequestError",
+    "Job",
+    "JobStatus",
     "NeblinaConnectionError",
     "NeblinaError",
     "NotFoundError",
@@ -59,6 +66,7 @@ __all__ = [
     "QueryResult",
     "RateLimitedError",
     "ServerError",
+    "WaitTimeoutError",
     "__version__",
     "decode_table",
     "encode_table",

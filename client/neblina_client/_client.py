@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, overload
 from urllib.parse import quote
 
 import httpx
@@ -22,14 +22,19 @@ from ._decode import (
     parse_dataset,
     parse_query_result,
 )
-from ._exceptions import NeblinaConnectionError, NeblinaError, error_for_status
+from ._decode import parse_response as _parse
+from ._exceptions import (
+    NeblinaConnectionError,
+    NeblinaError,
+    QueryInProgressError,
+    error_for_status,
+)
+from ._jobs import Job
 from ._opendp import input_space, pipeline_nodes
 from ._retry import Backoff, is_retryable, parse_retry_after
 from ._tables import decode_table
 from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
 from ._version import __version__
-
-T = TypeVar("T")
 
 # What a caller may pass as ε or δ. A float goes out as a JSON number (its shortest repr,
 # so 0.1 is sent as 0.1), a Decimal or str as a decimal string, so nothing is rounded.
@@ -38,6 +43,8 @@ Amount = float | int | str | Decimal
 SMARTNOISE_SQL = "smartnoise_sql"
 OPENDP = "opendp"
 HISTORY_PAGE_SIZE = 100  # the server's maximum
+# Errors that answer a ``wait=False`` submission: the query already runs under this id.
+_ATTACH_CODES = frozenset({"query_in_progress"})
 
 
 class Client:
@@ -51,7 +58,8 @@ class Client:
     429 and ``query_in_progress``), waiting ``backoff.delay(...)`` seconds between tries
     (exponential with jitter; a 429's ``Retry-After`` wins, up to a cap) through ``sleep``.
     Every retry of a query carries the same ``query_id``, so the server charges it at most
-    once.
+    once. Waiting on a query that runs as a job (:class:`Job`) polls with the same
+    ``backoff`` and ``sleep``, timed by ``clock``.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -77,6 +86,7 @@ class Client:
         self._token = settings.token
         self._backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
+        self._clock = clock
         self._http = httpx.Client(
             base_url=settings.url,
             headers={
@@ -152,9 +162,23 @@ class Client:
 
     def result(self, query_id: str) -> ArchivedQuery:
         """One archived query, with its released result."""
-        path = self._dataset_path("queries", query_id)
-        body = self._request("GET", path)
-        return _parse(parse_archived_query, body)
+        return _parse(parse_archived_query, self._query_record(self.dataset, query_id))
+
+    def job(self, query_id: str, dataset: str | None = None) -> Job:
+        """A handle on a query submitted earlier (``wait=False``), e.g. before a restart.
+
+        ``dataset`` defaults to the client's. Nothing is sent until ``status()`` or
+        ``wait()``; an unknown id then raises :class:`NotFoundError`.
+        """
+        if not isinstance(query_id, str) or not query_id:
+            raise ValueError(f"query_id must be a non-empty string, got {query_id!r}")
+        return Job(self, query_id, self.dataset if dataset is None else dataset)
+
+    def _query_record(self, dataset: str, query_id: str) -> Any:
+        """The body of ``GET .../queries/{query_id}`` on ``dataset``."""
+        return self._request("GET", self._dataset_path("queries", query_id, dataset=dataset))
+
+    _parse_response = staticmethod(_parse)
 
     def _price(self, body: dict[str, Any]) -> Cost:
         """The cost of the query in ``body`` (one engine's request fields); debits nothing."""
@@ -169,25 +193,50 @@ class Client:
         dummy: bool,
         dummy_rows: int,
         dummy_seed: int,
-    ) -> QueryResult:
+        wait: bool,
+    ) -> QueryResult | Job:
         """Run the query in ``body`` (one engine's request fields): the one submission path.
 
         The query is sent with ``query_id`` (a new UUID unless given); every retry resends the
         same id and payload, so the server charges it at most once. Errors carry the id.
+
+        A ``202`` means the server runs the query as a job: with ``wait`` (the default) it is
+        waited on (:meth:`Job.wait`), else its :class:`Job` is returned. ``wait=False`` is
+        sent as ``"wait": false``; a ``200`` to it (a dummy run, a replay) gives a Job that
+        already holds its answer, and ``query_in_progress`` (a resend of a submission whose
+        answer was lost) the Job of the query already running under that id.
         """
         query_id = query_id if query_id is not None else uuid.uuid4().hex
         body = {**body, "query_id": query_id, "dummy": dummy}
         if dummy:
             body.update(dummy_rows=dummy_rows, dummy_seed=dummy_seed)
+        if not wait:
+            body["wait"] = False
+        dataset = self.dataset
         try:
-            response = self._request("POST", self._dataset_path("queries"), json=body)
-            return _parse(parse_query_result, response)
+            response = self._send(
+                "POST",
+                self._dataset_path("queries", dataset=dataset),
+                json=body,
+                final_codes=frozenset() if wait else _ATTACH_CODES,
+            )
+            if response.status_code == 202:
+                job = Job(self, query_id, dataset)
+            else:
+                answer = _parse(parse_query_result, self._json(response))
+                job = Job(self, query_id, dataset, answer=answer)
+        except QueryInProgressError as error:
+            if wait:
+                error.query_id = query_id
+                raise
+            return Job(self, query_id, dataset)
         except NeblinaError as error:
             error.query_id = query_id
             raise
+        return job.wait() if wait else job
 
-    def _dataset_path(self, *parts: str) -> str:
-        segments = ("v1", "datasets", self.dataset, *parts)
+    def _dataset_path(self, *parts: str, dataset: str | None = None) -> str:
+        segments = ("v1", "datasets", self.dataset if dataset is None else dataset, *parts)
         return "/" + "/".join(quote(segment, safe="") for segment in segments)
 
     def _request(
@@ -199,6 +248,21 @@ class Client:
         json: Mapping[str, Any] | None = None,
     ) -> Any:
         """Send a request, retrying what may succeed later; the decoded JSON body."""
+        return self._json(self._send(method, path, params=params, json=json))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Mapping[str, Any] | None = None,
+        final_codes: frozenset[str] = frozenset(),
+    ) -> httpx.Response:
+        """Send a request, retrying what may succeed later; the successful response.
+
+        An error whose code is in ``final_codes`` is raised at once, never retried.
+        """
         for retry in range(self.max_retries + 1):
             last = retry == self.max_retries
             try:
@@ -211,9 +275,13 @@ class Client:
                 self._sleep(self._backoff.delay(retry))
                 continue
             if response.is_success:
-                return self._json(response)
+                return response
             error = self._error(response)
-            if last or not is_retryable(response.status_code, error.code):
+            if (
+                last
+                or error.code in final_codes
+                or not is_retryable(response.status_code, error.code)
+            ):
                 raise error
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             self._sleep(self._backoff.delay(retry, retry_after))
@@ -274,6 +342,38 @@ class SQL:
         """The price of ``query``, computed from the metadata only; debits nothing."""
         return self._client._price(_sql_body(query, epsilon, delta, mechanisms))
 
+    @overload
+    def query(
+        self,
+        query: str,
+        epsilon: Amount,
+        delta: Amount,
+        mechanisms: Mapping[str, str] | None = ...,
+        *,
+        postprocess: bool = ...,
+        dummy: bool = ...,
+        query_id: str | None = ...,
+        dummy_rows: int = ...,
+        dummy_seed: int = ...,
+        wait: Literal[True] = ...,
+    ) -> QueryResult: ...
+
+    @overload
+    def query(
+        self,
+        query: str,
+        epsilon: Amount,
+        delta: Amount,
+        mechanisms: Mapping[str, str] | None = ...,
+        *,
+        postprocess: bool = ...,
+        dummy: bool = ...,
+        query_id: str | None = ...,
+        dummy_rows: int = ...,
+        dummy_seed: int = ...,
+        wait: Literal[False],
+    ) -> Job: ...
+
     def query(
         self,
         query: str,
@@ -286,17 +386,27 @@ class SQL:
         query_id: str | None = None,
         dummy_rows: int = 100,
         dummy_seed: int = 42,
-    ) -> QueryResult:
+        wait: bool = True,
+    ) -> QueryResult | Job:
         """Run ``query`` under DP and debit its cost (nothing with ``dummy=True``).
 
         The query is sent with ``query_id`` (a new UUID unless given). Sending the same id
         and payload again returns the stored answer without a second charge, which is how
         every retry is made; errors carry the id in ``query_id``.
+
+        With ``wait=False`` the server runs it detached (debited at submission) and a
+        :class:`Job` is returned at once: ``job.wait()`` gives the result. The blocking
+        call also waits (with a progress bar on a terminal) if the server chose a job.
         """
         body = _sql_body(query, epsilon, delta, mechanisms)
         body["postprocess"] = postprocess
         return self._client._submit(
-            body, query_id=query_id, dummy=dummy, dummy_rows=dummy_rows, dummy_seed=dummy_seed
+            body,
+            query_id=query_id,
+            dummy=dummy,
+            dummy_rows=dummy_rows,
+            dummy_seed=dummy_seed,
+            wait=wait,
         )
 
 
@@ -330,6 +440,32 @@ class OpenDP:
         """
         return self._client._price(_opendp_body(measurement, fixed_delta))
 
+    @overload
+    def query(
+        self,
+        measurement: Any,
+        fixed_delta: Amount | None = ...,
+        dummy: bool = ...,
+        query_id: str | None = ...,
+        *,
+        dummy_rows: int = ...,
+        dummy_seed: int = ...,
+        wait: Literal[True] = ...,
+    ) -> QueryResult: ...
+
+    @overload
+    def query(
+        self,
+        measurement: Any,
+        fixed_delta: Amount | None = ...,
+        dummy: bool = ...,
+        query_id: str | None = ...,
+        *,
+        dummy_rows: int = ...,
+        dummy_seed: int = ...,
+        wait: Literal[False],
+    ) -> Job: ...
+
     def query(
         self,
         measurement: Any,
@@ -339,11 +475,13 @@ class OpenDP:
         *,
         dummy_rows: int = 100,
         dummy_seed: int = 42,
-    ) -> QueryResult:
+        wait: bool = True,
+    ) -> QueryResult | Job:
         """Run ``measurement`` on the dataset and debit its cost (nothing with ``dummy=True``).
 
         ``result`` is what the measurement released: a number or a list. Retries reuse the
         ``query_id`` (a new UUID unless given), so a release is never charged twice.
+        ``wait=False`` returns a :class:`Job` at once, as for ``client.sql.query``.
         """
         return self._client._submit(
             _opendp_body(measurement, fixed_delta),
@@ -351,6 +489,7 @@ class OpenDP:
             dummy=dummy,
             dummy_rows=dummy_rows,
             dummy_seed=dummy_seed,
+            wait=wait,
         )
 
 
@@ -386,17 +525,6 @@ def _amount(name: str, value: Amount) -> float | int | str:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
-
-
-def _parse(parser: Callable[[Any], T], body: Any) -> T:
-    """``parser(body)``, with a malformed response body reported as a NeblinaError."""
-    try:
-        return parser(body)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise NeblinaError(
-            f"unexpected response from the server: {type(exc).__name__}: {exc}",
-            code="invalid_response",
-        ) from exc
 
 
 def _snippet(response: httpx.Response, size: int = 200) -> str:

@@ -1,14 +1,41 @@
-"""Response bodies to client values. Malformed input raises KeyError, TypeError or ValueError."""
+"""Response bodies to client values.
+
+Malformed input raises KeyError, TypeError or ValueError; :func:`parse_response` turns
+those into a NeblinaError (``invalid_response``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
+from ._exceptions import NeblinaError
 from ._tables import decode_table
-from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult, Release
+from ._types import (
+    ArchivedQuery,
+    Budget,
+    Cost,
+    DatasetInfo,
+    JobStatus,
+    QueryResult,
+    Release,
+)
+
+T = TypeVar("T")
+
+
+def parse_response(parser: Callable[[Any], T], body: Any) -> T:
+    """``parser(body)``, with a malformed response body reported as a NeblinaError."""
+    try:
+        return parser(body)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise NeblinaError(
+            f"unexpected response from the server: {type(exc).__name__}: {exc}",
+            code="invalid_response",
+        ) from exc
 
 
 def parse_decimal(value: Any) -> Decimal:
@@ -100,6 +127,37 @@ def parse_archived_query(data: Mapping[str, Any]) -> ArchivedQuery:
         result=parse_release(data.get("result")),
         error=None if data.get("error") is None else dict(data["error"]),
     )
+
+
+def parse_job_status(data: Mapping[str, Any]) -> JobStatus:
+    """A query record read as a job's status (``GET .../queries/{id}``, or the 202 body)."""
+    finished_at = data.get("finished_at")
+    phase = data.get("phase")
+    if phase is not None and not isinstance(phase, str):
+        raise TypeError(f"expected a phase name, got {phase!r}")
+    return JobStatus(
+        query_id=str(data["query_id"]),
+        dataset=str(data["dataset"]),
+        engine=str(data["engine"]),
+        state=str(data["state"]),
+        phase=phase,
+        progress=parse_progress(data.get("progress")),
+        cost=parse_cost(data["cost"]),
+        created_at=parse_datetime(data["created_at"]),
+        finished_at=None if finished_at is None else parse_datetime(finished_at),
+        error=None if data.get("error") is None else dict(data["error"]),
+    )
+
+
+def parse_progress(value: Any) -> float | None:
+    """A fraction of work done, clamped to [0, 1]; None when the server gives none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a fraction, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite fraction, got {value!r}")
+    return min(max(float(value), 0.0), 1.0)
 
 
 def parse_release(value: Any) -> Release:

@@ -81,9 +81,11 @@ class BudgetExhaustedError(NeblinaError):
 
 
 class QueryConflictError(NeblinaError):
-    """409 ``query_id_conflict`` (id reused with another payload) or ``query_failed``.
+    """409 ``query_id_conflict`` (id reused with another payload) or ``query_failed``; or a
+    job that died on the server (``interrupted``: its lease expired).
 
-    After ``query_failed`` the cost stands; run the query again under a new id.
+    After ``query_failed`` or ``interrupted`` the cost stands; run the query again under a
+    new id.
     """
 
     default_code = "query_id_conflict"
@@ -96,6 +98,15 @@ class QueryInProgressError(NeblinaError):
     """
 
     default_code = "query_in_progress"
+
+
+class WaitTimeoutError(NeblinaError, TimeoutError):
+    """``Job.wait(timeout=...)`` gave up: the query is still running on the server.
+
+    Nothing is lost: wait again on the same handle, or reattach with ``client.job(query_id)``.
+    """
+
+    default_code = "wait_timeout"
 
 
 class PayloadTooLargeError(NeblinaError):
@@ -155,6 +166,7 @@ _BY_CODE: dict[str, type[NeblinaError]] = {
     "budget_exhausted": BudgetExhaustedError,
     "query_id_conflict": QueryConflictError,
     "query_failed": QueryConflictError,
+    "interrupted": QueryConflictError,
     "query_in_progress": QueryInProgressError,
     "payload_too_large": PayloadTooLargeError,
     "engine_error": EngineError,
@@ -188,3 +200,30 @@ def error_for_status(
     if issubclass(cls, RateLimitedError):
         return cls(message, status_code=status_code, code=code, retry_after=retry_after)
     return cls(message, status_code=status_code, code=code)
+
+
+# The status a blocking query answers with for each error a failed or refunded record holds
+# (an ``interrupted`` record: what its retry answers, 409 ``query_failed``).
+_JOB_ERROR_STATUS: dict[str, int] = {
+    "engine_error": 422,
+    "result_too_large": 422,
+    "internal_error": 500,
+    "dataset_unavailable": 503,
+    "interrupted": 409,
+}
+
+
+def error_for_job(state: str, error: object, query_id: str) -> NeblinaError:
+    """The exception for a job that ended ``failed`` or ``refunded``: the one the blocking
+    query would have raised (same class, code and status), carrying the ``query_id``."""
+    code: str | None = None
+    message = ""
+    if isinstance(error, dict):
+        if isinstance(error.get("error"), str):
+            code = error["error"]
+        if isinstance(error.get("message"), str):
+            message = error["message"]
+    status = _JOB_ERROR_STATUS.get(code or "", 500)
+    exc = error_for_status(status, code, message or f"the query ended {state}")
+    exc.query_id = query_id
+    return exc

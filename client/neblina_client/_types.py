@@ -131,3 +131,31 @@ class ArchivedQuery:
     finished_at: datetime | None
     result: Release
     error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Where a query stands on the server (``Job.status()``).
+
+    ``state`` is ``running``, ``done``, ``failed`` or ``refunded`` (as in
+    :class:`ArchivedQuery`). While ``running``, ``phase`` is ``queued``, ``loading``,
+    ``running`` or ``archiving`` (None from a server that does not say), and ``progress``
+    the fraction of the engine's work done, from 0 to 1, or None where the engine does not
+    know one. ``error`` is set once ``failed`` or ``refunded``.
+    """
+
+    query_id: str
+    dataset: str
+    engine: str
+    state: str
+    phase: str | None
+    progress: float | None
+    cost: Cost
+    created_at: datetime
+    finished_at: datetime | None
+    error: dict[str, Any] | None
+
+    @property
+    def finished(self) -> bool:
+        """True once the query is settled: ``done``, ``failed`` or ``refunded``."""
+        return self.state != "running"

@@ -151,7 +151,7 @@ def test_every_error_is_a_neblina_error() -> None:
         for name in neblina_client.__all__
         if name.endswith("Error") and name != "NeblinaError"
     ]
-    assert len(classes) == 14
+    assert len(classes) == 15
     for cls in classes:
         assert issubclass(cls, NeblinaError), cls
 
