@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema, models_json_schema
 
 from chalicelib import VERSION, errors
-from chalicelib.models import AMOUNT_QUANTUM, MAX_AMOUNT, QueryState
+from chalicelib.models import AMOUNT_QUANTUM, MAX_AMOUNT, QueryPhase, QueryState
 
 DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
 REF = "#/components/schemas/{model}"
@@ -364,6 +364,12 @@ class QueryRecord(Response):
     finished_at: Timestamp | None
     result: Result | None
     error: Error | None
+    phase: QueryPhase | None = Field(
+        description="where a running query's work is; null once settled"
+    )
+    progress: float | None = Field(
+        ge=0, le=1, description="the fraction done, when the engine knows it; else null"
+    )
 
 
 class HistoryParams(Request):

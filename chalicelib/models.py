@@ -294,9 +294,43 @@ class QueryState(StrEnum):
     REFUNDED = "refunded"
 
 
+class QueryPhase(StrEnum):
+    """Where a ``running`` record's work is, in order (see ``docs/ledger.md``, "Phases").
+
+    queued     reserved as a job; no worker has claimed it (``Store.claim`` is the only way out)
+    loading    claimed: the rows are being read
+    running    the mechanism runs (sync runs are created here: nothing retries them)
+    archiving  the result is being written
+    """
+
+    QUEUED = "queued"
+    LOADING = "loading"
+    RUNNING = "running"
+    ARCHIVING = "archiving"
+
+
+PROGRESS_PHASES = frozenset({QueryPhase.LOADING, QueryPhase.RUNNING, QueryPhase.ARCHIVING})
+"""The phases ``Store.set_progress`` may write: never ``queued``, so only a claim leaves it."""
+
+
+def check_progress(phase: str, progress: float | None) -> None:
+    """Refuse (``ValueError``) a phase ``set_progress`` may not write or a fraction not in 0..1."""
+    if phase not in PROGRESS_PHASES:
+        raise ValueError(f"not a phase set_progress may write: {phase!r}")
+    if progress is not None and (
+        isinstance(progress, bool) or not math.isfinite(progress) or not 0 <= progress <= 1
+    ):
+        raise ValueError(f"progress is a fraction in 0..1, not {progress!r}")
+
+
 @dataclass(frozen=True)
 class QueryRecord:
-    """One archived query: the request, its cost, and what was released."""
+    """One archived query: the request, its cost, and what was released.
+
+    ``phase`` (a :class:`QueryPhase` value) and ``progress`` (a fraction in 0..1 where the
+    engine knows one) say where a ``running`` record's work is; both are None once the
+    record is settled, and on records written before they existed.
+    """
 
     query_id: str
     user_id: str
@@ -312,6 +346,8 @@ class QueryRecord:
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    phase: str | None = None
+    progress: float | None = None
 
     def lease_expired(self, now: datetime) -> bool:
         """True for a record still ``running`` after its lease: its request died."""
@@ -325,7 +361,9 @@ class QueryRecord:
         """
         if not self.lease_expired(now):
             return self
-        return replace(self, state=QueryState.FAILED, error=dict(INTERRUPTED))
+        return replace(
+            self, state=QueryState.FAILED, error=dict(INTERRUPTED), phase=None, progress=None
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The record as the API returns it."""
@@ -340,4 +378,6 @@ class QueryRecord:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "result": self.result,
             "error": self.error,
+            "phase": self.phase,
+            "progress": self.progress,
         }

@@ -157,7 +157,8 @@ class Grants(Protocol):
 
 
 class Ledger(Protocol):
-    """The query records and the debits they carry: reserve, finish, refund, expire."""
+    """The query records and the debits they carry: reserve, claim, progress, finish, refund,
+    expire."""
 
     def reserve(self, record: QueryRecord) -> None:
         """Debit ``record.cost`` from the grant and create ``record``, atomically.
@@ -176,7 +177,11 @@ class Ledger(Protocol):
         result: dict[str, Any] | None = None,
         error: dict[str, str] | None = None,
     ) -> None:
-        """Move a running record to ``done`` or ``failed`` (conditional on it running)."""
+        """Move a running record to ``done`` or ``failed`` (conditional on it running).
+
+        Like :meth:`refund` and :meth:`expire_query`, it clears ``phase`` and ``progress``
+        in the same write: they describe running work only.
+        """
 
     def refund(self, record: QueryRecord, finished_at: datetime, error: dict[str, str]) -> None:
         """Give the cost back and mark the record ``refunded``, atomically.
@@ -192,6 +197,25 @@ class Ledger(Protocol):
         whether it changed the record. The spend stands (nobody can tell whether a mechanism
         saw the data). A request that outlived its lease can then no longer complete its
         record, so it releases nothing.
+        """
+
+    def claim(self, query_id: str, now: datetime) -> QueryRecord | None:
+        """Take a queued job: the one gate before a job worker may read any data.
+
+        One conditional write: the record is ``running``, its phase is ``queued`` and its
+        lease has not expired at ``now``; it moves to phase ``loading`` (progress None) and
+        the updated record is returned. Otherwise (claimed already, settled, expired,
+        missing) nothing is written and it returns None, so of any number of deliveries of
+        one job exactly one gets the record.
+        """
+
+    def set_progress(self, query_id: str, phase: str, progress: float | None) -> None:
+        """Show where a running record's work is: ``phase`` and ``progress`` (0..1 or None).
+
+        One write conditional on the record being ``running`` and past ``queued`` (only
+        :meth:`claim` leaves ``queued``); otherwise (settled, queued, missing) a no-op that
+        never raises. ``phase`` must be ``loading``, ``running`` or ``archiving``, else
+        ``ValueError`` (a programming error, checked before anything is written).
         """
 
     def get_query(self, query_id: str) -> QueryRecord | None:

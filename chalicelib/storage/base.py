@@ -30,6 +30,7 @@ from chalicelib.models import (
     Grant,
     PrivacyCost,
     QueryRecord,
+    check_progress,
     format_decimal,
 )
 
@@ -168,6 +169,11 @@ class StoreBase(ABC):
         response, an SDK retry) is this call's own and counts as success.
         """
 
+    @abstractmethod
+    def _write_progress(self, query_id: str, phase: str, progress: float | None) -> None:
+        """The one write of :meth:`set_progress` (arguments already checked): conditional on
+        the record running and not ``queued``; a failed condition is not an error."""
+
     # shared operations -----------------------------------------------------------------
     def change_grant(
         self,
@@ -228,6 +234,12 @@ class StoreBase(ABC):
         """See :meth:`chalicelib.storage.Ledger.reserve`: one attempt id per call, so the
         store (not its caller) tells its own retried write from another request's."""
         self._reserve(record, new_attempt())
+
+    def set_progress(self, query_id: str, phase: str, progress: float | None) -> None:
+        """See :meth:`chalicelib.storage.Ledger.set_progress`: the arguments are checked here,
+        once for every backend, before anything is written."""
+        check_progress(phase, progress)
+        self._write_progress(query_id, str(phase), None if progress is None else float(progress))
 
     def reconcile(self) -> int:
         """See :meth:`chalicelib.storage.Ledger.reconcile`: nothing to settle by default."""

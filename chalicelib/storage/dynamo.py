@@ -58,6 +58,7 @@ from chalicelib.models import (
     DatasetCap,
     Grant,
     PrivacyCost,
+    QueryPhase,
     QueryRecord,
     QueryState,
     Token,
@@ -69,6 +70,7 @@ from chalicelib.storage.base import (
     budget_exhausted,
     decode_cursor,
     encode_cursor,
+    new_attempt,
 )
 from chalicelib.storage.dynamo_models import (
     CONNECT_TIMEOUT_SECONDS,
@@ -168,6 +170,8 @@ def _record(item: QueryModel) -> QueryRecord:
         result=item.result,
         error=item.error,
         extra=item.extra or {},
+        phase=item.phase,
+        progress=None if item.progress is None else float(item.progress),
     )
 
 
@@ -715,7 +719,12 @@ class DynamoStore(StoreBase):
         error: dict[str, str] | None = None,
     ) -> None:
         Q = self.models.query
-        actions: list[Action] = [Q.state.set(state.value), Q.finished_at.set(finished_at)]
+        actions: list[Action] = [
+            Q.state.set(state.value),
+            Q.finished_at.set(finished_at),
+            Q.phase.remove(),
+            Q.progress.remove(),
+        ]
         if result is not None:
             actions.append(Q.result.set(result))
         if error is not None:
@@ -761,6 +770,8 @@ class DynamoStore(StoreBase):
                         Q.state.set(QueryState.REFUNDED.value),
                         Q.finished_at.set(finished_at),
                         Q.error.set(error),
+                        Q.phase.remove(),
+                        Q.progress.remove(),
                     ],
                     condition=Q.state == QueryState.RUNNING.value,
                 )
@@ -775,6 +786,8 @@ class DynamoStore(StoreBase):
                     Q.state.set(QueryState.FAILED.value),
                     Q.finished_at.set(now),
                     Q.error.set(error),
+                    Q.phase.remove(),
+                    Q.progress.remove(),
                 ],
                 condition=(Q.state == QueryState.RUNNING.value) & (Q.lease_expires_at <= now),
             )
@@ -783,6 +796,50 @@ class DynamoStore(StoreBase):
                 return False
             raise
         return True
+
+    def claim(self, query_id: str, now: datetime) -> QueryRecord | None:
+        """One conditional update; the call's own attempt id goes with it, so when the update
+        landed but its answer was lost (PynamoDB retries a 5xx), the retry that finds the
+        job claimed by this very call still wins it instead of stranding the job."""
+        Q = self.models.query
+        attempt = new_attempt()
+        item = Q(query_id)
+        try:
+            item.update(
+                actions=[
+                    Q.phase.set(QueryPhase.LOADING.value),
+                    Q.progress.remove(),
+                    Q.claim_attempt.set(attempt),
+                ],
+                condition=(Q.state == QueryState.RUNNING.value)
+                & (Q.phase == QueryPhase.QUEUED.value)
+                & (Q.lease_expires_at > now),
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            try:
+                current = Q.get(query_id, consistent_read=True)
+            except DoesNotExist:
+                return None
+            if current.claim_attempt != attempt or current.state != QueryState.RUNNING.value:
+                return None
+            return _record(current)
+        return _record(item)
+
+    def _write_progress(self, query_id: str, phase: str, progress: float | None) -> None:
+        Q = self.models.query
+        actions: list[Action] = [Q.phase.set(phase)]
+        actions.append(Q.progress.remove() if progress is None else Q.progress.set(progress))
+        try:
+            Q(query_id).update(
+                actions=actions,
+                condition=(Q.state == QueryState.RUNNING.value)
+                & (Q.phase.does_not_exist() | (Q.phase != QueryPhase.QUEUED.value)),
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
 
     def _query_capped(self, query_id: str) -> bool:
         try:
@@ -879,6 +936,8 @@ class DynamoStore(StoreBase):
             extra=record.extra or None,
             capped=True if capped else None,
             ledger_attempt=attempt,
+            phase=None if record.phase is None else str(record.phase),
+            progress=record.progress,
         )
 
     @staticmethod

@@ -153,6 +153,9 @@ class QueryModel(Model):
     extra = JSONAttribute(null=True)
     capped = BooleanAttribute(null=True)  # the debit also went to the dataset's cap
     ledger_attempt = UnicodeAttribute(null=True)  # the reserve call that wrote the record
+    phase = UnicodeAttribute(null=True)  # where a running record's work is (None: settled)
+    progress = NumberAttribute(null=True)  # a fraction in 0..1, when the engine knows one
+    claim_attempt = UnicodeAttribute(null=True)  # the claim call that took the job
     by_owner = QueriesByOwner()
 
 

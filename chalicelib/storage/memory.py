@@ -27,6 +27,7 @@ from chalicelib.models import (
     DatasetCap,
     Grant,
     PrivacyCost,
+    QueryPhase,
     QueryRecord,
     QueryState,
     Token,
@@ -266,7 +267,13 @@ class MemoryStore(StoreBase):
         with self.lock:
             record = self._running(query_id)
             self.queries[query_id] = dataclasses.replace(
-                record, state=state, finished_at=finished_at, result=result, error=error
+                record,
+                state=state,
+                finished_at=finished_at,
+                result=result,
+                error=error,
+                phase=None,
+                progress=None,
             )
 
     def refund(self, record: QueryRecord, finished_at: datetime, error: dict[str, str]) -> None:
@@ -284,7 +291,12 @@ class MemoryStore(StoreBase):
             if record.query_id in self._capped_queries and cap is not None:
                 self.caps[current.dataset] = dataclasses.replace(cap, spent=cap.spent - cost)
             self.queries[record.query_id] = dataclasses.replace(
-                current, state=QueryState.REFUNDED, finished_at=finished_at, error=error
+                current,
+                state=QueryState.REFUNDED,
+                finished_at=finished_at,
+                error=error,
+                phase=None,
+                progress=None,
             )
 
     def expire_query(self, query_id: str, now: datetime, error: dict[str, str]) -> bool:
@@ -293,9 +305,39 @@ class MemoryStore(StoreBase):
             if record is None or not record.lease_expired(now):
                 return False
             self.queries[query_id] = dataclasses.replace(
-                record, state=QueryState.FAILED, finished_at=now, error=error
+                record,
+                state=QueryState.FAILED,
+                finished_at=now,
+                error=error,
+                phase=None,
+                progress=None,
             )
             return True
+
+    def claim(self, query_id: str, now: datetime) -> QueryRecord | None:
+        with self.lock:
+            record = self.queries.get(query_id)
+            if (
+                record is None
+                or record.state is not QueryState.RUNNING
+                or record.phase != QueryPhase.QUEUED
+                or record.lease_expired(now)
+            ):
+                return None
+            claimed = dataclasses.replace(record, phase=QueryPhase.LOADING.value, progress=None)
+            self.queries[query_id] = claimed
+            return claimed
+
+    def _write_progress(self, query_id: str, phase: str, progress: float | None) -> None:
+        with self.lock:
+            record = self.queries.get(query_id)
+            if (
+                record is None
+                or record.state is not QueryState.RUNNING
+                or record.phase == QueryPhase.QUEUED
+            ):
+                return
+            self.queries[query_id] = dataclasses.replace(record, phase=phase, progress=progress)
 
     def get_query(self, query_id: str) -> QueryRecord | None:
         return self.queries.get(query_id)

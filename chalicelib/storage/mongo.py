@@ -49,6 +49,7 @@ from chalicelib.models import (
     DatasetCap,
     Grant,
     PrivacyCost,
+    QueryPhase,
     QueryRecord,
     QueryState,
     Token,
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 Doc = dict[str, Any]
 
 DEBIT, CREDIT, SEED = "debit", "credit", "seed"
+_NO_PROGRESS = {"phase": "", "progress": ""}  # $unset: a settled record has neither
 _SPEND_SIGN = {DEBIT: 1, SEED: 1, CREDIT: -1}
 
 
@@ -205,6 +207,8 @@ def _record(doc: Doc) -> QueryRecord:
         result=_unjson(doc.get("result")),
         error=_unjson(doc.get("error")),
         extra=_unjson(doc.get("extra")) or {},
+        phase=doc.get("phase"),
+        progress=None if doc.get("progress") is None else float(doc["progress"]),
     )
 
 
@@ -782,6 +786,8 @@ class MongoStore(StoreBase):
             "extra": _json(record.extra or None),
             "capped": capped,
             "ledger_attempt": attempt,
+            "phase": None if record.phase is None else str(record.phase),
+            "progress": record.progress,
         }
 
     def finish(
@@ -798,7 +804,8 @@ class MongoStore(StoreBase):
         if error is not None:
             update["error"] = _json(error)
         matched = self._queries.update_one(
-            {"_id": query_id, "state": QueryState.RUNNING.value}, {"$set": update}
+            {"_id": query_id, "state": QueryState.RUNNING.value},
+            {"$set": update, "$unset": _NO_PROGRESS},
         ).matched_count
         if not matched:
             raise InternalError()
@@ -851,7 +858,8 @@ class MongoStore(StoreBase):
                         "finished_at": finished_at,
                         "error": _json(error),
                         "refund_attempt": attempt,
-                    }
+                    },
+                    "$unset": _NO_PROGRESS,
                 },
             ).matched_count
         ) == 1
@@ -868,10 +876,34 @@ class MongoStore(StoreBase):
                     "state": QueryState.FAILED.value,
                     "finished_at": now,
                     "error": _json(error),
-                }
+                },
+                "$unset": _NO_PROGRESS,
             },
         )
         return result.matched_count == 1
+
+    def claim(self, query_id: str, now: datetime) -> QueryRecord | None:
+        doc = self._queries.find_one_and_update(
+            {
+                "_id": query_id,
+                "state": QueryState.RUNNING.value,
+                "phase": QueryPhase.QUEUED.value,
+                "lease_expires_at": {"$gt": now},
+            },
+            {"$set": {"phase": QueryPhase.LOADING.value, "progress": None}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else _record(doc)
+
+    def _write_progress(self, query_id: str, phase: str, progress: float | None) -> None:
+        self._queries.update_one(
+            {
+                "_id": query_id,
+                "state": QueryState.RUNNING.value,
+                "phase": {"$ne": QueryPhase.QUEUED.value},
+            },
+            {"$set": {"phase": phase, "progress": progress}},
+        )
 
     # recovery ------------------------------------------------------------------------
     def reconcile(self) -> int:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
 import pytest
 
-from chalicelib.models import PrivacyCost, format_decimal, to_decimal
+from chalicelib.models import (
+    INTERRUPTED,
+    PrivacyCost,
+    QueryPhase,
+    QueryRecord,
+    QueryState,
+    format_decimal,
+    to_decimal,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +80,35 @@ def test_privacy_costs_and_admin_amounts_take_epsilon_and_delta_by_keyword_only(
     with pytest.raises(TypeError):
         operations.budget("1", "0.00001")  # type: ignore[misc]
     assert PrivacyCost(epsilon="1", delta="0.00001").delta == Decimal("0.00001")
+
+
+def a_record(**changes: object) -> QueryRecord:
+    created = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    fields: dict[str, object] = {
+        "query_id": "q",
+        "user_id": "u",
+        "dataset": "D",
+        "engine": "e",
+        "payload_hash": "h",
+        "request": {},
+        "cost": PrivacyCost(epsilon=1, delta=0),
+        "state": QueryState.RUNNING,
+        "created_at": created,
+        "lease_expires_at": created + timedelta(minutes=15),
+    }
+    return QueryRecord(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_a_record_shows_its_phase_and_progress_and_null_without_them() -> None:
+    assert a_record().to_json()["phase"] is None
+    assert a_record().to_json()["progress"] is None
+    shown = a_record(phase=QueryPhase.LOADING, progress=0.5).to_json()
+    assert (shown["phase"], shown["progress"]) == ("loading", 0.5)
+
+
+def test_a_record_past_its_lease_reads_as_interrupted_without_a_phase() -> None:
+    job = a_record(phase=QueryPhase.RUNNING, progress=0.3)
+    assert job.as_seen(job.lease_expires_at - timedelta(seconds=1)) == job
+    seen = job.as_seen(job.lease_expires_at)
+    assert (seen.state, seen.error) == (QueryState.FAILED, INTERRUPTED)
+    assert (seen.phase, seen.progress) == (None, None)
