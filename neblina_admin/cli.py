@@ -56,12 +56,14 @@ datasets = typer.Typer(no_args_is_help=True, help="Datasets: source + validated 
 grants = typer.Typer(no_args_is_help=True, help="Budgets per user and dataset, and caps.")
 archive = typer.Typer(no_args_is_help=True, help="Export archived queries.")
 ledger = typer.Typer(no_args_is_help=True, help="Ledger upkeep: settle what a crash left.")
+importer = typer.Typer(no_args_is_help=True, help="Bring a deployment of another platform across.")
 app.add_typer(users, name="users")
 app.add_typer(tokens, name="tokens")
 app.add_typer(datasets, name="datasets")
 app.add_typer(grants, name="grants")
 app.add_typer(archive, name="archive")
 app.add_typer(ledger, name="ledger")
+app.add_typer(importer, name="import")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -1017,6 +1019,108 @@ def export_config(
         f"wrote {output} ({counts['users']} users, {counts['datasets']} datasets, "
         f"{counts['grants']} grants) and {len(metadata)} metadata file(s) in {folder}"
     )
+
+
+# import --------------------------------------------------------------------------------
+def _fetch(location: str) -> bytes:
+    """A Lomas metadata file named by URL (http(s), or s3 with the administrator's rights)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "s3":
+        from chalicelib.aws import s3_client
+
+        response = s3_client(_settings()).get_object(
+            Bucket=parsed.netloc, Key=parsed.path.lstrip("/")
+        )
+        return bytes(response["Body"].read())
+    import urllib.request
+
+    with urllib.request.urlopen(location, timeout=30) as answer:  # noqa: S310 (http(s) only)
+        return bytes(answer.read())
+
+
+@importer.command("lomas")
+@handled
+def import_lomas(
+    source: Annotated[
+        Path, typer.Argument(help="Lomas's YAML database, or a directory of mongoexport files.")
+    ],
+    apply_it: Annotated[
+        bool, typer.Option("--apply", help="Write it all and print each user's token once.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the declarative file (grants with spent); metadata/ beside it.",
+        ),
+    ] = None,
+    drop_orphans: Annotated[
+        bool,
+        typer.Option(
+            "--drop-orphan-queries", help="Leave behind archived queries of revoked grants."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite files that exist (-o).")] = False,
+) -> None:
+    """Import a Lomas 0.4.x deployment: users, datasets, metadata, budgets spent, archive.
+
+    Prints the plan; writes nothing unless every part is valid, and only with --apply
+    (docs/migrating-from-lomas.md).
+    """
+    from neblina_admin import lomas
+
+    raw = lomas.read(source)
+    base = source if source.is_dir() else source.resolve().parent
+    imported = lomas.convert(raw, base, source=str(source), fetch=_fetch, drop_orphans=drop_orphans)
+    store = _store()
+    lines, problems = lomas.plan(store, imported)
+    for line in lines:
+        out.print(line, markup=False)
+    for note in imported.notes:
+        out.print(f"note: {note}", markup=False)
+    for item in imported.iam:
+        out.print(f"needs an IAM grant: {item}", markup=False)
+    if problems:
+        for problem in problems:
+            err.print(f"refused: {problem}", markup=False)
+        raise InvalidRequest(f"nothing imported: {len(problems)} problem(s) listed above")
+    if output is not None:
+        _write_declarative(output, *lomas.document(imported), force=force)
+        out.print(
+            f"wrote {output}: plan/apply it to create users, datasets and grants (with "
+            "spent); the archive comes across only with import --apply"
+        )
+    if not apply_it:
+        out.print("Nothing written to the store (pass --apply to import).")
+        return
+    issued = lomas.apply(store, imported)
+    out.print(
+        f"Imported: {len(imported.desired.users)} users, {len(imported.desired.datasets)} "
+        f"datasets, {len(imported.desired.grants)} grants, {imported.archive_count()} "
+        "archived queries."
+    )
+    out.print("tokens (shown once, hand each to its user now):")
+    for uid, token in issued.items():
+        sys.stdout.write(f"{uid}\t{token.record.token_id}\t{token.secret}\n")
+
+
+def _write_declarative(
+    output: Path, document: dict[str, Any], metadata: dict[str, Any], *, force: bool
+) -> None:
+    import yaml
+
+    folder = output.parent / "metadata"
+    targets = [output] + [folder / f"{name}.yaml" for name in metadata]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise InvalidRequest(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, meta in metadata.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    output.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
 
 
 def main() -> None:

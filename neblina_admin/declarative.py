@@ -18,6 +18,13 @@
         latency_bucket_ms: 500                      # ... of this size (default 500)
     grants:
       - {user: alice, dataset: PENGUIN, epsilon: 10, delta: 0.001}
+      - {user: bob, dataset: PENGUIN, epsilon: 10, delta: 0.001,
+         spent: {epsilon: 3.2, delta: 0.00001}}     # optional: an opening balance
+
+``spent`` (what ``import lomas`` writes) is what a new grant has already spent elsewhere: it is
+debited once, when the grant is created, through the ledger (an ``import`` record in the
+archive, :func:`neblina_admin.operations.open_grant`); on an existing grant it is ignored, as
+stored spending only ever grows through queries.
 
 The file is the whole desired state, as in Terraform: what is stored but not in the file is
 removed (a removed user's tokens are revoked; the archive is never deleted). ``plan``
@@ -61,6 +68,7 @@ _DATASET_KEYS = {
     "latency_bucket_ms",
 }
 _GRANT_KEYS = {"user", "dataset", "epsilon", "delta"}
+_GRANT_OPTIONAL = {"spent"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class Desired:
     users: dict[str, User] = field(default_factory=dict)
     datasets: dict[str, DesiredDataset] = field(default_factory=dict)
     grants: dict[tuple[str, str], PrivacyCost] = field(default_factory=dict)
+    spent: dict[tuple[str, str], PrivacyCost] = field(default_factory=dict)  # opening balances
 
 
 @dataclass(frozen=True)
@@ -219,7 +228,7 @@ def parse(raw: object, base: Path) -> Desired:
         )
     for i, entry in enumerate(_entries(raw, "grants", problems)):
         where = f"grants[{i}]"
-        problems += _keys(entry, _GRANT_KEYS, _GRANT_KEYS, where)
+        problems += _keys(entry, _GRANT_KEYS | _GRANT_OPTIONAL, _GRANT_KEYS, where)
         uid, name = str(entry.get("user", "")), str(entry.get("dataset", ""))
         if uid not in desired.users and uid not in invalid_users:
             problems.append(f"{where}: user {uid!r} is not among the file's users")
@@ -233,6 +242,18 @@ def parse(raw: object, base: Path) -> Desired:
         if (uid, name) in desired.grants:
             problems.append(f"{where}: a second grant for {uid} on {name}")
         desired.grants[(uid, name)] = initial
+        if entry.get("spent") is not None:
+            spec = entry["spent"]
+            try:
+                if not isinstance(spec, dict) or set(spec) != {"epsilon", "delta"}:
+                    raise InvalidRequest("spent must be {epsilon: ..., delta: ...}")
+                spent = admin.budget(epsilon=spec["epsilon"], delta=spec["delta"])
+                if not spent <= initial:
+                    raise InvalidRequest("spent is above the grant's epsilon or delta")
+            except InvalidRequest as exc:
+                _problem(problems, where, exc)
+                continue
+            desired.spent[(uid, name)] = spent
     if problems:
         raise InvalidRequest("invalid file: " + "; ".join(problems))
     return desired
@@ -403,16 +424,15 @@ def _plan_grants(
     for (uid, name), initial in desired.grants.items():
         key = f"{uid} on {name}"
         have_grant = grants.get((uid, name))
+        spent = desired.spent.get((uid, name))
         if have_grant is None:
-            changes.append(
-                Change(
-                    "create",
-                    "grant",
-                    key,
-                    (_amounts(initial),),
-                    _create_grant(store, uid, name, initial),
-                )
-            )
+            details: tuple[str, ...] = (_amounts(initial),)
+            if spent is not None and spent != PrivacyCost.zero():
+                details += (f"already spent {_amounts(spent)}",)
+                run = _later(admin.open_grant, store, uid, name, initial, spent)
+            else:
+                run = _create_grant(store, uid, name, initial)
+            changes.append(Change("create", "grant", key, details, run))
         elif have_grant.initial != initial:
             detail = f"{_amounts(have_grant.initial)} -> {_amounts(initial)}"
             if not have_grant.spent <= initial:

@@ -31,6 +31,7 @@ from chalicelib.models import (
     Grant,
     PrivacyCost,
     QueryRecord,
+    QueryState,
     Token,
     User,
     on_grid,
@@ -636,3 +637,82 @@ def write_export(records: Iterable[QueryRecord], out: TextIO, fmt: str) -> int:
 def iso(value: datetime | None) -> str | None:
     """An ISO timestamp or None."""
     return value.isoformat() if value is not None else None
+
+
+# opening balances (imports) -------------------------------------------------------------
+IMPORTED = "imported"
+"""The ``payload_hash`` of every imported record. Real records carry a hex digest of their
+request, which never equals this, so a request reusing an imported ``query_id`` is refused
+(409): an imported record is never replayed, and nothing ever runs it."""
+
+
+def book(store: Store, record: QueryRecord) -> None:
+    """Write an already finished query (imported history) through the ledger's own debit.
+
+    ``record`` must be ``running`` with its lease already over (``lease_expires_at`` is its
+    ``created_at``): ``reserve`` debits its cost from the grant and creates it in one
+    conditional write, then ``finish`` marks it ``done`` with no result. Should the second
+    write be lost, the lease rule shows the record ``failed``: the spend stands either way.
+    """
+    if record.payload_hash != IMPORTED or record.state is not QueryState.RUNNING:
+        raise InvalidRequest("only imported records are booked")
+    store.reserve(record)
+    store.finish(record.query_id, QueryState.DONE, record.finished_at or record.created_at)
+
+
+def opening_record(
+    uid: str, dataset: str, amount: PrivacyCost, note: str, now: datetime | None = None
+) -> QueryRecord:
+    """The record carrying what a grant had spent before Neblina (``engine`` ``import``)."""
+    import hashlib
+
+    now = now or utcnow()
+    digest = hashlib.sha256(f"{uid}\0{dataset}\0{now.isoformat()}".encode()).hexdigest()
+    return QueryRecord(
+        query_id=f"opening-{digest[:32]}",
+        user_id=uid,
+        dataset=dataset,
+        engine="import",
+        payload_hash=IMPORTED,
+        request={"import": {"note": note}},
+        cost=amount,
+        state=QueryState.RUNNING,
+        created_at=now,
+        lease_expires_at=now,
+        finished_at=now,
+    )
+
+
+def open_grant(
+    store: Store,
+    uid: str,
+    dataset: str,
+    initial: PrivacyCost,
+    spent: PrivacyCost,
+    history: Iterable[QueryRecord] = (),
+    *,
+    note: str = "spent before the grant came to Neblina",
+) -> Grant:
+    """Create a grant that has already spent ``spent`` (an import), audited in the ledger.
+
+    The only way an administrator sets ``spent``, and only on a new grant: each record of
+    ``history`` (imported queries, :func:`book`) is debited with its cost, then one opening
+    record (``engine`` ``import``) debits what the history does not account for. So the
+    grant's spend is the sum of its records' costs, as for any grant. Refused
+    (``InvalidRequest``) when ``spent`` is above ``initial`` or below the history's total.
+    """
+    records = list(history)
+    booked = sum((r.cost for r in records), PrivacyCost.zero())
+    if not spent <= initial:
+        raise InvalidRequest(f"grant {uid} on {dataset}: spent is above the initial budget")
+    if not booked <= spent:
+        raise InvalidRequest(f"grant {uid} on {dataset}: the history costs more than spent")
+    store.create_grant(uid, dataset, initial)
+    for record in records:
+        book(store, record)
+    rest = spent - booked
+    if rest != PrivacyCost.zero():
+        book(store, opening_record(uid, dataset, rest, note))
+    current = store.get_grant(uid, dataset)
+    assert current is not None
+    return current
