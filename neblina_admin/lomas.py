@@ -565,7 +565,12 @@ def _record(entry: dict[str, Any], uid: str, name: str, ordinal: int) -> QueryRe
         engine=f"lomas:{library}",
         payload_hash=admin.IMPORTED,
         request={
-            "lomas": {"library": library, "client_input": client_input, "response": kept},
+            "lomas": {
+                "library": library,
+                "client_input": client_input,
+                "response": kept,
+                "timestamp": float(stamp),  # exact: a MongoDB date keeps milliseconds
+            },
             "note": "; ".join(notes),
         },
         cost=cost,

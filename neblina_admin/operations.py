@@ -653,6 +653,7 @@ def book(store: Store, record: QueryRecord) -> None:
     ``created_at``): ``reserve`` debits its cost from the grant and creates it in one
     conditional write, then ``finish`` marks it ``done`` with no result. Should the second
     write be lost, the lease rule shows the record ``failed``: the spend stands either way.
+    With no job phase and its lease over, no worker can ever claim it (``Store.claim``).
     """
     if record.payload_hash != IMPORTED or record.state is not QueryState.RUNNING:
         raise InvalidRequest("only imported records are booked")

@@ -279,6 +279,7 @@ class Client:
                 "dp_librairy": lomas.get("library", record.engine.split(":", 1)[1]),
                 "client_input": lomas.get("client_input", {}),
                 "response": lomas.get("response", {}),
+                "timestamp": lomas.get("timestamp", base["timestamp"]),
             }
         cost = {"epsilon": _float(record.cost.epsilon), "delta": _float(record.cost.delta)}
         request = record.request
