@@ -442,11 +442,18 @@ def _spent(
     initial_e, initial_d, spent_e, spent_d = floats
     booked = sum((r.cost for r in imported.history.get(key, [])), PrivacyCost.zero())
 
+    reasons: set[str] = set()
+
     def largest(
         spent: float, initial_float: float, initial_dec: Decimal, archived: Decimal
     ) -> Decimal:
-        remaining = lomas_decimal(max(initial_float - spent, 0.0))  # what Lomas computes
-        return charge(max(lomas_decimal(spent), archived, initial_dec - remaining, Decimal(0)))
+        lomas_spent = lomas_decimal(spent)
+        lomas_remaining = lomas_decimal(max(initial_float - spent, 0.0))  # Lomas's float
+        if archived > lomas_spent:
+            reasons.add("its archived costs, each rounded up to the 1e-20 grid, sum to more")
+        if initial_dec - lomas_remaining > max(lomas_spent, archived):
+            reasons.add("Lomas's float remaining (initial - spent) is below initial - spent")
+        return charge(max(lomas_spent, archived, initial_dec - lomas_remaining))
 
     try:
         spent = PrivacyCost(
@@ -464,11 +471,12 @@ def _spent(
         return
     exact = PrivacyCost(epsilon=lomas_decimal(spent_e), delta=lomas_decimal(spent_d))
     if spent != exact:
+        reasons = reasons or {"rounded up to the ledger's 1e-20 grid"}
         imported.notes.append(
             f"grant {uid} on {name}: spent raised from Lomas's epsilon "
             f"{format_decimal(exact.epsilon)}, delta {format_decimal(exact.delta)} to epsilon "
-            f"{format_decimal(spent.epsilon)}, delta {format_decimal(spent.delta)} (archive "
-            "total or Lomas's float remaining), so remaining never exceeds Lomas's"
+            f"{format_decimal(spent.epsilon)}, delta {format_decimal(spent.delta)} "
+            f"({'; '.join(sorted(reasons))}): remaining never exceeds Lomas's"
         )
     if spent != PrivacyCost.zero():
         imported.desired.spent[key] = spent
