@@ -72,8 +72,19 @@ def _opendp(settings: Settings) -> Engine[Any]:
     return engine
 
 
+def _opendp_polars(settings: Settings) -> Engine[Any]:
+    from chalicelib.engines.polars_engine import PolarsEngine, PolarsRequest
+
+    engine: Engine[PolarsRequest] = PolarsEngine()
+    return engine
+
+
 # The engines a request may name ("engine"), each with its factory.
-FACTORIES: Mapping[str, EngineFactory] = {"smartnoise_sql": _smartnoise_sql, "opendp": _opendp}
+FACTORIES: Mapping[str, EngineFactory] = {
+    "smartnoise_sql": _smartnoise_sql,
+    "opendp": _opendp,
+    "opendp_polars": _opendp_polars,
+}
 
 
 class Engines:
