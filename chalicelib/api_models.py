@@ -90,6 +90,31 @@ class Table(Response):
     columns: list[str]
     dtypes: dict[str, str] = Field(description="pandas dtype of each column")
     records: list[dict[str, Any]]
+    accuracy: Accuracy | Absent = Field(
+        default=None, description="OpenDP Polars releases only: the accuracy of each statistic"
+    )
+
+
+class AccuracyColumn(Response):
+    """OpenDP's summary of one released statistic (``summarize_polars_measurement``)."""
+
+    column: str
+    aggregate: str
+    distribution: str | None
+    scale: float | None
+    accuracy: float | None = Field(
+        default=None, description="the noise stays within ±accuracy with probability 1 − alpha"
+    )
+
+
+class Accuracy(Response):
+    """The accuracy of an OpenDP Polars release, from the metadata (docs/opendp.md)."""
+
+    alpha: float
+    columns: list[AccuracyColumn]
+
+
+Table.model_rebuild()
 
 
 class Value(Response):
@@ -318,16 +343,37 @@ class OpenDPQueryRequest(_QueryFields, OpenDPCostRequest):
     """An OpenDP measurement to run."""
 
 
-class CostRequest(RootModel[SqlCostRequest | OpenDPCostRequest]):
+class PolarsCostRequest(Request):
+    """An OpenDP Polars query to price (plan grammar: docs/opendp.md)."""
+
+    engine: Literal["opendp_polars"]
+    plan: list[dict[str, Any]] = Field(
+        min_length=1,
+        description=(
+            "steps over the dataset (filter, with_columns, then select or group_by/agg) in "
+            "Neblina's closed plan grammar; the client writes it from a dp.Context query"
+        ),
+    )
+    epsilon: Epsilon = Field(description="this query's ε: the noise scale is calibrated to it")
+    alpha: float | Absent = Field(
+        default=None, gt=0, lt=1, description="the level of the accuracy returned (0.05)"
+    )
+
+
+class PolarsQueryRequest(_QueryFields, PolarsCostRequest):
+    """An OpenDP Polars query to run."""
+
+
+class CostRequest(RootModel[SqlCostRequest | OpenDPCostRequest | PolarsCostRequest]):
     """A query to price, by engine."""
 
-    root: SqlCostRequest | OpenDPCostRequest = Field(discriminator="engine")
+    root: SqlCostRequest | OpenDPCostRequest | PolarsCostRequest = Field(discriminator="engine")
 
 
-class QueryRequest(RootModel[SqlQueryRequest | OpenDPQueryRequest]):
+class QueryRequest(RootModel[SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest]):
     """A query to run, by engine."""
 
-    root: SqlQueryRequest | OpenDPQueryRequest = Field(discriminator="engine")
+    root: SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest = Field(discriminator="engine")
 
 
 class CostEstimate(Response):

@@ -146,8 +146,7 @@ class _Checker:
         out: dict[str, Any] = {
             "fn": function,
             "args": [
-                self.expr(arg, depth + 1, f"{where}.{function}[{i}]")
-                for i, arg in enumerate(args)
+                self.expr(arg, depth + 1, f"{where}.{function}[{i}]") for i, arg in enumerate(args)
             ],
         }
         if function == "cast":
@@ -178,7 +177,9 @@ class _Checker:
 
     def exprs(self, value: object, where: str, depth: int = 0) -> list[dict[str, Any]]:
         if not isinstance(value, list) or not 0 < len(value) <= MAX_EXPRESSIONS:
-            raise InvalidQuery(f"plan: {where} must be a list of 1 to {MAX_EXPRESSIONS} expressions")
+            raise InvalidQuery(
+                f"plan: {where} must be a list of 1 to {MAX_EXPRESSIONS} expressions"
+            )
         return [self.expr(item, depth, f"{where}[{i}]") for i, item in enumerate(value)]
 
 
@@ -256,4 +257,3 @@ def check_plan(plan: object) -> list[dict[str, Any]]:
 def canonical_text(steps: list[dict[str, Any]]) -> str:
     """The canonical JSON text of a checked plan (what is archived and hashed)."""
     return json.dumps(steps, sort_keys=True, separators=(",", ":"))
-

@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._jobs import Job
 from ._opendp import input_space, pipeline_nodes
+from ._polars import PolarsContext
 from ._retry import Backoff, is_retryable, parse_retry_after
 from ._tables import decode_table
 from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
@@ -431,6 +432,21 @@ class OpenDP:
         """
         columns = [str(name) for name in self._client.metadata()["columns"]]
         return input_space(columns, column)
+
+    def context(self, privacy_loss: float, split_evenly_over: int = 1) -> PolarsContext:
+        """OpenDP's Polars ``Context`` on this dataset (needs ``polars``: the ``opendp`` extra).
+
+        ``privacy_loss`` is the ε of all the context's queries together, split evenly over
+        ``split_evenly_over`` of them, as in ``dp.Context.compositor``; its LazyFrame is empty
+        with the dataset's schema (from the metadata), so ``query().summarize()`` is free and
+        local, while ``cost()`` and ``release()`` ask the server (engine ``opendp_polars``)::
+
+            ctx = client.opendp.context(privacy_loss=1.0, split_evenly_over=2)
+            q = ctx.query().group_by("sex").agg(dp.len(), pl.col("bill_length_mm")
+                .fill_null(45.0).dp.mean((30.0, 65.0)))
+            q.summarize(alpha=0.05); q.cost(); q.release(dummy=True); q.release()
+        """
+        return PolarsContext(self._client, self._client.metadata(), privacy_loss, split_evenly_over)
 
     def cost(self, measurement: Any, fixed_delta: Amount | None = None) -> Cost:
         """The price of ``measurement``: its privacy map at the dataset's ``max_ids``; free.

@@ -12,6 +12,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+import pandas as pd
+
 from ._exceptions import NeblinaError
 from ._tables import decode_table
 from ._types import (
@@ -109,7 +111,18 @@ def parse_query_result(data: Mapping[str, Any]) -> QueryResult:
         dummy=bool(data.get("dummy", False)),
         replayed=bool(data.get("replayed", False)),
         created_at=parse_datetime(data["created_at"]),
+        accuracy=parse_accuracy(data.get("result")),
     )
+
+
+def parse_accuracy(value: Any) -> pd.DataFrame | None:
+    """The ``accuracy`` of an OpenDP Polars release, as a DataFrame (None elsewhere)."""
+    accuracy = value.get("accuracy") if isinstance(value, Mapping) else None
+    if not isinstance(accuracy, Mapping):
+        return None
+    frame = pd.DataFrame(list(accuracy.get("columns") or []))
+    frame.attrs["alpha"] = accuracy.get("alpha")
+    return frame
 
 
 def parse_archived_query(data: Mapping[str, Any]) -> ArchivedQuery:

@@ -111,6 +111,9 @@ class QueryResult:
     dummy: bool
     replayed: bool
     created_at: datetime
+    # OpenDP Polars releases: OpenDP's accuracy summary of each released statistic
+    # (columns column, aggregate, distribution, scale, accuracy), at ``alpha``; else None.
+    accuracy: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True, eq=False)
