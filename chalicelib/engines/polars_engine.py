@@ -154,7 +154,9 @@ def _expr(node: dict[str, Any]) -> Any:
     if function == "clip":
         return args[0].clip(args[1], args[2])
     if function == "cast":
-        return args[0].cast(_DTYPES[node["dtype"]])
+        # never strict: a value that does not convert becomes null, so no row can make a
+        # query fail after the debit ("conversion from str to i64 failed" would be one bit)
+        return args[0].cast(_DTYPES[node["dtype"]], strict=False)
     if function == "alias":
         return args[0].alias(node["name"])
     if function == "is_null":
@@ -269,6 +271,10 @@ def _calibrate(metadata: dict[str, Any], request: PolarsRequest) -> Calibration:
         ) from exc
     if isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
         raise EngineRefused(f"the privacy map gives no finite loss at d_in={d_in}")
+    try:  # a dry run on no rows: Polars checks the expressions' types only when it runs
+        measurement(pl.LazyFrame(schema=schema)).collect()
+    except Exception as exc:
+        raise InvalidQuery(f"plan: Polars refused it: {_describe(exc)}") from exc
     cost = PrivacyCost(epsilon=exact_decimal(float(loss)), delta=Decimal(0))
     return Calibration(measurement, scale, cost, [_plain_row(r) for r in summary.to_dicts()])
 

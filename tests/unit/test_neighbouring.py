@@ -457,10 +457,102 @@ def run_opendp(tally: Counter[str], examples: int) -> None:
     one()
 
 
+# --- OpenDP Polars ----------------------------------------------------------------------------
+def _lit(value: Any) -> dict[str, Any]:
+    return {"lit": value}
+
+
+def _fn(function: str, *args: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"fn": function, "args": list(args), **extra}
+
+
+@st.composite
+def _numeric(draw: st.DrawFn) -> dict[str, Any]:
+    """A numeric column, maybe cast (from text too: non-strict), clipped, nulls filled."""
+    expr: dict[str, Any] = {"col": draw(st.sampled_from(["n", "big", "x", "txt", "flag"]))}
+    dtype = draw(st.sampled_from([None, "f64", "i64", "i32"]))
+    if dtype is not None or expr["col"] in ("txt", "flag"):
+        expr = _fn("cast", expr, dtype=dtype or "f64")
+        dtype = dtype or "f64"
+    values = st.sampled_from([0, -1000, 1000, 2**40])
+    if dtype == "f64" or (dtype is None and expr["col"] == "x"):
+        values = st.sampled_from([0.0, -1000.0, 1000.0, 1e15, 0.5])
+    if draw(st.booleans()):
+        low, high = sorted([draw(values), draw(values)])
+        expr = _fn("clip", expr, _lit(low), _lit(high))
+    return _fn("fill_null", expr, _lit(draw(values)))
+
+
+@st.composite
+def _predicate(draw: st.DrawFn) -> dict[str, Any]:
+    simple = st.sampled_from(
+        [
+            _fn("eq", {"col": "cat"}, _lit("a")),
+            _fn("ne", {"col": "txt"}, _lit("")),
+            _fn("ge", {"col": "n"}, _lit(5)),
+            _fn("lt", {"col": "x"}, _lit(1e15)),
+            _fn("eq", {"col": "flag"}, _lit(True)),
+            _fn("is_null", {"col": "seen"}),
+            _fn("ge", _fn("cast", {"col": "txt"}, dtype="i64"), _lit(0)),
+            _fn("gt", {"col": "big"}, _lit(-(2**40))),
+            _fn("not", _fn("is_not_null", {"col": "cat"})),
+        ]
+    )
+    first = draw(simple)
+    if draw(st.booleans()):
+        return _fn(draw(st.sampled_from(["and", "or"])), first, draw(simple))
+    return first
+
+
+@st.composite
+def polars_plans(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly valid plans over every column type (and some OpenDP or Polars refuse)."""
+    numeric = _numeric()
+    bounds = st.sampled_from([(0, 1000), (-1000.0, 1000.0), (0.0, 1e15), (0.5, 0.5)])
+    aggregate = st.one_of(
+        st.just(_fn("dp.len")),
+        st.builds(lambda c: _fn("dp.count", {"col": c}), st.sampled_from(COLUMNS)),
+        st.builds(
+            lambda f, e, b: _fn(f, e, _lit(b[0]), _lit(b[1])),
+            st.sampled_from(["dp.sum", "dp.mean"]),
+            numeric,
+            bounds,
+        ),
+        st.builds(
+            lambda e, c: _fn("dp.median", e, candidates=c),
+            numeric,
+            st.sampled_from([[0.0, 10.0, 100.0], [1, 2, 3], [-1e15, 1e15]]),
+        ),
+    )
+    steps: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        steps.append({"filter": draw(_predicate())})
+    if draw(st.booleans()):
+        steps.append({"with_columns": [_fn("alias", draw(numeric), name="n")]})
+    aggs = draw(st.lists(aggregate, min_size=1, max_size=2))
+    aggs = [_fn("alias", a, name=f"a{i}") for i, a in enumerate(aggs)]
+    keys = draw(st.sampled_from([None, None, ["cat"], ["flag"], ["cat", "flag"], ["txt"]]))
+    steps.append({"select": aggs} if keys is None else {"group_by": keys, "agg": aggs})
+    epsilon = draw(st.sampled_from([1e-9, 0.5, 1.0, 1e6]))
+    return {"engine": "opendp_polars", "plan": steps, "epsilon": epsilon}
+
+
+def run_polars(tally: Counter[str], examples: int) -> None:
+    world = Neighbours(False)
+
+    @fixed(examples)
+    @given(body=polars_plans())
+    def one(body: dict[str, Any]) -> None:
+        check_pairs("opendp_polars", body, world, tally)
+
+    one()
+
+
 # Every engine of the registry, with its corpus and how many examples it draws.
 COVERED: dict[str, tuple[Callable[[Counter[str], int], None], int]] = {
     "smartnoise_sql": (run_smartnoise, 100),
     "opendp": (run_opendp, 30),
+    "opendp_polars": (run_polars, 40),
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from opendp_pipelines import DATASET, META, TRUE_COUNT, body, laplace_count, loaded
@@ -107,3 +108,35 @@ def test_the_check_has_the_stated_error_rates() -> None:
     direct_sq = sum(k * k * w for k, w in weights.items()) / norm
     assert math.isclose(direct_abs, mean_abs, rel_tol=1e-9)
     assert math.isclose(direct_sq, discrete_laplace_moments(SCALE)[1], rel_tol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("released_epsilon", "passes"),
+    [(0.5, True), (1.0, False)],
+    ids=["polars-noised-as-charged", "polars-under-noised-half-scale"],
+)
+def test_a_polars_release_carries_the_noise_its_charge_implies(
+    released_epsilon: float, passes: bool
+) -> None:
+    """The same check on engine ``opendp_polars`` (``dp.len()``: a discrete-Laplace count).
+
+    The charge is that of ε = 0.5 (scale ≥ 2); the under-noised variant releases the plan
+    calibrated for ε = 1 (scale 1, half) and must be caught.
+    """
+    from chalicelib.engines.polars_engine import ENGINE as POLARS
+
+    def request(epsilon: float) -> Any:
+        return POLARS.parse(
+            {"plan": [{"select": [{"fn": "dp.len", "args": []}]}], "epsilon": epsilon}
+        )
+
+    d_in = META["max_ids"]
+    charged = POLARS.cost(DATASET, request(0.5)).epsilon
+    assert Decimal("0.4999") < charged <= Decimal("0.5")
+    released_by, data = request(released_epsilon), loaded()
+    released = [POLARS.execute(data, released_by)["records"][0]["len"] for _ in range(RELEASES)]
+    if passes:
+        check_noise_matches_charge(released, TRUE_COUNT, charged, d_in)
+    else:
+        with pytest.raises(AssertionError, match="less noise than a charge"):
+            check_noise_matches_charge(released, TRUE_COUNT, charged, d_in)

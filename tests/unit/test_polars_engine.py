@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from opendp_pipelines import DATASET, FRAME, META, ROOT, loaded
 
+from chalicelib import metadata as M
 from chalicelib.config import from_environ
 from chalicelib.datasets import DatasetLoader
 from chalicelib.engines import polars_engine
@@ -226,6 +227,27 @@ def test_a_refused_plan_is_a_400_before_any_read_and_nothing_is_debited(
     assert service.loader.reads == 0  # GHOST has no data: any read would have failed
     assert remaining(store, "GHOST") == before
     assert store.get_query("q-refused-01") is None
+
+
+def test_types_polars_checks_only_when_it_runs_are_refused_before_the_debit() -> None:
+    """Found by tests/unit/test_neighbouring.py: OpenDP builds this plan, Polars fails it at
+    collect time, on any data. The server's dry run on no rows refuses it at the price."""
+    metadata = M.validate(
+        {
+            "max_ids": 1,
+            "rows": 10,
+            "row_privacy": True,
+            "censor_dims": False,
+            "columns": {"flag": {"type": "boolean", "nullable": True}},
+        }
+    )
+    plan = [
+        {"filter": {"fn": "fill_null", "args": [{"col": "flag"}, {"lit": 1}]}},
+        {"select": [COUNT]},
+    ]
+    request = ENGINE.parse({"plan": plan, "epsilon": 1})
+    with pytest.raises(InvalidQuery, match="Polars refused it"):
+        ENGINE.cost(Dataset("FLAGS", "unused", metadata, utcnow()), request)
 
 
 def test_a_dummy_run_is_free_and_returns_a_table(service: Service, store: MemoryStore) -> None:
