@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._client import Client
+    from ._jobs import Job
     from ._types import Cost, QueryResult
 
 OPENDP_POLARS = "opendp_polars"
@@ -323,11 +324,12 @@ class PolarsQuery:
         *,
         dummy_rows: int = 100,
         dummy_seed: int = 42,
-    ) -> QueryResult:
+        wait: bool = True,
+    ) -> QueryResult | Job:
         """Run the query on the server (debited; free with ``dummy=True``).
 
         ``result`` is a DataFrame; ``accuracy`` is OpenDP's summary of each released
-        statistic at ``alpha``.
+        statistic at ``alpha``. ``wait=False`` returns a :class:`Job` (as ``opendp.query``).
         """
         if not dummy and self._context.queries_left < 1:
             raise ValueError("this context's privacy_loss is spent (split_evenly_over queries)")
@@ -337,6 +339,7 @@ class PolarsQuery:
             dummy=dummy,
             dummy_rows=dummy_rows,
             dummy_seed=dummy_seed,
+            wait=wait,
         )
         if not dummy:
             self._context.queries_left -= 1
