@@ -998,22 +998,14 @@ def export_config(
 
     plan of the written file shows no changes: edit it, then plan and apply.
     """
-    import yaml
 
     document, metadata = declarative.export(_store())
-    folder = output.parent / "metadata"
-    targets = [output] + [folder / f"{name}.yaml" for name in metadata]
-    existing = [str(path) for path in targets if path.exists()]
-    if existing and not force:
-        raise InvalidRequest(f"{', '.join(existing)} exist(s); pass --force to overwrite")
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, meta in metadata.items():
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     header = (
         "# neblina-admin export-config: the whole stored state (users, datasets, grants).\n"
         "# Edit, then `neblina-admin plan` this file; metadata paths are relative to it.\n"
     )
-    output.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    _write_declarative(output, document, metadata, force=force, header=header)
+    folder = output.parent / "metadata"
     counts = {key: len(value) for key, value in document.items()}
     out.print(
         f"wrote {output} ({counts['users']} users, {counts['datasets']} datasets, "
@@ -1108,8 +1100,14 @@ def import_lomas(
 
 
 def _write_declarative(
-    output: Path, document: dict[str, Any], metadata: dict[str, Any], *, force: bool
+    output: Path,
+    document: dict[str, Any],
+    metadata: dict[str, Any],
+    *,
+    force: bool,
+    header: str = "",
 ) -> None:
+    """The declarative file and ``metadata/<name>.yaml`` beside it (refused if any exists)."""
     import yaml
 
     folder = output.parent / "metadata"
@@ -1120,7 +1118,7 @@ def _write_declarative(
     folder.mkdir(parents=True, exist_ok=True)
     for name, meta in metadata.items():
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    output.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    output.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
 
 
 def main() -> None:

@@ -320,6 +320,11 @@ def convert(
     """Turn Lomas's collections into Neblina's; every refusal goes to ``problems``."""
     imported = LomasImport(source=source, form=str(raw.get("form", "yaml")))
     desired = imported.desired
+    raw = dict(raw)
+    for collection in ("users", "datasets", "queries_archives"):
+        if not isinstance(raw.get(collection) or [], list):
+            imported.problems.append(f"{collection}: must be a list of documents")
+            raw[collection] = []
     dataset_names: dict[str, str] = {}
     metadata_docs = _metadata_documents(raw.get("metadata"), imported)
     for entry in raw.get("datasets") or []:

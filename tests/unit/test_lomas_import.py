@@ -303,3 +303,48 @@ def test_the_cli_prints_the_plan_and_writes_the_file_but_nothing_to_the_store(
     assert declarative.load(out).spent[("Tintin", "PENGUIN")].epsilon == Decimal(
         "0.30000000000000004"
     )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"users": "x", "datasets": [1, {"dataset_name": "A"}], "queries_archives": [None]},
+        {
+            "users": [{"user_name": "u", "may_query": "yes", "datasets_list": {"a": 1}}],
+            "datasets": [{"dataset_name": "A", "dataset_access": {"database_type": "S3_DB"}}],
+            "metadata": [{"A": "nope"}],
+            "queries_archives": [{"user_name": "u", "dataset_name": "A", "timestamp": "x"}],
+        },
+        {
+            "users": [
+                {
+                    "user_name": "u",
+                    "datasets_list": [
+                        {"dataset_name": "A", "initial_epsilon": float("inf"), "initial_delta": 2}
+                    ],
+                }
+            ],
+            "datasets": [{"dataset_name": "A" * 100}],
+            "metadata": [],
+        },
+    ],
+)
+def test_malformed_documents_are_refusals_never_crashes(raw: dict[str, Any]) -> None:
+    imported = lomas.convert(raw, FIXTURES)
+    assert imported.problems
+    with pytest.raises(InvalidRequest, match="nothing imported"):
+        lomas.apply(MemoryStore(), imported)
+
+
+def test_unreadable_sources_are_refused_with_their_reason(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="cannot read"):
+        lomas.read(tmp_path / "missing.yaml")
+    (tmp_path / "users.json").write_text('{"user_name": "a"}')
+    with pytest.raises(InvalidRequest, match=r"no datasets\.json"):
+        lomas.read(tmp_path)
+    for name in ("datasets", "metadata"):
+        (tmp_path / f"{name}.json").write_text("[]")
+    assert lomas.read(tmp_path)["users"] == [{"user_name": "a"}]
+    (tmp_path / "users.json").write_text('{"user_name": "a"')
+    with pytest.raises(InvalidRequest, match="is not mongoexport JSON"):
+        lomas.read(tmp_path)
