@@ -367,17 +367,21 @@ class OpenDPClient:
 
     @staticmethod
     def _pipeline(opendp_pipeline: Any, kwargs: dict[str, Any]) -> Any:
+        polars_way = (
+            "Neblina's OpenDP-Polars queries start from "
+            "client.neblina.opendp.context(privacy_loss=...).query(), sent as a JSON plan "
+            "(a LazyFrame's binary form can run code, so Neblina never accepts one)"
+        )
         if kwargs:
             raise NotSupportedInNeblina(
-                f"opendp options {sorted(kwargs)} are not supported: Neblina takes a "
-                "dp.Measurement (Lomas 0.4's legacy pipelines), not OpenDP-Polars plans"
+                f"opendp options {sorted(kwargs)} are not supported here: this takes a "
+                f"dp.Measurement (Lomas 0.4's pipelines); {polars_way}"
             )
         if type(opendp_pipeline).__name__ == "LazyFrame" or hasattr(opendp_pipeline, "collect"):
             raise NotSupportedInNeblina(
-                "polars LazyFrame plans are not accepted (their binary form can run code); "
-                "build a dp.Measurement on make_split_dataframe(separator=',', "
-                "col_names=<the metadata's columns>) as in Lomas 0.4, or "
-                "neblina_client.Client(...).opendp.space()"
+                "polars plans are not taken here: build a dp.Measurement on "
+                "make_split_dataframe(separator=',', col_names=<the metadata's columns>) "
+                f"as in Lomas 0.4; {polars_way}"
             )
         return opendp_pipeline
 

@@ -101,7 +101,7 @@ def test_what_neblina_lacks_is_a_clear_error_naming_the_neblina_way(server: Fake
     class LazyFrame:
         def collect(self) -> None: ...
 
-    with pytest.raises(lomas.NotSupportedInNeblina, match=r"dp\.Measurement"):
+    with pytest.raises(lomas.NotSupportedInNeblina, match=r"opendp\.context\(privacy_loss"):
         client.opendp.query(LazyFrame())
     with pytest.raises(lomas.NotSupportedInNeblina, match=r"\['mechanism'\]"):
         client.opendp.cost(object(), mechanism="gaussian")
