@@ -52,8 +52,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from chalicelib import validation
-from chalicelib.datasets import LoadedDataset, coerce_types
-from chalicelib.engines import COMMON_FIELDS, sql_policy
+from chalicelib.datasets import LoadedDataset, coerce_types, metadata_digest
+from chalicelib.engines import COMMON_FIELDS, duckdb_sql, sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.lru import LruCache
 from chalicelib.metadata import IDENTIFIER, to_smartnoise
@@ -76,6 +76,7 @@ FIELDS = {"query", "epsilon", "delta", "mechanisms", "postprocess"}
 STATS = {stat.name: stat for stat in Stat}
 DEFAULT_MAX_QUERY_CHARS = 10_000  # NEBLINA_MAX_QUERY_CHARS unset (chalicelib.config)
 MECHANISMS = {m.name: m for m in Mechanism}
+EXECUTORS = ("duckdb", "sqlite")
 
 # Messages of these kinds come from the parser/validator and describe the query, not data.
 _QUERY_PROBLEMS = re.compile(
@@ -535,13 +536,28 @@ def _empty_reader(name: str, metadata_json: str) -> CachedSqliteReader:
     return CachedSqliteReader(empty, metadata_for(name, ours), _table_names(name))
 
 
-def _dry_run(dataset: Dataset, request: SqlRequest) -> None:
+def route(name: str, metadata: dict[str, Any], subquery: Any) -> str:
+    """``duckdb`` or ``sqlite``: where SmartNoise's rewritten ``subquery`` runs.
+
+    Decided from the subquery and the metadata alone (:mod:`chalicelib.engines.duckdb_sql`),
+    the same way when the query is priced and when it runs.
+    """
+    names = _table_names(name)
+    if not duckdb_sql.runs_on_duckdb(subquery, metadata["columns"], names):
+        return "sqlite"
+    key = (name, metadata_digest(metadata))
+    return "duckdb" if duckdb_sql.binds(key, metadata, names, str(subquery)) else "sqlite"
+
+
+def _dry_run(dataset: Dataset, request: SqlRequest, executor: str = "duckdb") -> None:
     """Run SmartNoise's rewritten SQL on an empty copy of the schema (400 if it cannot run).
 
     SQL that fails without rows (a syntax SQLite does not know, a function it lacks,
     SmartNoise emitting broken SQL for an odd shape such as ``GROUP BY PI()``) would fail on
     every dataset, but only after the debit; found here, it is refused before any read.
-    Failures that need rows are made impossible by :func:`make_total` instead.
+    Failures that need rows are made impossible by :func:`make_total` instead (and, on
+    DuckDB, by running there only the subset :func:`route` admits after it bound on an
+    empty copy).
     """
     metadata_json = json.dumps(dataset.metadata, sort_keys=True, default=str)
     empty = _empty_reader(dataset.name, metadata_json)
@@ -549,12 +565,49 @@ def _dry_run(dataset: Dataset, request: SqlRequest) -> None:
     try:
         reader = PrivateReader(empty, metadata, privacy=request.privacy())
         subquery, _ = reader._rewrite(request.query)
+        if executor == "duckdb" and route(dataset.name, dataset.metadata, subquery) == "duckdb":
+            return
         empty._execute_ast(subquery)
     except Exception as exc:
         message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise InvalidQuery(
             f"this query cannot run on the SQL engine ({message}); see docs/sql.md"
         ) from exc
+
+
+class RoutingReader(SqlReader):  # type: ignore[misc]
+    """Runs each rewritten subquery on DuckDB or on SQLite, as :func:`route` decides.
+
+    The DuckDB copy is built with the reader (once per loaded dataset version); the SQLite
+    copy only when a query that needs it first comes.
+    """
+
+    ENGINE = SnEngine.PANDAS
+
+    def __init__(self, loaded: LoadedDataset, metadata: Metadata) -> None:
+        SqlReader.__init__(self, self.ENGINE)
+        self.metadata = metadata
+        self.name = loaded.name
+        self.columns_metadata = loaded.metadata
+        self.table_names = _table_names(loaded.name)
+        self._frame = loaded.frame
+        self.duckdb = duckdb_sql.connect(loaded.frame, loaded.metadata, self.table_names)
+        self._sqlite: CachedSqliteReader | None = None
+        self._lock = threading.Lock()
+
+    def sqlite(self) -> CachedSqliteReader:
+        with self._lock:
+            if self._sqlite is None:
+                self._sqlite = CachedSqliteReader(self._frame, self.metadata, self.table_names)
+            return self._sqlite
+
+    def _execute_ast(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if route(self.name, self.columns_metadata, query) == "duckdb":
+            return duckdb_sql.run(self.duckdb, str(query))
+        return self.sqlite()._execute_ast(query, *args, **kwargs)
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return self.sqlite().execute(query, *args, **kwargs)
 
 
 def _check_public_keys(metadata: Metadata, ours: dict[str, Any], query: str) -> None:
@@ -782,8 +835,15 @@ class SmartnoiseSqlEngine:
 
     name = NAME
 
-    def __init__(self, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> None:
+    def __init__(
+        self, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS, executor: str = "duckdb"
+    ) -> None:
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}")
         self.max_query_chars = max_query_chars  # NEBLINA_MAX_QUERY_CHARS, from the registry
+        # duckdb (default): DuckDB where route() admits the query, SQLite otherwise;
+        # sqlite: every query on the SQLite copy (the differential test's reference)
+        self.executor = executor
 
     def parse(self, body: dict[str, Any]) -> SqlRequest:
         validation.refuse_unknown(body, FIELDS | COMMON_FIELDS)
@@ -823,15 +883,17 @@ class SmartnoiseSqlEngine:
             cost = explicit_cost(reader, request, censor_dims=dataset.metadata["censor_dims"])
         except Exception as exc:
             raise _classify(exc) from exc
-        _dry_run(dataset, request)
+        _dry_run(dataset, request, self.executor)
         if not dataset.metadata["censor_dims"]:
             _check_public_keys(metadata, dataset.metadata, request.query)
         return cost
 
-    def _reader(self, loaded: LoadedDataset) -> CachedSqliteReader:
+    def _reader(self, loaded: LoadedDataset) -> SqlReader:
         metadata = metadata_for(loaded.name, loaded.metadata)
+        if self.executor == "duckdb":
+            return loaded.derived(NAME, lambda ld: RoutingReader(ld, metadata))
         return loaded.derived(
-            NAME,
+            f"{NAME}:sqlite",
             lambda ld: CachedSqliteReader(ld.frame, metadata, _table_names(ld.name)),
         )
 

@@ -225,7 +225,7 @@ def test_the_private_copy_refuses_everything_but_reads(statement: str) -> None:
 
     data = loaded()
     ENGINE.execute(data, request("SELECT COUNT(*) AS n FROM df"))
-    engine = data._derived[sn.NAME].db_engine
+    engine = data._derived[sn.NAME].sqlite().db_engine  # the SQLite copy
     with pytest.raises(DatabaseError, match="not authorized"), engine.begin() as conn:
         conn.execute(text(statement))
     with engine.connect() as conn:  # still whole, still readable under both names

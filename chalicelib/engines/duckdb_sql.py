@@ -1,0 +1,336 @@
+"""DuckDB as the executor of SmartNoise SQL's rewritten queries (the default).
+
+SmartNoise still parses, checks (:mod:`chalicelib.engines.sql_policy`), rewrites and adds the
+noise; only the exact per-key subquery it builds runs here, on a columnar copy of the loaded
+dataset version (an in-memory DuckDB table built once per version from the loaded, clamped
+frame and kept with it: a query scans only the columns it names).
+
+Which queries run here: :func:`runs_on_duckdb` decides from the rewritten subquery and the
+metadata alone (never from the rows), so whether a query runs here or on the SQLite copy
+cannot depend on the private data. It accepts the subset where DuckDB and SQLite give the
+same exact aggregates and where nothing can raise on any value: plain columns, literals,
+comparisons between operands of one type family, AND/OR/NOT, IS [NOT] NULL, IN, BETWEEN,
+SmartNoise's clamping CASE, COUNT and SUM (SUM of integers is a 128-bit sum in DuckDB: no
+overflow), and SmartNoise's reservoir sampling (``ROW_NUMBER() OVER (PARTITION BY id ORDER BY
+RANDOM())``). Anything else (arithmetic, functions, casts, datetimes) runs on the SQLite copy
+with its total functions (:func:`chalicelib.engines.smartnoise_engine.make_total`), built only
+when such a query first comes. The subquery must also bind on an empty table with the same
+schema (:func:`binds`), checked when the query is priced.
+
+Hardening (docs/threat-model.md, "DuckDB"): no file or network access from SQL
+(``enable_external_access=false``), no extension installed or loaded, no Python objects
+visible as tables (``python_enable_replacements=false``), then ``lock_configuration=true``
+so no statement can undo that; every statement must be exactly one SELECT.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import duckdb
+import pandas as pd
+from snsql._ast.ast import (
+    Aggregate,
+    AliasedSubquery,
+    From,
+    Query,
+    Relation,
+    Select,
+    Table,
+    Where,
+)
+from snsql._ast.expression import NamedExpression, NestedExpression
+from snsql._ast.expressions.logical import (
+    BetweenCondition,
+    BooleanCompare,
+    CaseExpression,
+    ColumnBoolean,
+    InCondition,
+    IsCondition,
+    LogicalNot,
+    NestedBoolean,
+    PredicatedExpression,
+    WhenExpression,
+)
+from snsql._ast.expressions.numeric import BareFunction
+from snsql._ast.expressions.sql import (
+    AggFunction,
+    AllColumns,
+    GroupingExpression,
+    OverClause,
+    RankingFunction,
+    SortItem,
+)
+from snsql._ast.ast import Order
+from snsql._ast.tokens import Column, Literal, Seq, Sql, Symbol, Token
+
+# Connection settings no statement can change (lock_configuration is set after the load).
+HARDENING: dict[str, Any] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+    "python_enable_replacements": False,
+}
+
+_SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN", "datetime": "TIMESTAMP"}
+# The alias SmartNoise gives the reservoir's row number (max_ids > 1, row_privacy false).
+_ROW_NUMBER = "row_num"
+_COMPARISONS = frozenset({"=", "==", "!=", "<>", "<", "<=", ">", ">="})
+_AGGREGATES = frozenset({"COUNT", "SUM"})
+_STRUCTURE = (Query, Select, From, Where, Aggregate, Relation, AliasedSubquery, Seq, Token)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_type(spec: dict[str, Any]) -> str:
+    """The DuckDB type of a declared column (as the loader's dtypes hold it)."""
+    if spec["type"] == "int" and spec.get("precision") == 32:
+        return "INTEGER"
+    if spec["type"] == "float" and spec.get("precision") == 32:
+        return "FLOAT"
+    return _SQL_TYPES.get(spec["type"], "VARCHAR")
+
+
+def connect(
+    frame: pd.DataFrame, metadata: dict[str, Any], table_names: list[str]
+) -> duckdb.DuckDBPyConnection:
+    """A hardened in-memory DuckDB holding ``frame`` as table ``df`` (+ a view per alias).
+
+    The table's schema comes from the metadata (so an empty frame gives the same schema as
+    the private one: :func:`binds` checks against it).
+    """
+    connection = duckdb.connect(":memory:", config=dict(HARDENING))
+    columns = metadata["columns"]
+    ddl = ", ".join(f"{_quote(name)} {sql_type(spec)}" for name, spec in columns.items())
+    connection.execute(f"CREATE TABLE df ({ddl})")
+    if len(frame):
+        source = frame[list(columns)]
+        connection.register("_neblina_source", source)
+        connection.execute("INSERT INTO df SELECT * FROM _neblina_source")
+        connection.unregister("_neblina_source")
+    for alias in table_names:
+        if alias != "df":  # a dataset name matching IDENTIFIER (letters, digits, _)
+            connection.execute(f"CREATE VIEW {_quote(alias)} AS SELECT * FROM df")
+    connection.execute("SET lock_configuration = true")
+    return connection
+
+
+class ReadOnlyViolation(Exception):
+    """A statement that is not exactly one SELECT reached the private copy."""
+
+
+def run(connection: duckdb.DuckDBPyConnection, query: str) -> list[Any]:
+    """Header + rows of one SELECT, on its own cursor (thread-safe)."""
+    statements = duckdb.extract_statements(query)
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise ReadOnlyViolation("only one SELECT may run on the private copy")
+    cursor = connection.cursor()
+    try:
+        cursor.execute(query)
+        header = [tuple(d[0] for d in cursor.description or [])]
+        return header + [tuple(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+# --- which subqueries run here --------------------------------------------------------
+
+
+def _family(node: Any, columns: dict[str, Any]) -> str | None:
+    """The type family of an operand: num, str, bool, null; None when not known here."""
+    if isinstance(node, NestedExpression):
+        return _family(node.expression, columns)
+    if isinstance(node, Literal):
+        value = node.value
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "bool"
+        if isinstance(value, int | float):
+            return "num"
+        return "str" if isinstance(value, str) else None
+    if isinstance(node, Column):
+        name = _name(node)
+        if name == _ROW_NUMBER and name not in columns:
+            return "num"
+        spec = columns.get(name)
+        if spec is None:
+            return None
+        return {"int": "num", "float": "num", "string": "str", "boolean": "bool"}.get(spec["type"])
+    if isinstance(node, CaseExpression):
+        families = {_family(w.then, columns) for w in node.when_exprs or []}
+        families.add(_family(node.else_expr, columns) if node.else_expr is not None else "null")
+        families.discard("null")
+        return families.pop() if len(families) == 1 and None not in families else None
+    return None
+
+
+def _name(node: Any) -> str:
+    return str(getattr(node, "colname", None) or node).split(".")[-1].strip('"`[]')
+
+
+def _same_family(*families: str | None) -> bool:
+    known = {f for f in families if f != "null"}
+    return None not in known and len(known) <= 1
+
+
+def _safe(node: Any, columns: dict[str, Any], table_names: list[str]) -> bool:  # noqa: PLR0911
+    if node is None or isinstance(node, str):
+        return True
+    if isinstance(node, Literal):
+        return _family(node, columns) is not None
+    if isinstance(node, Column):
+        return _family(node, columns) is not None or _name(node) in columns
+    if isinstance(node, Table):
+        return _name(node.name) in table_names
+    if isinstance(node, AggFunction):
+        if str(node.name).upper() not in _AGGREGATES:
+            return False
+        inner = node.expression
+        return isinstance(inner, AllColumns) or (
+            isinstance(inner, Column) and _family(inner, columns) in ("num", "str", "bool")
+        )
+    if isinstance(node, AllColumns):
+        return True  # SELECT * of SmartNoise's own subqueries
+    if isinstance(node, RankingFunction):
+        return str(node.name).upper() == "ROW_NUMBER" and _safe_over(node.over, columns)
+    if isinstance(node, BooleanCompare):
+        op = str(node.op).upper()
+        if op in ("AND", "OR"):
+            return _safe(node.left, columns, table_names) and _safe(
+                node.right, columns, table_names
+            )
+        return (
+            op in _COMPARISONS
+            and _same_family(_family(node.left, columns), _family(node.right, columns))
+            and _safe(node.left, columns, table_names)
+            and _safe(node.right, columns, table_names)
+        )
+    if isinstance(node, PredicatedExpression):
+        return _safe_predicate(node, columns, table_names)
+    if isinstance(node, ColumnBoolean):
+        return _family(node.expression, columns) == "bool"
+    if isinstance(node, CaseExpression):
+        return (
+            node.expression is None
+            and _family(node, columns) is not None
+            and all(_safe(w, columns, table_names) for w in node.when_exprs or [])
+            and _safe(node.else_expr, columns, table_names)
+        )
+    if isinstance(node, WhenExpression):
+        return _safe(node.expression, columns, table_names) and _safe(
+            node.then, columns, table_names
+        )
+    if isinstance(node, NestedBoolean | LogicalNot | NestedExpression | NamedExpression):
+        return _safe(node.expression, columns, table_names)
+    if isinstance(node, GroupingExpression):
+        family = _family(node.expression, columns)
+        return family in ("num", "str", "bool") and _safe(node.expression, columns, table_names)
+    if isinstance(node, _STRUCTURE):
+        return all(_safe(child, columns, table_names) for child in _children(node))
+    return False
+
+
+def _safe_predicate(node: Any, columns: dict[str, Any], table_names: list[str]) -> bool:
+    subject, predicate = node.expression, node.predicate
+    family = _family(subject, columns)
+    if not _safe(subject, columns, table_names):
+        return False
+    if isinstance(predicate, IsCondition):
+        return predicate.value is None or isinstance(predicate.value, Literal) and (
+            predicate.value.value is None
+        )
+    if isinstance(predicate, BetweenCondition):
+        return _same_family(
+            family, _family(predicate.lower, columns), _family(predicate.upper, columns)
+        )
+    if isinstance(predicate, InCondition):
+        items = list(predicate.expressions or [])
+        return bool(items) and _same_family(family, *(_family(i, columns) for i in items))
+    return False
+
+
+def _safe_over(over: Any, columns: dict[str, Any]) -> bool:
+    """``OVER (PARTITION BY <column> ORDER BY RANDOM())``: SmartNoise's reservoir."""
+    if not isinstance(over, OverClause):
+        return False
+    partition = over.partition
+    if not isinstance(partition, Column) or _name(partition) not in columns:
+        return False
+    order = over.order
+    if not isinstance(order, Order):
+        return False
+    items = list(order.sortItems or [])
+    return all(
+        isinstance(item, SortItem)
+        and isinstance(item.expression, BareFunction)
+        and str(item.expression.name).upper() == "RANDOM"
+        for item in items
+    )
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, Symbol):
+        return [node.expression]
+    if isinstance(node, Sql):
+        return [c for c in node.children() if c is not None]
+    return []
+
+
+def runs_on_duckdb(subquery: Any, columns: dict[str, Any], table_names: list[str]) -> bool:
+    """Whether SmartNoise's rewritten ``subquery`` is in the subset DuckDB runs (module doc)."""
+    try:
+        return _safe(subquery, columns, table_names)
+    except Exception:  # an AST shape not foreseen: the SQLite path
+        return False
+
+
+class _Empty:
+    """Empty hardened copies of a schema, one per (dataset name, metadata)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
+
+    def get(
+        self, key: tuple[str, str], metadata: dict[str, Any], table_names: list[str]
+    ) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            connection = self._connections.get(key)
+            if connection is None:
+                if len(self._connections) >= 16:
+                    self._connections.pop(next(iter(self._connections))).close()
+                empty = pd.DataFrame({name: [] for name in metadata["columns"]})
+                connection = connect(empty, metadata, table_names)
+                self._connections[key] = connection
+            return connection
+
+
+EMPTY = _Empty()
+_BINDS: dict[tuple[str, str, str], bool] = {}
+_BINDS_LOCK = threading.Lock()
+
+
+def binds(
+    key: tuple[str, str], metadata: dict[str, Any], table_names: list[str], query: str
+) -> bool:
+    """Whether ``query`` runs on an empty copy of the schema (public: no rows involved)."""
+    with _BINDS_LOCK:
+        known = _BINDS.get((*key, query))
+    if known is not None:
+        return known
+    try:
+        run(EMPTY.get(key, metadata, table_names), query)
+        ok = True
+    except Exception:
+        ok = False
+    with _BINDS_LOCK:
+        if len(_BINDS) >= 4096:
+            _BINDS.clear()
+        _BINDS[(*key, query)] = ok
+    return ok
