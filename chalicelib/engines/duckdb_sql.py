@@ -34,6 +34,7 @@ from snsql._ast.ast import (
     Aggregate,
     AliasedSubquery,
     From,
+    Order,
     Query,
     Relation,
     Select,
@@ -62,7 +63,6 @@ from snsql._ast.expressions.sql import (
     RankingFunction,
     SortItem,
 )
-from snsql._ast.ast import Order
 from snsql._ast.tokens import Column, Literal, Seq, Sql, Symbol, Token
 
 # Connection settings no statement can change (lock_configuration is set after the load).
@@ -115,7 +115,7 @@ def connect(
         connection.unregister("_neblina_source")
     for alias in table_names:
         if alias != "df":  # a dataset name matching IDENTIFIER (letters, digits, _)
-            connection.execute(f"CREATE VIEW {_quote(alias)} AS SELECT * FROM df")
+            connection.execute(f"CREATE VIEW {_quote(alias)} AS SELECT * FROM df")  # noqa: S608
     connection.execute("SET lock_configuration = true")
     return connection
 
@@ -179,7 +179,7 @@ def _same_family(*families: str | None) -> bool:
     return None not in known and len(known) <= 1
 
 
-def _safe(node: Any, columns: dict[str, Any], table_names: list[str]) -> bool:  # noqa: PLR0911
+def _safe(node: Any, columns: dict[str, Any], table_names: list[str]) -> bool:
     if node is None or isinstance(node, str):
         return True
     if isinstance(node, Literal):
@@ -242,8 +242,8 @@ def _safe_predicate(node: Any, columns: dict[str, Any], table_names: list[str]) 
     if not _safe(subject, columns, table_names):
         return False
     if isinstance(predicate, IsCondition):
-        return predicate.value is None or isinstance(predicate.value, Literal) and (
-            predicate.value.value is None
+        return predicate.value is None or (
+            isinstance(predicate.value, Literal) and (predicate.value.value is None)
         )
     if isinstance(predicate, BetweenCondition):
         return _same_family(

@@ -53,7 +53,7 @@ from sqlalchemy.pool import StaticPool
 
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset, coerce_types, metadata_digest
-from chalicelib.engines import COMMON_FIELDS, duckdb_sql, sql_policy
+from chalicelib.engines import COMMON_FIELDS, sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.lru import LruCache
 from chalicelib.metadata import IDENTIFIER, to_smartnoise
@@ -68,6 +68,11 @@ from chalicelib.models import (
 )
 from chalicelib.wire_tables import frame_to_table
 
+try:  # requirements-columnar.txt: locally and in the container image, not in the API zip
+    from chalicelib.engines import duckdb_sql
+except ImportError:  # pragma: no cover - the zip package: every query on SQLite
+    duckdb_sql = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 NAME = "smartnoise_sql"
@@ -77,6 +82,8 @@ STATS = {stat.name: stat for stat in Stat}
 DEFAULT_MAX_QUERY_CHARS = 10_000  # NEBLINA_MAX_QUERY_CHARS unset (chalicelib.config)
 MECHANISMS = {m.name: m for m in Mechanism}
 EXECUTORS = ("duckdb", "sqlite")
+# DuckDB where it is installed; the SQLite copy otherwise (a deployment fact, not data).
+DEFAULT_EXECUTOR = "sqlite" if duckdb_sql is None else "duckdb"
 
 # Messages of these kinds come from the parser/validator and describe the query, not data.
 _QUERY_PROBLEMS = re.compile(
@@ -836,10 +843,10 @@ class SmartnoiseSqlEngine:
     name = NAME
 
     def __init__(
-        self, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS, executor: str = "duckdb"
+        self, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS, executor: str = DEFAULT_EXECUTOR
     ) -> None:
-        if executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}")
+        if executor not in EXECUTORS or (executor == "duckdb" and duckdb_sql is None):
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)} (installed)")
         self.max_query_chars = max_query_chars  # NEBLINA_MAX_QUERY_CHARS, from the registry
         # duckdb (default): DuckDB where route() admits the query, SQLite otherwise;
         # sqlite: every query on the SQLite copy (the differential test's reference)
