@@ -285,9 +285,53 @@ def _children(node: Any) -> list[Any]:
 def runs_on_duckdb(subquery: Any, columns: dict[str, Any], table_names: list[str]) -> bool:
     """Whether SmartNoise's rewritten ``subquery`` is in the subset DuckDB runs (module doc)."""
     try:
-        return _safe(subquery, columns, table_names)
+        return _safe(subquery, columns, table_names) and dialect(subquery) is not None
     except Exception:  # an AST shape not foreseen: the SQLite path
         return False
+
+
+_RANDOM = "_neblina_random"
+
+
+def _walk(node: Any) -> list[Any]:
+    found = [node]
+    for child in _children(node):
+        if child is not None and not isinstance(child, str):
+            found.extend(_walk(child))
+    return found
+
+
+def dialect(subquery: Any) -> str | None:
+    """SmartNoise's SQL for ``subquery`` as DuckDB runs it (None: it cannot).
+
+    DuckDB refuses a volatile window order (``ORDER BY RANDOM()`` in the reservoir's
+    ``ROW_NUMBER() OVER (PARTITION BY id ...)``): the random key is drawn one column earlier,
+    once per row and per query, as SmartNoise's SQLite query draws it.
+    """
+    sql = str(subquery)
+    for query in (n for n in _walk(subquery) if isinstance(n, Query)):
+        rankings = [
+            named.expression
+            for named in query.select.namedExpressions
+            if isinstance(named.expression, RankingFunction)
+        ]
+        if not rankings:
+            continue
+        relations = list(query.source.relations)
+        primary = getattr(relations[0], "primary", None) if len(relations) == 1 else None
+        if len(rankings) != 1 or not isinstance(primary, AliasedSubquery):
+            return None
+        ranking, rows = str(rankings[0]), str(primary)
+        ordered = ranking.replace("ORDER BY RANDOM ( )", f"ORDER BY {_RANDOM}")
+        # SmartNoise's own subquery text and alias, no user text besides what it serialised
+        inner, alias = str(primary.query), str(primary.alias)
+        drawn = (
+            f"( SELECT *, RANDOM ( ) AS {_RANDOM} FROM ( {inner} ) AS _neblina_rows ) AS {alias}"  # noqa: S608
+        )
+        if ordered == ranking or sql.count(ranking) != 1 or sql.count(rows) != 1:
+            return None
+        sql = sql.replace(ranking, ordered).replace(rows, drawn)
+    return sql
 
 
 class _Empty:

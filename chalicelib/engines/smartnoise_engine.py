@@ -553,7 +553,8 @@ def route(name: str, metadata: dict[str, Any], subquery: Any) -> str:
     if not duckdb_sql.runs_on_duckdb(subquery, metadata["columns"], names):
         return "sqlite"
     key = (name, metadata_digest(metadata))
-    return "duckdb" if duckdb_sql.binds(key, metadata, names, str(subquery)) else "sqlite"
+    sql = duckdb_sql.dialect(subquery)
+    return "duckdb" if sql and duckdb_sql.binds(key, metadata, names, sql) else "sqlite"
 
 
 def _dry_run(dataset: Dataset, request: SqlRequest, executor: str = "duckdb") -> None:
@@ -610,7 +611,7 @@ class RoutingReader(SqlReader):  # type: ignore[misc]
 
     def _execute_ast(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         if route(self.name, self.columns_metadata, query) == "duckdb":
-            return duckdb_sql.run(self.duckdb, str(query))
+            return duckdb_sql.run(self.duckdb, duckdb_sql.dialect(query) or "")
         return self.sqlite()._execute_ast(query, *args, **kwargs)
 
     def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
