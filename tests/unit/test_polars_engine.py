@@ -159,7 +159,7 @@ def test_a_repeated_query_shape_is_calibrated_once_and_then_prices_and_releases_
     ENGINE.execute(data, request)
     again = time.perf_counter() - started
     assert calls == [1]
-    assert again < 0.5  # bench/polars.py measures it (~10 ms); generous on a loaded machine
+    assert again < 0.5  # bench/opendp_polars.py measures it (~10 ms); generous on a loaded machine
 
 
 def test_row_privacy_false_keeps_at_most_max_ids_rows_per_person_chosen_afresh() -> None:
