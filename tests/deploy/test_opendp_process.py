@@ -41,7 +41,8 @@ import app, chalicelib.service
 from chalicelib.engines import get_engine
 get_engine({engine!r})
 watched = ["snsql", "sqlalchemy", "antlr4", "opendp.prelude", "polars", "sklearn",
-           "chalicelib.engines.smartnoise_engine", "chalicelib.engines.opendp_engine"]
+           "chalicelib.engines.smartnoise_engine", "chalicelib.engines.opendp_engine",
+           "chalicelib.engines.polars_engine"]
 print(json.dumps([m for m in watched if m in sys.modules]))
 """
 
@@ -55,6 +56,13 @@ def test_a_sql_request_does_not_import_the_opendp_engine() -> None:
 def test_an_opendp_request_imports_no_sql_machinery() -> None:
     imported = run_child(IMPORT_PATH.format(engine="opendp"))
     assert imported == ["chalicelib.engines.opendp_engine"]
+
+
+def test_an_opendp_polars_request_imports_polars_and_no_other_engine() -> None:
+    imported = run_child(IMPORT_PATH.format(engine="opendp_polars"))
+    assert "chalicelib.engines.polars_engine" in imported and "polars" in imported
+    assert not {"snsql", "sqlalchemy", "chalicelib.engines.smartnoise_engine"} & set(imported)
+    assert "chalicelib.engines.opendp_engine" not in imported
 
 
 PRICE_AND_RUN = """
