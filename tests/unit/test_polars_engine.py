@@ -14,13 +14,14 @@ from decimal import Decimal
 from typing import Any
 
 import opendp.prelude as dp
+import pandas as pd
 import polars as pl
 import pytest
 from opendp_pipelines import DATASET, FRAME, META, ROOT, loaded
 
 from chalicelib import metadata as M
 from chalicelib.config import from_environ
-from chalicelib.datasets import DatasetLoader
+from chalicelib.datasets import DatasetLoader, LoadedDataset, coerce_types
 from chalicelib.engines import polars_engine
 from chalicelib.engines.polars_engine import ENGINE, bound_persons, calibrate, max_length
 from chalicelib.errors import InvalidQuery, InvalidRequest, NeblinaError
@@ -169,6 +170,28 @@ def test_row_privacy_false_keeps_at_most_max_ids_rows_per_person_chosen_afresh()
         counts = dict(sample.group_by("pid").len().iter_rows())
         assert counts == {1: 2, 2: 2, 3: 1}
     assert len({tuple(sample["v"].to_list()) for sample in kept}) > 1  # not always the same
+
+
+def test_a_release_on_row_privacy_false_sees_at_most_max_ids_rows_per_person() -> None:
+    metadata = M.validate(
+        {
+            "max_ids": 2,
+            "rows": 100,
+            "row_privacy": False,
+            "censor_dims": False,
+            "columns": {
+                "pid": {"type": "int", "lower": 0, "upper": 100, "private_id": True},
+                "v": {"type": "float", "lower": 0.0, "upper": 1.0},
+            },
+        }
+    )
+    pids = [1] * 60 + [2] * 3 + [3]  # one person with 60 rows: counts for 2
+    frame = coerce_types(pd.DataFrame({"pid": pids, "v": [0.5] * len(pids)}), metadata)
+    data = LoadedDataset("PERSONS", "v1", metadata, frame)
+    # ε = 1e6: discrete Laplace of scale 2e-6, P(any noise) < 1e-100: the count is exact
+    request = ENGINE.parse({"plan": [{"select": [COUNT]}], "epsilon": 1e6})
+    assert ENGINE.cost(Dataset("PERSONS", "unused", metadata, utcnow()), request).epsilon <= 10**6
+    assert ENGINE.execute(data, request)["records"] == [{"len": 2 + 2 + 1}]
 
 
 # --- refusals ---------------------------------------------------------------------------------
