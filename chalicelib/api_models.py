@@ -467,12 +467,12 @@ OPERATIONS = (
     Operation("get", f"{NAME}/metadata", "getMetadata", "Public metadata of a dataset",
               DatasetMetadata, errors=(400,)),
     Operation("get", f"{NAME}/dummy", "getDummy", "Dummy rows generated from the metadata only",
-              DummyTable, params=DummyParams, errors=(400,)),
+              DummyTable, params=DummyParams, errors=(400, 503)),
     Operation("get", f"{NAME}/budget", "getBudget", "Initial, spent and remaining budget",
               Budget, errors=(400,)),
     Operation("post", f"{NAME}/cost", "estimateCost",
               "Price of a query (metadata only, no debit)", CostEstimate, body=CostRequest,
-              errors=(400, 413, 422)),
+              errors=(400, 413, 422, 503)),
     Operation("post", f"{NAME}/queries", "runQuery",
               "Run a query (debits the grant unless dummy)", QueryResponse, body=QueryRequest,
               errors=(400, 409, 413, 422, 503)),
@@ -496,8 +496,9 @@ WHEN = {
     "was not released (the cost stands)",
     429: "rate limited: too many query and cost requests (see Retry-After)",
     500: "internal error",
-    503: "the dataset's source cannot be read; the cost was refunded; not worth retrying "
-    "until the source is fixed",
+    503: "the dataset's source cannot be read (the cost was refunded; not worth retrying "
+    "until the source is fixed), or the engine's worker could not be reached (nothing "
+    "charged; retry)",
 }
 
 

@@ -17,9 +17,7 @@ sensitivity. The service checks the digest of what it loaded against what it pri
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
-import json
 import logging
 import os
 import threading
@@ -39,7 +37,7 @@ from chalicelib.aws import s3_client
 from chalicelib.config import Settings
 from chalicelib.dummy import make_dummy
 from chalicelib.lru import LruCache
-from chalicelib.models import Dataset
+from chalicelib.models import Dataset, metadata_digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,12 +46,6 @@ HTTP_TIMEOUT_SECONDS = 30
 
 class DatasetUnavailable(Exception):
     """The source could not be read. Raised before any engine has seen the data."""
-
-
-def metadata_digest(metadata: dict[str, Any]) -> str:
-    """SHA-256 of a dataset's metadata (canonical JSON): what a loaded frame was made with."""
-    text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass

@@ -17,22 +17,53 @@ from chalicelib.config import Settings
 
 if TYPE_CHECKING:
     from chalicelib.service import Service
+    from chalicelib.worker import Worker
 
 
 def build_service(settings: Settings) -> Service:
-    """The service with the configured store, loader, engines and result overflow."""
+    """The front's service: the configured store, result overflow and workers.
+
+    ``NEBLINA_WORKERS`` (:func:`chalicelib.hop.workers_config`) names each worker's
+    Lambda function; unset or ``inprocess``, one in-process worker runs every engine (and
+    then this process imports the engines and pandas when a query needs them).
+    """
+    import os
+
     from chalicelib.aws import s3_client
-    from chalicelib.datasets import DatasetLoader
-    from chalicelib.engines import Engines
+    from chalicelib.hop import LambdaWorkers, workers_config
     from chalicelib.result_overflow import ResultOverflow
     from chalicelib.service import Service
     from chalicelib.storage import get_store
 
     s3 = partial(s3_client, settings)
-    return Service(
+    store = get_store()
+    results = ResultOverflow(settings, s3=s3)
+    config = workers_config(os.environ.get("NEBLINA_WORKERS"))
+    if config is not None:
+        return Service(store, settings, results=results, workers=LambdaWorkers(config, settings))
+    from chalicelib.datasets import DatasetLoader
+    from chalicelib.engines import Engines
+
+    loader = DatasetLoader(settings, s3=s3)
+    return Service(store, settings, loader, results=results, engines=Engines(settings))
+
+
+def build_worker(settings: Settings, family: str | None) -> Worker:
+    """A worker of ``family`` (None: every engine) with the configured store, loader,
+    engines and result overflow (one S3 client factory for the loader and the overflow)."""
+    from chalicelib.aws import s3_client
+    from chalicelib.datasets import DatasetLoader
+    from chalicelib.engines import Engines
+    from chalicelib.result_overflow import ResultOverflow
+    from chalicelib.storage import get_store
+    from chalicelib.worker import Worker
+
+    s3 = partial(s3_client, settings)
+    return Worker(
         get_store(),
         settings,
         DatasetLoader(settings, s3=s3),
         results=ResultOverflow(settings, s3=s3),
         engines=Engines(settings),
+        family=family,
     )

@@ -204,6 +204,24 @@ class DatasetUnavailableError(NeblinaError):
         super().__init__(self.FIXED_MESSAGE)
 
 
+class WorkerUnavailable(NeblinaError):
+    """The engine's worker could not be reached; nothing read, nothing debited (or refunded).
+
+    The message is fixed. Sending the same request again is safe (a query's debit was
+    given back).
+    """
+
+    status_code = 503
+    code = "worker_unavailable"
+    FIXED_MESSAGE = (
+        "the engine's worker could not be reached; no data was used and nothing was "
+        "charged (any debit was refunded). Retry shortly"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.FIXED_MESSAGE)
+
+
 # --- storage -------------------------------------------------------------------------------
 # What a store refuses. The admin tools report these by code; the HTTP API never answers one
 # (``api_models.error_codes`` leaves them out of the documented codes).

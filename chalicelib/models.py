@@ -5,6 +5,8 @@ Everything here is a frozen dataclass and imports nothing heavy, so the authoriz
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -213,6 +215,12 @@ class Token:
 
 
 DEFAULT_LATENCY_BUCKET_MS = 500
+
+
+def metadata_digest(metadata: dict[str, Any]) -> str:
+    """SHA-256 of a dataset's metadata (canonical JSON): what a loaded frame was made with."""
+    text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -37,16 +37,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from chalicelib import result_overflow, validation
 from chalicelib.config import Settings
-from chalicelib.datasets import DatasetLoader, DatasetUnavailable, metadata_digest
-from chalicelib.engines import Engine, EngineRequest, Engines
+from chalicelib.engines import COMMON_FIELDS
 from chalicelib.errors import (
     DatasetNotFound,
     DatasetUnavailableError,
-    EngineFailed,
     EngineRefused,
     InternalError,
     InvalidRequest,
@@ -58,22 +56,35 @@ from chalicelib.errors import (
     QueryInProgress,
     QueryNotFound,
     RateLimited,
-    ResultTooLarge,
+    WorkerUnavailable,
+)
+from chalicelib.hop import (
+    HopFailed,
+    InProcessWorkers,
+    Workers,
+    dataset_to_wire,
+    record_to_wire,
 )
 from chalicelib.lru import LruCache
 from chalicelib.models import (
     INTERRUPTED,
-    AmountOutOfRange,
     Dataset,
     Grant,
     PrivacyCost,
     QueryRecord,
     QueryState,
     format_decimal,
+    metadata_digest,
     utcnow,
 )
 from chalicelib.result_overflow import ResultOverflow
 from chalicelib.storage import QueryIdTaken, Store
+from chalicelib.workers import DUMMY_WORKER, ENGINE_WORKERS
+
+if TYPE_CHECKING:  # the worker's parts import pandas: only for an in-process worker
+    from chalicelib.datasets import DatasetLoader
+    from chalicelib.engines import Engines
+    from chalicelib.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +99,6 @@ HARDENED_ENGINE_MESSAGE = (
     "the query could not be answered; on this dataset failure details are withheld "
     "(develop the query on dummy data to see the engine's messages)"
 )
-ARCHIVE_FAILED = {
-    "error": "internal_error",
-    "message": "the release could not be archived, so it was not released; the cost stands",
-}
 
 
 def effective_state(record: QueryRecord, now: datetime) -> QueryState:
@@ -178,22 +185,59 @@ class Service:
         self,
         store: Store,
         settings: Settings,
-        loader: DatasetLoader,
+        loader: DatasetLoader | None = None,
         clock: Callable[[], datetime] = utcnow,
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         results: ResultOverflow | None = None,
         engines: Engines | None = None,
+        workers: Workers | None = None,
     ) -> None:
+        """``workers`` None: one in-process :class:`~chalicelib.worker.Worker` built from
+        ``loader`` and ``engines`` serves every engine (tests, ``NEBLINA_WORKERS=inprocess``)."""
         self.store = store
         self.settings = settings
-        self.loader = loader
         self.results = results or ResultOverflow(settings)
-        self.engines = engines or Engines(settings)
         self.clock = clock
         self.timer = timer
         self.sleep = sleep
-        self._costs: LruCache[str, PrivacyCost] = LruCache(1024)
+        self.engine_workers: dict[str, str] = dict(ENGINE_WORKERS)
+        self.local: Worker | None = None
+        if workers is None:
+            from chalicelib.worker import Worker
+
+            if loader is None:
+                from chalicelib.datasets import DatasetLoader
+
+                loader = DatasetLoader(settings)
+            self.local = Worker(
+                store, settings, loader, results=self.results, engines=engines, clock=clock
+            )
+            workers = InProcessWorkers(self.local)
+        self.workers = workers
+        self._costs: LruCache[str, tuple[PrivacyCost, dict[str, Any]]] = LruCache(1024)
+
+    # the in-process worker's parts (tests reach them through the service) ---------------
+    def _in_process(self) -> Worker:
+        if self.local is None:
+            raise AttributeError("the engines run in workers, not in this process")
+        return self.local
+
+    @property
+    def loader(self) -> DatasetLoader:
+        return self._in_process().loader
+
+    @loader.setter
+    def loader(self, loader: DatasetLoader) -> None:
+        self._in_process().loader = loader
+
+    @property
+    def engines(self) -> Engines:
+        return self._in_process().engines
+
+    @engines.setter
+    def engines(self, engines: Engines) -> None:
+        self._in_process().engines = engines
 
     # lookups -------------------------------------------------------------------------
     def _dataset(self, name: str) -> Dataset:
@@ -239,15 +283,9 @@ class Service:
         n_rows = validation.integer(rows, "rows", 100, 1, self.settings.max_dummy_rows)
         n_seed = validation.integer(seed, "seed", 42, 0, 2**32 - 1)
         dataset, _ = self._granted_dataset(user_id, name)
-        from chalicelib.wire_tables import frame_to_table
-
-        loaded = self.loader.dummy(dataset, n_rows, n_seed)
-        return {
-            "dataset": dataset.name,
-            "rows": n_rows,
-            "seed": n_seed,
-            "table": frame_to_table(loaded.frame),
-        }
+        payload = {"op": "dummy_table", "dataset": dataset_to_wire(dataset)}
+        answer = self._call(DUMMY_WORKER, {**payload, "rows": n_rows, "seed": n_seed})
+        return {"dataset": dataset.name, "rows": n_rows, "seed": n_seed, "table": answer["table"]}
 
     def budget(self, user_id: str, name: str) -> dict[str, Any]:
         """The caller's grant on a dataset, and what they can really spend.
@@ -354,36 +392,56 @@ class Service:
         return record
 
     # cost and queries ----------------------------------------------------------------
-    def _parse(self, body: object) -> tuple[Engine[Any], EngineRequest, dict[str, Any]]:
+    def _parse(self, body: object) -> tuple[str, dict[str, Any]]:
+        """The engine's name (400 unless a worker runs it) and the request document."""
         document = validation.require_object(body)
-        engine = self.engines.get(document.get("engine"))
-        return engine, engine.parse(document), document
+        name = document.get("engine")
+        if not isinstance(name, str) or name not in self.engine_workers:
+            known = ", ".join(sorted(self.engine_workers))
+            raise InvalidRequest(f"unknown engine {name!r} (expected one of: {known})")
+        return name, document
 
-    def _price(self, engine: Engine[Any], dataset: Dataset, request: EngineRequest) -> PrivacyCost:
-        """The charge: the engine's exact price rounded up to the ledger's grid, memoised.
+    def _call(self, worker: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """An operation that reads no private data (price, dummy): a failed hop is a 503."""
+        try:
+            return self.workers.call(worker, payload)
+        except HopFailed as failure:
+            log.error("worker %s: %s", worker, failure)
+            raise WorkerUnavailable() from None
 
-        It is a pure function of metadata and request. The rounding is the one rule of
-        ``docs/ledger.md`` ("Amounts"), applied here for every engine and backend before
-        anything is read or debited: what ``/cost`` shows, what is archived and what is
-        debited are this same number, never below the engine's charge. A charge the ledger
-        cannot hold (above 1e9) is a 400.
+    def _price(
+        self, engine: str, dataset: Dataset, document: dict[str, Any]
+    ) -> tuple[PrivacyCost, dict[str, Any]]:
+        """The charge and the canonical request (the worker's ``price``), memoised.
+
+        The worker's engine validates the request (400) and prices it from the metadata
+        only, rounded up to the ledger's grid (the one rule of ``docs/ledger.md``,
+        "Amounts"): what ``/cost`` shows, what is archived and what is debited are this
+        same number, never below the engine's charge. It is a pure function of the
+        metadata and the engine's fields of the request, so the front keeps it (LRU) under
+        their digests: a repeated query is one hop.
         """
+        own = {k: v for k, v in document.items() if k not in COMMON_FIELDS}
+        body = json.dumps(own, sort_keys=True, default=str).encode()
         key = json.dumps(
-            [engine.name, dataset.name, dataset.metadata, request.canonical()],
-            sort_keys=True,
-            default=str,
+            [
+                engine,
+                dataset.name,
+                metadata_digest(dataset.metadata),
+                hashlib.sha256(body).hexdigest(),
+            ]
         )
-        cost = self._costs.get(key)
-        if cost is None:
-            exact = engine.cost(dataset, request)
-            if exact.is_negative():  # pragma: no cover - engines never price below zero
+        priced = self._costs.get(key)
+        if priced is None:
+            payload = {"op": "price", "engine": engine, "dataset": dataset_to_wire(dataset)}
+            answer = self._call(self.engine_workers[engine], {**payload, "body": document})
+            charge = answer["cost"]
+            cost = PrivacyCost(epsilon=charge["epsilon"], delta=charge["delta"])
+            if cost.is_negative():  # pragma: no cover - workers never price below zero
                 raise EngineRefused("the engine priced the query below zero")
-            try:
-                cost = exact.charged()  # rounded up to the ledger's grid (docs/ledger.md)
-            except AmountOutOfRange as exc:
-                raise InvalidRequest(f"this query's cost cannot be charged: {exc}") from None
-            self._costs.put(key, cost)
-        return cost
+            priced = (cost, dict(answer["canonical"]))
+            self._costs.put(key, priced)
+        return priced
 
     def _throttle(self, user_id: str) -> None:
         """Count the request against the user's rate limit (fixed windows); 429 beyond it."""
@@ -440,57 +498,57 @@ class Service:
         hardening = _Hardening(self.timer())
         self._throttle(user_id)
         with self._hardening(hardening):
-            engine, request, _ = self._parse(body)
+            engine, document = self._parse(body)
             dataset, _ = self._granted_dataset(user_id, name)
             hardening.watch(dataset)
-            cost = self._price(engine, dataset, request)
-            return {"dataset": dataset.name, "engine": engine.name, "cost": cost.to_json()}
+            cost, _ = self._price(engine, dataset, document)
+            return {"dataset": dataset.name, "engine": engine, "cost": cost.to_json()}
 
     def query(self, user_id: str, name: str, body: object) -> dict[str, Any]:
         """Run a query (see the module docstring for the order of steps)."""
         hardening = _Hardening(self.timer())
         self._throttle(user_id)
         with self._hardening(hardening):
-            engine, request, document = self._parse(body)
+            engine, document = self._parse(body)
             query_id = validation.query_id(document.get("query_id"))
             is_dummy = validation.boolean(document.get("dummy"), "dummy", False)
             dataset, _ = self._granted_dataset(user_id, name)
             hardening.watch(dataset, generic=not is_dummy)
-            cost = self._price(engine, dataset, request)
+            cost, canonical = self._price(engine, dataset, document)
             self._check_cap(dataset, cost)
             if is_dummy:
-                return self._dummy_query(engine, dataset, request, document, query_id, cost)
-            return self._debit_and_run(user_id, engine, dataset, request, query_id, cost)
+                return self._dummy_query(engine, dataset, document, query_id, cost)
+            record = self._record(user_id, engine, dataset, canonical, query_id, cost)
+            try:
+                # the store tells its own retried write from another request's record
+                self.store.reserve(record)
+            except QueryIdTaken as taken:
+                return self._replay(taken.existing, record)
+            return self._run(dataset, document, record)
 
-    def _debit_and_run(
+    def _record(
         self,
         user_id: str,
-        engine: Engine[Any],
+        engine: str,
         dataset: Dataset,
-        request: EngineRequest,
+        canonical: dict[str, Any],
         query_id: str,
         cost: PrivacyCost,
-    ) -> dict[str, Any]:
+    ) -> QueryRecord:
+        """The record ``reserve`` creates with the debit (state running, with its lease)."""
         now = self.clock()
-        canonical = request.canonical()
-        record = QueryRecord(
+        return QueryRecord(
             query_id=query_id,
             user_id=user_id,
             dataset=dataset.name,
-            engine=engine.name,
-            payload_hash=payload_digest(dataset.name, engine.name, canonical),
-            request={"engine": engine.name, **canonical},
+            engine=engine,
+            payload_hash=payload_digest(dataset.name, engine, canonical),
+            request={"engine": engine, **canonical},
             cost=cost,
             state=QueryState.RUNNING,
             created_at=now,
             lease_expires_at=now + timedelta(seconds=self.settings.query_lease_seconds),
         )
-        try:
-            # the store tells its own retried write from another request's record
-            self.store.reserve(record)
-        except QueryIdTaken as taken:
-            return self._replay(taken.existing, record)
-        return self._run(engine, dataset, request, record)
 
     def _replay(self, existing: QueryRecord, record: QueryRecord) -> dict[str, Any]:
         """Answer a retry of a query id that already has a record."""
@@ -514,107 +572,50 @@ class Service:
         )
 
     def _run(
-        self, engine: Engine[Any], dataset: Dataset, request: EngineRequest, record: QueryRecord
+        self, dataset: Dataset, document: dict[str, Any], record: QueryRecord
     ) -> dict[str, Any]:
-        """Steps 4-6 for a reserved record; every exception leaves the record settled.
-
-        Before the engine is handed the rows, any failure refunds (nothing saw the data).
-        From then on the spend stands: an engine failure or a failed archive write marks
-        the record failed, and nothing is released unless the archive write succeeded.
-        """
+        """Steps 4-6, by the engine's worker (its ``run``); every outcome leaves the record
+        settled. A hop that certainly never reached the worker refunds (nothing ran); one
+        that may have reached it fails the record (the spend stands; if the worker archived
+        a release meanwhile, the record keeps it and a retry of the query id replays it)."""
+        payload = {
+            "op": "run",
+            "mode": "sync",
+            "dataset": dataset_to_wire(dataset),
+            "record": record_to_wire(record),
+            "body": document,
+        }
         try:
-            loaded = self.loader.load(dataset)
-            if loaded.digest != metadata_digest(dataset.metadata):  # pragma: no cover - keyed so
-                raise RuntimeError("the rows were loaded under other metadata than was priced")
-        except Exception as exc:
-            self._refund(record, exc)
-        try:
-            result = engine.execute(loaded, request)
-        except Exception:
-            # The mechanism saw the data: the spend stands, the message says nothing.
-            log.exception("query %s: engine failed on the private data", record.query_id)
-            failure = EngineFailed()
-            self._fail(record, {"error": failure.code, "message": failure.message})
-            raise failure from None
-        self._archive(dataset, record, result)
+            answer = self.workers.call(self.engine_workers[record.engine], payload)
+        except HopFailed as failure:
+            self._lost(record, failure)
+        result = self._released(replace(record, result=answer["result"])).result
         return self._response(record, result, replayed=False)
 
-    def _archive(self, dataset: Dataset, record: QueryRecord, result: dict[str, Any]) -> None:
-        """Step 6: complete the record with the result (or a pointer to it in S3), or fail it.
-
-        Over ``max_result_bytes`` nothing is released: the record fails with a fixed
-        message (on a hardened dataset, the same one as an engine failure) and the spend
-        stands. Over ``inline_result_bytes`` the result is written to S3 first and the
-        record keeps a pointer; if the record write then fails, the object is left behind
-        unreferenced (an orphan) and nothing is released.
-        """
+    def _lost(self, record: QueryRecord, failure: HopFailed) -> NoReturn:
+        """Settle a reserved record whose worker could not be reached, and raise."""
+        log.error("query %s: worker hop failed: %s", record.query_id, failure)
+        now = self.clock()
+        if not failure.delivered:
+            unavailable = WorkerUnavailable()
+            try:
+                self.store.refund(
+                    record, now, {"error": unavailable.code, "message": unavailable.message}
+                )
+            except Exception:
+                log.exception("query %s: refund failed", record.query_id)
+                raise InternalError() from None
+            raise unavailable
         try:
-            body = result_overflow.encode(result)
-        except Exception:
-            log.exception("query %s: the result cannot be encoded", record.query_id)
-            self._fail(record, dict(ARCHIVE_FAILED))
-            raise InternalError() from None
-        if len(body) > self.settings.max_result_bytes:
-            too_large = ResultTooLarge(self.settings.max_result_bytes, spent=True)
-            log.warning("query %s: result of %d bytes not released", record.query_id, len(body))
-            stored: NeblinaError = EngineFailed() if dataset.hardened else too_large
-            self._fail(record, {"error": stored.code, "message": stored.message})
-            raise too_large
-        inline = len(body) <= self.settings.inline_result_bytes
-        try:
-            kept = result if inline else self.results.put(record.query_id, body)
-        except Exception:
-            log.exception("query %s: the result could not be written to S3", record.query_id)
-            self._fail(record, dict(ARCHIVE_FAILED))
-            raise InternalError() from None
-        try:
-            self.store.finish(record.query_id, QueryState.DONE, self.clock(), result=kept)
-        except Exception:
-            log.exception("query %s: the release could not be archived", record.query_id)
-            self._fail(record, dict(ARCHIVE_FAILED))
-            raise InternalError() from None
-
-    def _refund(self, record: QueryRecord, cause: Exception) -> NoReturn:
-        """Give the debit back (no engine saw a row) and raise.
-
-        A source that cannot be read or parsed is 503 ``dataset_unavailable`` (fixed
-        message; retrying cannot help until the source is fixed); anything else a generic
-        500.
-        """
-        failure: NeblinaError
-        if isinstance(cause, DatasetUnavailable):
-            failure, what = DatasetUnavailableError(), "dataset unavailable"
-        else:
-            what = "the query could not be run"
-            failure = InternalError(f"{what}; the cost was refunded")
-        try:
-            self.store.refund(
-                record, self.clock(), {"error": failure.code, "message": failure.message}
-            )
-        except Exception:
-            # The record stays running: the lease rule settles it (the spend stands).
-            log.exception("query %s: refund failed", record.query_id)
-            raise InternalError() from cause
-        log.error("query %s: %s before any engine ran: %r", record.query_id, what, cause)
-        raise failure from cause
-
-    def _fail(self, record: QueryRecord, error: dict[str, str]) -> None:
-        """Mark a running record failed (the spend stands); a failure here is only logged.
-
-        If the write fails the record stays running and the lease rule settles it the same
-        way; if the record is no longer running (its release was archived after all), it
-        keeps what it says.
-        """
-        try:
-            self.store.finish(record.query_id, QueryState.FAILED, self.clock(), error=error)
-        except Exception:
+            self.store.finish(record.query_id, QueryState.FAILED, now, error=dict(INTERRUPTED))
+        except Exception:  # not running any more (archived meanwhile), or the write failed
             log.exception("query %s: could not mark the record failed", record.query_id)
+        raise InternalError()
 
     def _dummy_query(
         self,
-        engine: Engine[Any],
+        engine: str,
         dataset: Dataset,
-        request: EngineRequest,
         document: dict[str, Any],
         query_id: str,
         cost: PrivacyCost,
@@ -623,25 +624,19 @@ class Service:
             document.get("dummy_rows"), "dummy_rows", 100, 1, self.settings.max_dummy_rows
         )
         seed = validation.integer(document.get("dummy_seed"), "dummy_seed", 42, 0, 2**32 - 1)
-        loaded = self.loader.dummy(dataset, rows, seed)
-        try:
-            result = engine.execute(loaded, request)
-        except NeblinaError:
-            raise
-        except Exception as exc:
-            # Dummy rows are public: the engine's own message is safe to return.
-            raise EngineRefused(str(exc).splitlines()[0][:500] or type(exc).__name__) from exc
-        if len(result_overflow.encode(result)) > self.settings.max_result_bytes:
-            raise ResultTooLarge(self.settings.max_result_bytes, spent=False)
+        payload = {"op": "dummy_query", "engine": engine, "dataset": dataset_to_wire(dataset)}
+        answer = self._call(
+            self.engine_workers[engine], {**payload, "body": document, "rows": rows, "seed": seed}
+        )
         return {
             "query_id": query_id,
             "dataset": dataset.name,
-            "engine": engine.name,
+            "engine": engine,
             "dummy": True,
             "replayed": False,
             "cost": cost.to_json(),
             "created_at": self.clock().isoformat(),
-            "result": result,
+            "result": answer["result"],
         }
 
     @staticmethod

@@ -174,6 +174,7 @@ _BY_CODE: dict[str, type[NeblinaError]] = {
     "rate_limited": RateLimitedError,
     "internal_error": ServerError,
     "dataset_unavailable": DatasetUnavailableError,
+    "worker_unavailable": ServerError,  # nothing charged: retried like any 5xx
 }
 
 # For bodies without a known code (a proxy's HTML page, API Gateway's {"message": ...}).

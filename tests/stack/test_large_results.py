@@ -25,8 +25,9 @@ from chalicelib.config import Settings, get_settings
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import EngineFailed, EngineRefused, InternalError, ResultTooLarge
 from chalicelib.models import PrivacyCost, QueryState
-from chalicelib.service import ARCHIVE_FAILED, HARDENED_ENGINE_MESSAGE, Service, _record_bytes
+from chalicelib.service import HARDENED_ENGINE_MESSAGE, Service, _record_bytes
 from chalicelib.storage.dynamo import DynamoStore
+from chalicelib.worker import ARCHIVE_FAILED
 from neblina_admin import operations as admin
 
 pytestmark = pytest.mark.stack

@@ -69,6 +69,7 @@ def exploding(service: Service) -> ExplodingEngine:
     engine = ExplodingEngine()
     factories = {**engines.FACTORIES, "exploding": lambda _settings: engine}
     service.engines = engines.Engines(service.settings, factories)
+    service.engine_workers["exploding"] = "sql"
     return engine
 
 

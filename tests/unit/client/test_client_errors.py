@@ -53,6 +53,7 @@ EXPECTED: dict[str, tuple[int, type[NeblinaError]]] = {
     "rate_limited": (429, RateLimitedError),
     "internal_error": (500, ServerError),
     "dataset_unavailable": (503, DatasetUnavailableError),
+    "worker_unavailable": (503, ServerError),
 }
 
 

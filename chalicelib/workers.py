@@ -1,0 +1,21 @@
+"""Which worker runs which engine (docs/architecture.md).
+
+The front (the API Lambda) carries no DP library: each engine family runs in its own worker
+(a Lambda with its own package, memory and timeout; locally a process). Adding an engine is
+one entry here, its factory in :mod:`chalicelib.engines`, its worker package in
+``scripts/package_lambda.py`` and its Lambda in Terraform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# engine name (the request's "engine") -> worker family (env NEBLINA_WORKER of its Lambda)
+ENGINE_WORKERS: Mapping[str, str] = {"smartnoise_sql": "sql", "opendp": "opendp"}
+# GET /dummy builds a table with pandas: a worker that has it does the work.
+DUMMY_WORKER = "sql"
+
+
+def families() -> frozenset[str]:
+    """Every worker family a deployment runs."""
+    return frozenset(ENGINE_WORKERS.values()) | {DUMMY_WORKER}
