@@ -1,4 +1,4 @@
-"""Start and stop the local stack: emulator, seeding, API server.
+"""Start and stop the local stack: emulator, seeding, engine workers, API server.
 
     python localstack/stack.py up      # start in the background, write .neblina/local.env
     python localstack/stack.py down    # stop exactly what `up` started
@@ -83,6 +83,50 @@ def _stop_process(pid: int, timeout: float = 10.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def spawn(
+    name: str, script: str, port: int, env: dict[str, str], log_dir: Path, *args: str
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start ``localstack/{script}`` on 127.0.0.1:``port``; its URL once it says ready."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}.log"
+    command = [sys.executable, str(HERE / script), "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*command, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    try:
+        return _wait_for_ready(log_path, process, timeout=120), process
+    except BaseException:
+        _stop_process(process.pid)
+        raise
+
+
+def worker_families() -> list[str]:
+    """The worker families a deployment runs (chalicelib/workers.py)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from chalicelib.workers import families
+
+    return sorted(families())
+
+
+def workers_config(urls: dict[str, str]) -> str:
+    """``NEBLINA_WORKERS`` (JSON) for worker processes at ``urls`` (family -> URL)."""
+    from workerserver import function_name  # localstack/workerserver.py
+
+    return json.dumps(
+        {
+            family: {"function": function_name(family), "endpoint": url}
+            for family, url in urls.items()
+        }
+    )
+
+
 @dataclass
 class LocalStack:
     """The emulator and the API server as child processes, seeded with the demo data."""
@@ -101,8 +145,15 @@ class LocalStack:
     user_id: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    workers: dict[str, str] = field(default_factory=dict)  # family -> its URL
+
+    def workers_config(self) -> str:
+        """``NEBLINA_WORKERS`` for an API server using this stack's worker processes."""
+        return workers_config(self.workers)
+
     def env(self) -> dict[str, str]:
-        """The environment the API server (and seeding) run with."""
+        """The environment the API server (and seeding, and the workers) run with."""
+        front = {"NEBLINA_WORKERS": self.workers_config()} if self.workers else {}
         return {
             **os.environ,
             "AWS_ENDPOINT_URL": self.emulator_url,
@@ -112,23 +163,13 @@ class LocalStack:
             "NEBLINA_TABLE_PREFIX": self.table_prefix,
             "NEBLINA_BUCKET": self.bucket,
             "PYTHONUNBUFFERED": "1",
+            **front,
             **self.extra_env,
         }
 
-    def _spawn(self, name: str, script: str, port: int, env: dict[str, str]) -> str:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, str(HERE / script), "--host", "127.0.0.1", "--port", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-        self.processes[name] = process
-        return _wait_for_ready(log_path, process, timeout=120)
+    def _spawn(self, name: str, script: str, port: int, env: dict[str, str], *args: str) -> str:
+        url, self.processes[name] = spawn(name, script, port, env, self.log_dir, *args)
+        return url
 
     def _say(self, message: str) -> None:
         if not self.quiet:
@@ -145,6 +186,8 @@ class LocalStack:
             env = self.env()
             if seed:
                 self.seed(env)
+            self.start_workers(env)
+            env = self.env()
             self.api_url = self._spawn("api", "apiserver.py", self.api_port, env)
             _wait_for_health(self.api_url, timeout=60)
             self._say(
@@ -154,6 +197,15 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def start_workers(self, env: dict[str, str]) -> None:
+        """One worker process per engine family (chalicelib/workers.py), on free ports."""
+        for family in worker_families():
+            self.workers[family] = self._spawn(
+                f"worker-{family}", "workerserver.py", 0, env, "--worker", family
+            )
+        listed = ", ".join(f"{family} {url}" for family, url in sorted(self.workers.items()))
+        self._say(f"stack: workers {listed}")
 
     def seed(self, env: dict[str, str]) -> None:
         """Run the seeding program in this process against the emulator."""
@@ -170,8 +222,8 @@ class LocalStack:
         self.token, self.user_id = result.token, result.user_id
 
     def stop(self) -> None:
-        """Stop what this object started (API first, then the emulator)."""
-        for name in ("api", "emulator"):
+        """Stop what this object started (API first, then the workers, then the emulator)."""
+        for name in sorted(self.processes, key=_stop_order):
             process = self.processes.pop(name, None)
             if process is not None:
                 _stop_process(process.pid)
@@ -183,6 +235,11 @@ class LocalStack:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _stop_order(name: str) -> int:
+    """The API goes first (nothing new reaches the workers), the emulator last."""
+    return {"api": 0, "emulator": 2}.get(name, 1)
 
 
 def _is_ours(pid: int) -> bool:
@@ -232,6 +289,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             {
                 "api_url": stack.api_url,
                 "emulator_url": stack.emulator_url,
+                "workers": stack.workers,
                 "pids": {name: p.pid for name, p in stack.processes.items()},
             },
             indent=2,
@@ -251,7 +309,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("stack: nothing to stop")
         return 0
     state = json.loads(STATE_FILE.read_text())
-    for name in ("api", "emulator"):
+    for name in sorted(state["pids"], key=_stop_order):
         pid = state["pids"].get(name)
         if pid and _is_ours(pid):
             _stop_process(pid)

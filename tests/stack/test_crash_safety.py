@@ -38,7 +38,13 @@ from chalicelib.models import PrivacyCost, QueryState, utcnow
 ROOT = Path(__file__).resolve().parents[2]
 FAULT_SERVER = ROOT / "tests" / "support" / "fault_server.py"
 LEASE_SECONDS = 3
-SERVER_ENV = {"NEBLINA_QUERY_LEASE_SECONDS": str(LEASE_SECONDS), "NEBLINA_RATE_LIMIT": "0"}
+# The faults are injected into the API server's own process (tests/support/fault_server.py),
+# so its engines run there too (NEBLINA_WORKERS=inprocess): these cells are the front's.
+SERVER_ENV = {
+    "NEBLINA_QUERY_LEASE_SECONDS": str(LEASE_SECONDS),
+    "NEBLINA_RATE_LIMIT": "0",
+    "NEBLINA_WORKERS": "inprocess",
+}
 QUERY = {
     "engine": "smartnoise_sql",
     "query": "SELECT COUNT(*) AS n FROM df",
