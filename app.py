@@ -58,9 +58,17 @@ def error_response(error: NeblinaError) -> Response:
 
 
 def handle(view: Callable[[], Any]) -> Response:
-    """Run a view; map Neblina errors to their status, anything else to a bare 500."""
+    """Run a view; map Neblina errors to their status, anything else to a bare 500.
+
+    A view's answer is 200, or 202 with a ``Location`` when the service accepted a job.
+    """
     try:
-        return Response(body=view(), status_code=200)
+        answer = view()
+        accepted = getattr(answer, "location", None)
+        if accepted is not None:
+            headers = {"Location": str(accepted), "Content-Type": "application/json"}
+            return Response(body=answer.body, status_code=202, headers=headers)
+        return Response(body=answer, status_code=200)
     except NeblinaError as error:
         if error.status_code >= 500:
             log.exception("internal error")

@@ -310,6 +310,13 @@ class _QueryFields(Request):
     dummy: bool = False
     dummy_rows: int = Field(default=100, ge=1, le=100000)
     dummy_seed: int = Field(default=42, ge=0, le=4294967295)
+    wait: bool = Field(
+        default=True,
+        description=(
+            "false: answer 202 at once with the record (state running, phase queued) and a "
+            "Location to poll; the debit happens now, as for a waited query"
+        ),
+    )
 
 
 class SqlQueryRequest(_QueryFields, SqlCostRequest):
@@ -453,6 +460,7 @@ class Operation:
     params: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     authenticated: bool = True
+    accepted: type[BaseModel] | None = None  # the body of a 202 (the query runs as a job)
 
 
 AUTH_ERRORS = (401, 403, 404, 429, 500)
@@ -475,7 +483,7 @@ OPERATIONS = (
               errors=(400, 413, 422, 503)),
     Operation("post", f"{NAME}/queries", "runQuery",
               "Run a query (debits the grant unless dummy)", QueryResponse, body=QueryRequest,
-              errors=(400, 409, 413, 422, 503)),
+              errors=(400, 409, 413, 422, 503), accepted=QueryRecord),
     Operation("get", f"{NAME}/queries", "listQueries",
               "The caller's archive on this dataset, newest first", QueryHistory,
               params=HistoryParams, errors=(400,)),
@@ -557,6 +565,20 @@ def _operation(operation: Operation, codes: dict[int, list[str]]) -> dict[str, A
     else:
         ok["content"] = _json({"type": "object"})
     responses: dict[str, Any] = {"200": ok}
+    if operation.accepted is not None:
+        responses["202"] = {
+            "description": (
+                'Accepted: the query runs as a job ("wait": false); the body is its record '
+                "(state running, phase queued); poll the Location until done or failed"
+            ),
+            "content": _json({"$ref": REF.format(model=operation.accepted.__name__)}),
+            "headers": {
+                "Location": {
+                    "description": "the query's record: /v1/datasets/{name}/queries/{query_id}",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
     statuses = (*AUTH_ERRORS, *operation.errors) if operation.authenticated else ()
     for status in sorted(statuses):
         listed = ", ".join(f"`{code}`" for code in codes.get(status, ()))

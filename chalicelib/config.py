@@ -36,6 +36,9 @@ class Settings:
     # API Gateway proxy escapes the body once more, at worst doubling it, and Lambda's
     # synchronous response limit is 6 MB (6,291,456 bytes).
     max_result_bytes: int = 3_000_000
+    # The lease of a query run as a job ("wait": false): at least the longest the queue may
+    # hold it (Lambda's async maximum event age we configure) plus the worker's timeout.
+    job_lease_seconds: int = 3600
 
     def table_name(self, kind: str) -> str:
         """Physical name of one of the tables (users, tokens, datasets, grants, queries)."""
@@ -69,6 +72,7 @@ def from_environ() -> Settings:
         mongodb_database=os.environ.get("NEBLINA_MONGODB_DATABASE", "neblina"),
         inline_result_bytes=_int("NEBLINA_INLINE_RESULT_BYTES", 300_000),
         max_result_bytes=_int("NEBLINA_MAX_RESULT_BYTES", 3_000_000),
+        job_lease_seconds=_int("NEBLINA_JOB_LEASE_SECONDS", 3600),
     )
 
 

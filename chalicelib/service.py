@@ -1,14 +1,22 @@
 """What the API does, framework-free: the routes call one method each.
 
+This is the front (docs/architecture.md): it imports no DP library and no pandas. Whatever
+needs an engine or the rows (pricing, dummy rows, steps 4-6) is one operation of the
+engine's worker (:mod:`chalicelib.worker`), reached through :mod:`chalicelib.hop`.
+
 The query path (``Service.query``), in order:
 
-0. the caller's request is counted against the per-user rate limit (429 beyond it);
+0. the caller's request is counted against the per-user rate limit (429 beyond it); the
+   engine's name and the shared fields (``query_id``, ``dummy``, ``wait``) are checked (400);
 1. the dataset exists (404) and the caller holds a grant on it (403);
-2. the engine validates the request (400) and prices it from the metadata only (400/422);
-   the price is rounded up to the ledger's grid (400 when it cannot be held: docs/ledger.md);
-   the price must fit the per-query cap of the dataset and the deployment (403);
+2. the worker's engine validates the request (400) and prices it from the metadata only
+   (400/422); the price is rounded up to the ledger's grid (400 when it cannot be held:
+   docs/ledger.md); the price must fit the per-query cap of the dataset and the deployment
+   (403);
 3. ``store.reserve``: the debit and the creation of the archive record, one atomic write
-   (409 when the budget does not cover the cost or the query id is taken);
+   (409 when the budget does not cover the cost or the query id is taken); with
+   ``"wait": false`` the record is a queued job, handed to the worker, and the answer is
+   202 (``Service._submit``); otherwise the worker runs steps 4-6 while the request waits:
 4. the dataset is loaded (cached); if anything fails before the engine is handed the rows,
    no engine has seen any row: refund;
 5. the engine runs once; if it fails, the record is marked failed and the spend stands;
@@ -35,7 +43,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -71,6 +79,7 @@ from chalicelib.models import (
     Dataset,
     Grant,
     PrivacyCost,
+    QueryPhase,
     QueryRecord,
     QueryState,
     format_decimal,
@@ -147,6 +156,14 @@ def hardened_error(error: NeblinaError) -> NeblinaError:
     if error.status_code == 422:
         return EngineRefused(HARDENED_ENGINE_MESSAGE)
     return error
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A 202 answer: the query runs as a job; ``location`` is its record's route."""
+
+    body: dict[str, Any]
+    location: str
 
 
 class _Hardening:
@@ -504,7 +521,7 @@ class Service:
             cost, _ = self._price(engine, dataset, document)
             return {"dataset": dataset.name, "engine": engine, "cost": cost.to_json()}
 
-    def query(self, user_id: str, name: str, body: object) -> dict[str, Any]:
+    def query(self, user_id: str, name: str, body: object) -> dict[str, Any] | Accepted:
         """Run a query (see the module docstring for the order of steps)."""
         hardening = _Hardening(self.timer())
         self._throttle(user_id)
@@ -514,16 +531,19 @@ class Service:
             is_dummy = validation.boolean(document.get("dummy"), "dummy", False)
             dataset, _ = self._granted_dataset(user_id, name)
             hardening.watch(dataset, generic=not is_dummy)
+            wait = validation.boolean(document.get("wait"), "wait", True)
             cost, canonical = self._price(engine, dataset, document)
             self._check_cap(dataset, cost)
-            if is_dummy:
+            if is_dummy:  # public rows, nothing debited: always answered at once
                 return self._dummy_query(engine, dataset, document, query_id, cost)
-            record = self._record(user_id, engine, dataset, canonical, query_id, cost)
+            record = self._record(user_id, engine, dataset, canonical, query_id, cost, job=not wait)
             try:
                 # the store tells its own retried write from another request's record
                 self.store.reserve(record)
             except QueryIdTaken as taken:
                 return self._replay(taken.existing, record)
+            if not wait:
+                return self._submit(dataset, document, record)
             return self._run(dataset, document, record)
 
     def _record(
@@ -534,9 +554,16 @@ class Service:
         canonical: dict[str, Any],
         query_id: str,
         cost: PrivacyCost,
+        *,
+        job: bool,
     ) -> QueryRecord:
-        """The record ``reserve`` creates with the debit (state running, with its lease)."""
+        """The record ``reserve`` creates with the debit (state running, with its lease).
+
+        A job starts ``queued`` (a worker claims it) with the job lease; a synchronous run
+        starts ``running`` (nothing retries it) with the query lease.
+        """
         now = self.clock()
+        lease = self.settings.job_lease_seconds if job else self.settings.query_lease_seconds
         return QueryRecord(
             query_id=query_id,
             user_id=user_id,
@@ -547,8 +574,40 @@ class Service:
             cost=cost,
             state=QueryState.RUNNING,
             created_at=now,
-            lease_expires_at=now + timedelta(seconds=self.settings.query_lease_seconds),
+            lease_expires_at=now + timedelta(seconds=lease),
+            phase=(QueryPhase.QUEUED if job else QueryPhase.RUNNING).value,
         )
+
+    def _submit(self, dataset: Dataset, document: dict[str, Any], record: QueryRecord) -> Accepted:
+        """Hand a reserved job to its worker and answer 202 with its record.
+
+        If the hand-over fails, the front takes the job back with the same ``claim`` a
+        worker would use: then no worker can ever run it, nothing has read the data, and
+        the debit is refunded (503 ``worker_unavailable``). If the claim fails, a worker
+        has the job already (the event did arrive): the answer is the usual 202.
+        """
+        payload = {
+            "op": "run",
+            "mode": "job",
+            "dataset": dataset_to_wire(dataset),
+            "record": record_to_wire(record),
+            "body": document,
+        }
+        try:
+            self.workers.submit(self.engine_workers[record.engine], payload)
+        except HopFailed as failure:
+            log.error("query %s: the job could not be handed over: %s", record.query_id, failure)
+            if self.store.claim(record.query_id, self.clock()) is not None:
+                unavailable = WorkerUnavailable()
+                error = {"error": unavailable.code, "message": unavailable.message}
+                try:
+                    self.store.refund(record, self.clock(), error)
+                except Exception:  # held by the front: the lease rule settles it
+                    log.exception("query %s: refund failed", record.query_id)
+                    raise InternalError() from None
+                raise unavailable from None
+        location = f"/v1/datasets/{record.dataset}/queries/{record.query_id}"
+        return Accepted(record_json(record, self.clock()), location)
 
     def _replay(self, existing: QueryRecord, record: QueryRecord) -> dict[str, Any]:
         """Answer a retry of a query id that already has a record."""

@@ -12,7 +12,11 @@ family comes from ``NEBLINA_WORKER``):
   reserved (debited), steps 4-6 of the query path (:mod:`chalicelib.service`): load, run
   the mechanism once, archive the release, or fail the record, or refund it if it fails
   before any engine got rows. ``result`` is the release, or the pointer to it in S3 when
-  it was archived there.
+  it was archived there. In ``job`` mode (nobody waits) the worker first claims the
+  record (``store.claim``: of all deliveries of a job, one gets it; the others answer
+  ``{"result": null, "claimed": false}`` and do nothing), then writes each phase
+  (``store.set_progress``: ``running``, ``archiving``; a fraction from an engine whose
+  ``reports_progress`` is true, through the ``progress`` callback its ``execute`` gets).
 - ``dummy_table`` ``{dataset, rows, seed}`` -> ``{table}``;
   ``dummy_query`` ``{engine, dataset, body, rows, seed}`` -> ``{result}``: dummy rows are
   public, so the engine's messages are returned.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -44,6 +49,7 @@ from chalicelib.errors import (
 from chalicelib.models import (
     AmountOutOfRange,
     Dataset,
+    QueryPhase,
     QueryRecord,
     QueryState,
     metadata_digest,
@@ -55,11 +61,12 @@ from chalicelib.workers import DUMMY_WORKER, ENGINE_WORKERS
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from chalicelib.datasets import DatasetLoader
+    from chalicelib.datasets import DatasetLoader, LoadedDataset
     from chalicelib.storage import Ledger
 
 log = logging.getLogger(__name__)
 
+PROGRESS_INTERVAL_SECONDS = 1.0  # the most often a job's fraction is written
 ARCHIVE_FAILED = {
     "error": "internal_error",
     "message": "the release could not be archived, so it was not released; the cost stands",
@@ -146,6 +153,14 @@ class Worker:
         the record failed, and nothing is released unless the archive write succeeded.
         """
         record = hop.record_from_wire(payload["record"])
+        job = payload.get("mode") == "job"
+        if job:
+            # The one gate before any read: of all deliveries of this job, one claims it.
+            claimed = self.store.claim(record.query_id, self.clock())
+            if claimed is None:
+                log.warning("query %s: not claimable (a duplicate delivery?)", record.query_id)
+                return {"result": None, "claimed": False}
+            record = claimed
         try:
             dataset = hop.dataset_from_wire(payload["dataset"])
             engine = self._engine(record.engine)
@@ -157,15 +172,49 @@ class Worker:
                 raise RuntimeError("the rows were loaded under other metadata than was priced")
         except Exception as exc:
             self._refund(record, exc)
+        if job:
+            self._progress(record, QueryPhase.RUNNING, None)
         try:
-            result = engine.execute(loaded, request)
+            result = self._execute(engine, loaded, request, record if job else None)
         except Exception:
             # The mechanism saw the data: the spend stands, the message says nothing.
             log.exception("query %s: engine failed on the private data", record.query_id)
             failure = EngineFailed()
             self._fail(record, {"error": failure.code, "message": failure.message})
             raise failure from None
+        if job:
+            self._progress(record, QueryPhase.ARCHIVING, None)
         return {"result": self._archive(dataset, record, result)}
+
+    def _execute(
+        self,
+        engine: Engine[Any],
+        loaded: LoadedDataset,
+        request: EngineRequest,
+        record: QueryRecord | None,
+    ) -> dict[str, Any]:
+        """The mechanism, once. An engine with ``reports_progress`` is handed a callback
+        ``progress(fraction)`` (written at most once a second, jobs only); others run as is."""
+        if record is None or not getattr(engine, "reports_progress", False):
+            result: dict[str, Any] = engine.execute(loaded, request)
+            return result
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL_SECONDS:
+                last[0] = now
+                self._progress(record, QueryPhase.RUNNING, min(1.0, max(0.0, float(fraction))))
+
+        answer: dict[str, Any] = engine.execute(loaded, request, progress=progress)  # type: ignore[call-arg]
+        return answer
+
+    def _progress(self, record: QueryRecord, phase: QueryPhase, fraction: float | None) -> None:
+        """Show a job's phase (and fraction); never fails the job (only logged)."""
+        try:
+            self.store.set_progress(record.query_id, phase.value, fraction)
+        except Exception:
+            log.warning("query %s: could not write its progress", record.query_id)
 
     def _archive(
         self, dataset: Dataset, record: QueryRecord, result: dict[str, Any]

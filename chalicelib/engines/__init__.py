@@ -21,8 +21,9 @@ if TYPE_CHECKING:  # the loader imports pandas: never at cold start
     from chalicelib.datasets import LoadedDataset
 
 # The fields every engine accepts besides its own: the engine's name, the caller's idempotency
-# key and the dummy-run switches (the service reads these; each engine refuses the rest).
-COMMON_FIELDS = frozenset({"engine", "query_id", "dummy", "dummy_rows", "dummy_seed"})
+# key, the dummy-run switches and whether to wait for the answer (the service reads these;
+# each engine refuses the rest).
+COMMON_FIELDS = frozenset({"engine", "query_id", "dummy", "dummy_rows", "dummy_seed", "wait"})
 
 
 class EngineRequest(Protocol):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -106,3 +108,54 @@ def test_a_worker_that_cannot_be_reached_answers_503_and_charges_nothing(
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"] == "worker_unavailable"
         assert budget(api.url, researcher.token) == before
+
+
+def poll_done(http: httpx.Client, url: str, deadline_seconds: float = 120) -> dict[str, Any]:
+    """The record at ``url`` once settled (polled with a deadline); the phases seen."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        record: dict[str, Any] = http.get(url).json()
+        if record["state"] != "running":
+            return record
+        assert record["phase"] in {"queued", "loading", "running", "archiving"}
+        time.sleep(0.05)
+    raise AssertionError(f"{url} still running after {deadline_seconds} s")
+
+
+def test_async_queries_from_several_users_all_complete_through_the_workers_with_exact_debits(
+    stack: Any, make_researcher: Any
+) -> None:
+    users = [make_researcher() for _ in range(2)]
+    before = {u.user_id: budget(stack.api_url, u.token) for u in users}
+    accepted: list[tuple[Any, str]] = []
+
+    def send(user: Any, n: int) -> None:
+        query_id = f"job-{uuid.uuid4().hex[:12]}"
+        headers = {"Authorization": f"Bearer {user.token}"}
+        with httpx.Client(base_url=stack.api_url, headers=headers, timeout=120) as http:
+            answer = http.post(
+                "/v1/datasets/PENGUIN/queries", json={**COUNT, "query_id": query_id, "wait": False}
+            )
+        assert answer.status_code == 202, answer.text
+        assert answer.headers["Location"] == f"/v1/datasets/PENGUIN/queries/{query_id}"
+        assert (answer.json()["state"], answer.json()["phase"]) == ("running", "queued")
+        accepted.append((user, answer.headers["Location"]))
+
+    threads = [threading.Thread(target=send, args=(u, n)) for u in users for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(accepted) == 8
+    for user, location in accepted:
+        headers = {"Authorization": f"Bearer {user.token}"}
+        with httpx.Client(base_url=stack.api_url, headers=headers, timeout=60) as http:
+            record = poll_done(http, location)
+        assert record["state"] == "done", record
+        assert record["result"]["type"] == "table" and record["phase"] is None
+    for user in users:
+        after = budget(stack.api_url, user.token)
+        spent = Decimal(after["spent"]["epsilon"]) - Decimal(
+            before[user.user_id]["spent"]["epsilon"]
+        )
+        assert spent == Decimal("0.5") * 4
