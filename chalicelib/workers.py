@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 # engine name (the request's "engine") -> worker family (env NEBLINA_WORKER of its Lambda)
-ENGINE_WORKERS: Mapping[str, str] = {"smartnoise_sql": "sql", "opendp": "opendp"}
+ENGINE_WORKERS: Mapping[str, str] = {
+    "smartnoise_sql": "sql",
+    "opendp": "opendp",
+    "opendp_polars": "polars",
+}
 # GET /dummy builds a table with pandas: a worker that has it does the work.
 DUMMY_WORKER = "sql"
 

@@ -53,12 +53,19 @@ from opendp.extras.polars import Margin, _lazyframe_domain_from_schema, dp_len
 from opendp.mod import binary_search_param, enable_features
 
 from chalicelib import validation
-from chalicelib.datasets import LoadedDataset, metadata_digest
+from chalicelib.datasets import LoadedDataset
 from chalicelib.engines import COMMON_FIELDS
 from chalicelib.engines.polars_plan import canonical_text, check_plan
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.lru import LruCache
-from chalicelib.models import Dataset, PrivacyCost, exact_decimal, float_down, format_decimal
+from chalicelib.models import (
+    Dataset,
+    PrivacyCost,
+    exact_decimal,
+    float_down,
+    format_decimal,
+    metadata_digest,
+)
 
 enable_features("contrib")  # as the CSV OpenDP engine; never honest-but-curious
 

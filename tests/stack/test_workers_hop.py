@@ -53,7 +53,7 @@ def budget(api_url: str, token: str) -> dict[str, Any]:
 def test_the_stack_runs_one_worker_process_per_family_behind_the_invoke_api(
     stack: Any,
 ) -> None:
-    assert set(stack.workers) == {"sql", "opendp"}
+    assert set(stack.workers) == {"sql", "opendp", "polars"}
     assert json.loads(stack.env()["NEBLINA_WORKERS"])["sql"] == {
         "function": "neblina-worker-sql",
         "endpoint": stack.workers["sql"],
