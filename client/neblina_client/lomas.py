@@ -19,7 +19,7 @@ floats, as in Lomas (the nearest float; the server debits exact decimals, which
 ``client.neblina.budget()`` shows).
 
 The identity is the token (``token=`` or ``NEBLINA_TOKEN``), not ``user_name``, which only
-fills ``requested_by``. Nothing is ever unpickled: what Lomas returned as a pickle has no
+fills ``requested_by``. Nothing is ever unpickled: what Lomas returned pickled has no
 counterpart, and what cannot map raises :class:`NotSupportedInNeblina` naming the Neblina way.
 Errors are Lomas's exception classes (``InvalidQueryException``, ...), each carrying the
 Neblina error as ``error`` and its ``__cause__``.

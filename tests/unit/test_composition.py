@@ -65,7 +65,7 @@ def test_an_unknown_engine_is_a_400_and_no_engine_is_built() -> None:
         with pytest.raises(InvalidRequest, match="unknown engine"):
             registry.get(name)
     assert built == []
-    assert registry.names == {"smartnoise_sql", "opendp"}
+    assert registry.names == set(FACTORIES)
 
 
 def test_the_composition_root_shares_one_s3_client_factory_and_the_engine_registry(

@@ -467,7 +467,7 @@ def _fn(function: str, *args: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 @st.composite
-def _numeric(draw: st.DrawFn) -> dict[str, Any]:
+def _polars_numeric(draw: st.DrawFn) -> dict[str, Any]:
     """A numeric column, maybe cast (from text too: non-strict), clipped, nulls filled."""
     expr: dict[str, Any] = {"col": draw(st.sampled_from(["n", "big", "x", "txt", "flag"]))}
     dtype = draw(st.sampled_from([None, "f64", "i64", "i32"]))
@@ -507,7 +507,7 @@ def _predicate(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def polars_plans(draw: st.DrawFn) -> dict[str, Any]:
     """Mostly valid plans over every column type (and some OpenDP or Polars refuse)."""
-    numeric = _numeric()
+    numeric = _polars_numeric()
     bounds = st.sampled_from([(0, 1000), (-1000.0, 1000.0), (0.0, 1e15), (0.5, 0.5)])
     aggregate = st.one_of(
         st.just(_fn("dp.len")),

@@ -527,7 +527,11 @@ def test_the_openapi_document_describes_both_engines() -> None:
 
     schemas = document("test")["components"]["schemas"]
     for name in ("CostRequest", "QueryRequest"):
-        assert set(schemas[name]["discriminator"]["mapping"]) == {"smartnoise_sql", "opendp"}
+        assert set(schemas[name]["discriminator"]["mapping"]) == {
+            "smartnoise_sql",
+            "opendp",
+            "opendp_polars",
+        }
     assert set(schemas["OpenDPQueryRequest"]["properties"]) == oe.FIELDS | COMMON_FIELDS
     assert set(schemas["OpenDPCostRequest"]["properties"]) == {"engine", "pipeline", "fixed_delta"}
     assert schemas["Value"]["properties"]["type"]["const"] == "value"
