@@ -361,7 +361,15 @@ class PolarsCostRequest(Request):
             "Neblina's closed plan grammar; the client writes it from a dp.Context query"
         ),
     )
-    epsilon: Epsilon = Field(description="this query's ε: the noise scale is calibrated to it")
+    epsilon: Epsilon | Absent = Field(
+        default=None, description="this query's ε (pure DP, Laplace noise); or give rho"
+    )
+    rho: Epsilon | Absent = Field(
+        default=None, description="this query's ρ (zCDP, Gaussian noise), with fixed_delta"
+    )
+    fixed_delta: PositiveDelta | Absent = Field(
+        default=None, description="with rho: the δ at which the ε charged is read"
+    )
     alpha: float | Absent = Field(
         default=None, gt=0, lt=1, description="the level of the accuracy returned (0.05)"
     )

@@ -38,10 +38,11 @@ import itertools
 import json
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+import opendp.combinators as combinators
 import opendp.measurements as measurements
 import opendp.measures as measures
 import opendp.metrics as metrics
@@ -70,7 +71,7 @@ from chalicelib.models import (
 enable_features("contrib")  # as the CSV OpenDP engine; never honest-but-curious
 
 NAME = "opendp_polars"
-FIELDS = {"plan", "epsilon", "alpha"}  # besides the engines' COMMON_FIELDS
+FIELDS = {"plan", "epsilon", "rho", "fixed_delta", "alpha"}  # besides COMMON_FIELDS
 MAX_LENGTH_FACTOR = 10  # the margin's max_length is this many times the metadata's rows
 MAX_KEYS_PRODUCT = 10_000  # public key combinations of one group_by
 MAX_RESULT_ROWS = MAX_KEYS_PRODUCT
@@ -255,7 +256,9 @@ def _calibrate(metadata: dict[str, Any], request: PolarsRequest) -> Calibration:
         _lazyframe_domain_from_schema(pl.Schema(schema)),
         Margin(by=[], max_length=max_length(metadata)),
     )
-    metric, measure = metrics.symmetric_distance(), measures.max_divergence()
+    zcdp = request.rho is not None
+    metric = metrics.symmetric_distance()
+    measure = measures.zero_concentrated_divergence() if zcdp else measures.max_divergence()
 
     def make(scale: float) -> Any:
         return measurements.make_private_lazyframe(
@@ -266,39 +269,51 @@ def _calibrate(metadata: dict[str, Any], request: PolarsRequest) -> Calibration:
         unit = make(1.0)
     except Exception as exc:  # a column, type or step OpenDP cannot make private
         raise InvalidQuery(f"plan: OpenDP refused it: {_describe(exc)}") from exc
-    d_in, d_out = int(metadata["max_ids"]), float_down(request.epsilon)
+    target = request.rho if request.rho is not None else request.epsilon
+    assert target is not None  # parse() sets exactly one
+    d_in, d_out = int(metadata["max_ids"]), float_down(target)
     try:
-        measurement, scale = _search(make, unit, d_in, d_out)
-        loss = measurement.map(d_in)
+        measurement, scale = _search(make, unit, d_in, d_out, power=2 if zcdp else 1)
         summary = summarize_polars_measurement(measurement, request.alpha)
+        if zcdp:  # the ledger is (ε, δ): ε read off the zCDP curve at the fixed δ
+            curve = combinators.make_zCDP_to_approxDP(measurement)
+            assert request.fixed_delta is not None
+            fixed: Any = combinators.make_fix_delta(curve, float_down(request.fixed_delta))
+            epsilon, delta = fixed.map(d_in)
+        else:
+            epsilon, delta = measurement.map(d_in), 0
     except Exception as exc:
+        name = "rho" if zcdp else "epsilon"
         raise EngineRefused(
-            f"no noise scale gives epsilon {format_decimal(request.epsilon)} at "
-            f"d_in={d_in}: {_describe(exc)}"
+            f"no noise scale gives {name} {format_decimal(target)} at d_in={d_in}: {_describe(exc)}"
         ) from exc
-    if isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
-        raise EngineRefused(f"the privacy map gives no finite loss at d_in={d_in}")
+    for loss in (epsilon, delta):
+        if isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
+            raise EngineRefused(f"the privacy map gives no finite loss at d_in={d_in}")
     try:  # a dry run on no rows: Polars checks the expressions' types only when it runs
         measurement(pl.LazyFrame(schema=schema)).collect()
     except Exception as exc:
         raise InvalidQuery(f"plan: Polars refused it: {_describe(exc)}") from exc
-    cost = PrivacyCost(epsilon=exact_decimal(float(loss)), delta=Decimal(0))
+    cost = PrivacyCost(epsilon=exact_decimal(float(epsilon)), delta=exact_decimal(float(delta)))
+    if request.fixed_delta is not None and cost.delta <= request.fixed_delta:
+        cost = replace(cost, delta=request.fixed_delta)  # the δ requested, never below the map's
     return Calibration(measurement, scale, cost, [_plain_row(r) for r in summary.to_dicts()])
 
 
-def _search(make: Any, unit: Any, d_in: int, d_out: float) -> tuple[Any, float]:
+def _search(make: Any, unit: Any, d_in: int, d_out: float, power: int = 1) -> tuple[Any, float]:
     """The measurement (and its global scale) whose loss at ``d_in`` is at most ``d_out``.
 
-    Every mechanism the grammar allows (Laplace noise on counts, sums and means, the
-    exponential mechanism of quantiles) has a pure-DP loss proportional to 1/scale, so the
-    scale ``loss(1) / d_out`` is tried first and, if rounding puts it a hair above
+    Every mechanism the grammar allows has a loss proportional to 1/scale^power: pure DP
+    (Laplace noise on counts, sums and means, the exponential mechanism of quantiles),
+    power 1; zCDP (Gaussian noise), ρ ∝ 1/scale², power 2. So the scale
+    ``(loss(1) / d_out)^(1/power)`` is tried first and, if rounding puts it a hair above
     ``d_out``, nudged up a few ulps: two or three builds instead of OpenDP's ~100-step
     binary search (``LazyFrameQuery.resolve``), which remains the fallback. Whatever the
     route, the map of the measurement returned is checked to be at most ``d_out``.
     """
     at_one = float(unit.map(d_in))
     if math.isfinite(at_one) and at_one > 0:
-        scale = at_one / d_out
+        scale = (at_one / d_out) ** (1 / power)
         for _ in range(4):
             candidate = make(scale)
             if candidate.map(d_in) <= d_out:
@@ -357,28 +372,35 @@ def bound_persons(frame: pl.DataFrame, id_column: str, max_ids: int) -> pl.DataF
 # --- the engine -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PolarsRequest:
-    """A checked Polars request: the canonical plan (JSON text), ε per query, α."""
+    """A checked Polars request: the canonical plan (JSON text), the loss per query, α.
+
+    Exactly one of ``epsilon`` (pure DP, Laplace) and ``rho`` (zCDP, Gaussian; charged at
+    ``fixed_delta``) is set.
+    """
 
     plan_json: str
-    epsilon: Decimal
+    epsilon: Decimal | None
     alpha: float
+    rho: Decimal | None = None
+    fixed_delta: Decimal | None = None
 
     @property
     def digest(self) -> str:
-        text = json.dumps(
-            [self.plan_json, format_decimal(self.epsilon), repr(self.alpha)],
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()
 
     def steps(self) -> list[dict[str, Any]]:
         steps: list[dict[str, Any]] = json.loads(self.plan_json)
         return steps
 
     def canonical(self) -> dict[str, Any]:
+        def text(value: Decimal | None) -> str | None:
+            return None if value is None else format_decimal(value)
+
         return {
             "plan": self.steps(),
-            "epsilon": format_decimal(self.epsilon),
+            "epsilon": text(self.epsilon),
+            "rho": text(self.rho),
+            "fixed_delta": text(self.fixed_delta),
             "alpha": self.alpha,
         }
 
@@ -393,11 +415,28 @@ class PolarsEngine:
         if "plan" not in body:
             raise InvalidRequest("plan is required (the client's opendp.context sends it)")
         steps = check_plan(body["plan"])
-        epsilon = validation.epsilon(body.get("epsilon"))
+        epsilon = rho = fixed_delta = None
+        if (body.get("epsilon") is None) == (body.get("rho") is None):
+            raise InvalidRequest(
+                "give exactly one of epsilon (pure DP, Laplace noise) and rho (zCDP, "
+                "Gaussian noise, with fixed_delta): this query's privacy loss"
+            )
+        if body.get("epsilon") is not None:
+            epsilon = validation.epsilon(body["epsilon"])
+            if body.get("fixed_delta") is not None:
+                raise InvalidRequest("fixed_delta applies only to a rho (zCDP) query")
+        else:
+            rho = validation.epsilon(body["rho"], "rho")
+            if body.get("fixed_delta") is None:
+                raise InvalidRequest(
+                    "fixed_delta is required with rho: the δ at which the ε charged is read "
+                    "off the zCDP curve"
+                )
+            fixed_delta = validation.delta(body["fixed_delta"], "fixed_delta", positive=True)
         alpha = body.get("alpha", DEFAULT_ALPHA)
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
             raise InvalidRequest("alpha must be a number in (0, 1) (the accuracy's level)")
-        return PolarsRequest(canonical_text(steps), epsilon, float(alpha))
+        return PolarsRequest(canonical_text(steps), epsilon, float(alpha), rho, fixed_delta)
 
     def cost(self, dataset: Dataset, request: PolarsRequest) -> PrivacyCost:
         return calibrate(dataset.metadata, request).cost

@@ -433,11 +433,15 @@ class OpenDP:
         columns = [str(name) for name in self._client.metadata()["columns"]]
         return input_space(columns, column)
 
-    def context(self, privacy_loss: float, split_evenly_over: int = 1) -> PolarsContext:
-        """OpenDP's Polars ``Context`` on this dataset (needs ``polars``: the ``opendp`` extra).
+    def context(
+        self, privacy_loss: Any, split_evenly_over: int = 1, fixed_delta: float | None = None
+    ) -> PolarsContext:
+        """OpenDP's Polars ``Context`` on this dataset (needs the ``polars`` extra).
 
-        ``privacy_loss`` is the ε of all the context's queries together, split evenly over
-        ``split_evenly_over`` of them, as in ``dp.Context.compositor``; its LazyFrame is empty
+        ``privacy_loss`` is the loss of all the context's queries together, split evenly over
+        ``split_evenly_over`` of them, as in ``dp.Context.compositor``: ε (a number or
+        ``dp.loss_of(epsilon=...)``, Laplace noise) or ``dp.loss_of(rho=...)`` (zCDP,
+        Gaussian noise; charged as (ε, δ) read at ``fixed_delta``). Its LazyFrame is empty
         with the dataset's schema (from the metadata), so ``query().summarize()`` is free and
         local, while ``cost()`` and ``release()`` ask the server (engine ``opendp_polars``)::
 
@@ -446,7 +450,9 @@ class OpenDP:
                 .fill_null(45.0).dp.mean((30.0, 65.0)))
             q.summarize(alpha=0.05); q.cost(); q.release(dummy=True); q.release()
         """
-        return PolarsContext(self._client, self._client.metadata(), privacy_loss, split_evenly_over)
+        return PolarsContext(
+            self._client, self._client.metadata(), privacy_loss, split_evenly_over, fixed_delta
+        )
 
     def cost(self, measurement: Any, fixed_delta: Amount | None = None) -> Cost:
         """The price of ``measurement``: its privacy map at the dataset's ``max_ids``; free.

@@ -221,8 +221,9 @@ class PolarsContext:
         self,
         client: Client,
         metadata: dict[str, Any],
-        epsilon: float,
+        privacy_loss: Any,
         split_evenly_over: int,
+        fixed_delta: float | None = None,
     ) -> None:
         import opendp.prelude as dp
         import polars as pl
@@ -233,14 +234,31 @@ class PolarsContext:
         dp.enable_features("contrib")
         self._client = client
         self.metadata = metadata
-        self.epsilon_per_query = float(epsilon) / split_evenly_over
+        # ε (a number, or dp.loss_of(epsilon=...)) or ρ (dp.loss_of(rho=...)): pure DP or zCDP
+        if isinstance(privacy_loss, tuple):
+            measure, value = privacy_loss
+            if measure == dp.zero_concentrated_divergence():
+                self.loss_field, total = "rho", float(value)
+            elif measure == dp.max_divergence():
+                self.loss_field, total = "epsilon", float(value)
+            else:
+                raise ValueError(
+                    f"{measure}: use dp.loss_of(epsilon=...) (pure DP) or dp.loss_of(rho=...) "
+                    "(zCDP); with public group keys no δ is needed for thresholds"
+                )
+        else:
+            self.loss_field, total = "epsilon", float(privacy_loss)
+        if (self.loss_field == "rho") != (fixed_delta is not None):
+            raise ValueError("fixed_delta is required with rho (zCDP), and only then")
+        self.fixed_delta = fixed_delta
+        self.loss_per_query = total / split_evenly_over
         self.queries_left = split_evenly_over
         self.lazyframe = pl.LazyFrame(schema=schema_of(metadata))
         margin = Margin(by=[], max_length=MAX_LENGTH_FACTOR * int(metadata["rows"]))
         self.context = dp.Context.compositor(
             data=self.lazyframe,
             privacy_unit=dp.unit_of(contributions=int(metadata["max_ids"])),
-            privacy_loss=dp.loss_of(epsilon=float(epsilon)),
+            privacy_loss=dp.loss_of(**{self.loss_field: total}),
             split_evenly_over=split_evenly_over,
             margins=[margin],
         )
@@ -276,12 +294,15 @@ class PolarsQuery:
 
     def body(self, alpha: float = 0.05) -> dict[str, Any]:
         """The request body (engine ``opendp_polars``)."""
-        return {
+        body: dict[str, Any] = {
             "engine": OPENDP_POLARS,
             "plan": self.plan(),
-            "epsilon": self._context.epsilon_per_query,
+            self._context.loss_field: self._context.loss_per_query,
             "alpha": alpha,
         }
+        if self._context.fixed_delta is not None:
+            body["fixed_delta"] = self._context.fixed_delta
+        return body
 
     def _with_public_keys(self) -> Any:
         """The query as the server runs it: a group_by joined to its public keys."""

@@ -533,8 +533,18 @@ def polars_plans(draw: st.DrawFn) -> dict[str, Any]:
     aggs = [_fn("alias", a, name=f"a{i}") for i, a in enumerate(aggs)]
     keys = draw(st.sampled_from([None, None, ["cat"], ["flag"], ["cat", "flag"], ["txt"]]))
     steps.append({"select": aggs} if keys is None else {"group_by": keys, "agg": aggs})
-    epsilon = draw(st.sampled_from([1e-9, 0.5, 1.0, 1e6]))
-    return {"engine": "opendp_polars", "plan": steps, "epsilon": epsilon}
+    loss = draw(
+        st.sampled_from(
+            [
+                {"epsilon": 1e-9},
+                {"epsilon": 0.5},
+                {"epsilon": 1e6},
+                {"rho": 0.5, "fixed_delta": 1e-6},  # zCDP: Gaussian noise
+                {"rho": 1e-9, "fixed_delta": 1e-9},
+            ]
+        )
+    )
+    return {"engine": "opendp_polars", "plan": steps, **loss}
 
 
 def run_polars(tally: Counter[str], examples: int) -> None:

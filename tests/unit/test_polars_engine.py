@@ -39,8 +39,8 @@ class _NoServer:
     """The client half alone: a context needs a client only for cost() and release()."""
 
 
-def context(epsilon: float = 1.0, split: int = 1) -> PolarsContext:
-    return PolarsContext(_NoServer(), META, epsilon, split)  # type: ignore[arg-type]
+def context(epsilon: Any = 1.0, split: int = 1, fixed_delta: float | None = None) -> PolarsContext:
+    return PolarsContext(_NoServer(), META, epsilon, split, fixed_delta)  # type: ignore[arg-type]
 
 
 QUERIES: dict[str, Any] = {
@@ -60,7 +60,7 @@ QUERIES: dict[str, Any] = {
 }
 
 
-def researchers_measurement(query: Any, scale: float) -> Any:
+def researchers_measurement(query: Any, scale: float, measure: Any = None) -> Any:
     """OpenDP's measurement of the researcher's own query (their Polars objects) at ``scale``."""
     local = query._with_public_keys()
     plan = object.__getattribute__(local, "polars_plan")
@@ -74,7 +74,11 @@ def researchers_measurement(query: Any, scale: float) -> Any:
         dp.polars.Margin(by=[], max_length=max_length(META)),
     )
     return dp.m.make_private_lazyframe(
-        domain, dp.symmetric_distance(), dp.max_divergence(), plan, global_scale=scale
+        domain,
+        dp.symmetric_distance(),
+        measure or dp.max_divergence(),
+        plan,
+        global_scale=scale,
     )
 
 
@@ -122,6 +126,29 @@ def test_each_query_is_charged_exactly_the_privacy_map_of_the_researchers_own_qu
     assert result["type"] == "table" and len(result["records"]) >= 1
     released = [row["column"] for row in result["accuracy"]["columns"]]
     assert set(released) <= set(result["columns"]) and result["accuracy"]["alpha"] == 0.05
+
+
+@pytest.mark.parametrize("name", ["count", "group-by mean, public keys", "sum"])
+def test_a_zcdp_query_is_charged_epsilon_at_the_fixed_delta_of_the_researchers_own_query(
+    service: Service, store: MemoryStore, name: str
+) -> None:
+    """ρ per query (Gaussian noise), charged (ε read off the zCDP curve at δ, δ)."""
+    zcdp = context(dp.loss_of(rho=0.1), split=2, fixed_delta=1e-6)
+    query = QUERIES[name](zcdp.query())
+    body = query.body()
+    assert body["rho"] == 0.05 and body["fixed_delta"] == 1e-6 and "epsilon" not in body
+    calibration = calibrate(META, ENGINE.parse(body))
+    theirs = researchers_measurement(query, calibration.scale, dp.zero_concentrated_divergence())
+    assert theirs.map(1) <= 0.05  # ρ calibrated to the ρ asked
+    epsilon, delta = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(theirs), 1e-6).map(1)
+    assert calibration.cost == PrivacyCost(epsilon=exact_decimal(epsilon), delta=Decimal("1e-6"))
+    assert delta <= 1e-6
+    answer = service.query("alice", "PENGUIN", {**body, "query_id": f"q-zcdp-{len(name)}"})
+    assert answer["cost"] == {"epsilon": str(charge(exact_decimal(epsilon))), "delta": "0.000001"}
+    assert {row["distribution"] for row in answer["result"]["accuracy"]["columns"]} <= {
+        "Integer Gaussian",
+        "Float Gaussian",
+    }
 
 
 def test_a_group_by_releases_exactly_the_public_keys_in_order_with_their_accuracy() -> None:
@@ -283,12 +310,28 @@ def test_a_dummy_run_is_free_and_returns_a_table(service: Service, store: Memory
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("epsilon", 0), ("epsilon", "lots"), ("alpha", 1.5), ("alpha", True), ("scale", 1.0)],
+    [
+        ("epsilon", 0),
+        ("epsilon", "lots"),
+        ("epsilon", None),  # no loss at all
+        ("alpha", 1.5),
+        ("alpha", True),
+        ("scale", 1.0),
+        ("rho", 0.5),  # both ε and ρ
+        ("fixed_delta", 1e-6),  # δ with a pure-DP query
+    ],
 )
 def test_bad_privacy_parameters_are_400_invalid_request(field: str, value: Any) -> None:
     body = {**context().query().select(dp.len()).body(), field: value}
     with pytest.raises(InvalidRequest):
         ENGINE.parse(body)
+
+
+def test_rho_needs_fixed_delta_in_range() -> None:
+    plan = context().query().select(dp.len()).plan()
+    for extra in ({}, {"fixed_delta": 0}, {"fixed_delta": 1}):
+        with pytest.raises(InvalidRequest):
+            ENGINE.parse({"plan": plan, "rho": 0.5, **extra})
 
 
 # --- the client's translation -------------------------------------------------------------------
