@@ -62,11 +62,13 @@ def test_the_prefix_runs_once_per_dataset_version_whatever_the_number_of_release
         lambda: laplace_count(scale=TINY),
         lambda: species_histogram(scale=TINY),
         lambda: bill_length() >> dp.t.then_sum() >> dp.m.then_laplace(TINY),
-        lambda: space("study_year")
-        >> dp.t.then_cast_default(int)
-        >> dp.t.then_clamp((2000, 2010))
-        >> dp.t.then_sum()
-        >> dp.m.then_laplace(TINY),
+        lambda: (
+            space("study_year")
+            >> dp.t.then_cast_default(int)
+            >> dp.t.then_clamp((2000, 2010))
+            >> dp.t.then_sum()
+            >> dp.m.then_laplace(TINY)
+        ),
     ],
 )
 def test_the_rest_of_the_chain_on_the_prepared_column_releases_what_the_whole_pipeline_does(
