@@ -72,9 +72,18 @@ def main() -> None:
     print(second.result.to_string(index=False))
     print(f"  charged {show_cost(second.cost)}  (query_id {second.query_id})")
 
-    section("7. Remaining budget")
+    section("7. Async query: submitted detached, its progress shown while it runs")
+    job = client.sql.query(group_sql, epsilon, delta, wait=False)
+    status = job.status()
+    print(f"  submitted {job.query_id}: {status.state}, phase {status.phase}")
+    print(f"  debited at submission: {show_cost(status.cost)}", flush=True)
+    third = job.wait(progress=True)  # a tqdm bar on stderr: phase and fraction done
+    print(third.result.to_string(index=False))
+    print(f'  reattach from anywhere: client.job("{job.query_id}", dataset="PENGUIN")')
+
+    section("8. Remaining budget")
     after = client.budget()
-    spent_here = first.cost + second.cost
+    spent_here = first.cost + second.cost + third.cost
     print(f"  initial   {show_cost(after.initial)}")
     print(f"  spent     {show_cost(after.spent)}")
     print(f"  remaining {show_cost(after.remaining)}")
@@ -84,14 +93,14 @@ def main() -> None:
     if not exact:
         raise SystemExit("budget arithmetic does not match")
 
-    section("8. History (the archive of my releases)")
+    section("9. History (the archive of my releases)")
     for record in client.history():
         print(
             f"  {record.created_at:%H:%M:%S}  {record.state:<8} {show_cost(record.cost):<44} "
             f"{record.request.get('query', '')[:60]}"
         )
 
-    section("9. Replay: the same query_id again is free and returns the archived answer")
+    section("10. Replay: the same query_id again is free and returns the archived answer")
     replay = client.sql.query(group_sql, epsilon, delta, query_id=second.query_id)
     unchanged = client.budget().remaining == after.remaining
     print(

@@ -210,6 +210,7 @@ _JOB_ERROR_STATUS: dict[str, int] = {
     "result_too_large": 422,
     "internal_error": 500,
     "dataset_unavailable": 503,
+    "worker_unavailable": 503,
     "interrupted": 409,
 }
 
