@@ -72,18 +72,24 @@ def main() -> None:
     print(second.result.to_string(index=False))
     print(f"  charged {show_cost(second.cost)}  (query_id {second.query_id})")
 
-    section("7. Async query: submitted detached, its progress shown while it runs")
-    job = client.sql.query(group_sql, epsilon, delta, wait=False)
+    section("7. A longer query, detached: SYNTHETIC (200,000 rows), its progress while it runs")
+    synthetic = Client(dataset="SYNTHETIC")
+    slow_sql = "SELECT region, COUNT(*) AS n, AVG(income) AS income FROM df GROUP BY region"
+    synthetic_before = synthetic.budget().remaining
+    job = synthetic.sql.query(slow_sql, epsilon, delta, wait=False)  # answered at once (202)
     status = job.status()
     print(f"  submitted {job.query_id}: {status.state}, phase {status.phase}")
     print(f"  debited at submission: {show_cost(status.cost)}", flush=True)
-    third = job.wait(progress=True)  # a tqdm bar on stderr: phase and fraction done
-    print(third.result.to_string(index=False))
-    print(f'  reattach from anywhere: client.job("{job.query_id}", dataset="PENGUIN")')
+    third = job.wait(progress=True)  # a tqdm bar on stderr: the phase and the fraction done
+    print(third.result.head(5).to_string(index=False))
+    debited = synthetic_before - synthetic.budget().remaining
+    print(f"  SYNTHETIC budget debited once, exactly the cost: {debited == third.cost}")
+    print(f'  (reattach from anywhere: client.job("{job.query_id}", dataset="SYNTHETIC"))')
+    synthetic.close()
 
     section("8. Remaining budget")
     after = client.budget()
-    spent_here = first.cost + second.cost + third.cost
+    spent_here = first.cost + second.cost
     print(f"  initial   {show_cost(after.initial)}")
     print(f"  spent     {show_cost(after.spent)}")
     print(f"  remaining {show_cost(after.remaining)}")

@@ -48,10 +48,12 @@ class ProgressBar:
             self._fraction = max(self._fraction, status.progress)
         stage = status.phase if status.state == "running" and status.phase else status.state
         desc = f"{self._label} {stage:<9}"
-        bar = self._draw(desc)
-        bar.set_description_str(desc, refresh=False)
-        bar.n = self._fraction
-        bar.refresh()
+        if self._bar is None:  # its first frame is this status
+            self._bar = self._draw(desc, self._fraction)
+            return
+        self._bar.set_description_str(desc, refresh=False)
+        self._bar.n = self._fraction
+        self._bar.refresh()
 
     def close(self) -> None:
         """End the bar's line (it stays on screen)."""
@@ -59,18 +61,16 @@ class ProgressBar:
             self._bar.close()
             self._bar = None
 
-    def _draw(self, desc: str) -> tqdm[Any]:
-        if self._bar is not None:
-            return self._bar
+    def _draw(self, desc: str, fraction: float) -> tqdm[Any]:
         from tqdm import tqdm
 
         bar: tqdm[Any] = tqdm(
             desc=desc,
+            initial=fraction,
             total=1.0,
             file=self._stream if self._stream is not None else sys.stderr,
             bar_format=BAR_FORMAT,
             mininterval=0,
             leave=True,
         )
-        self._bar = bar
         return bar

@@ -7,7 +7,6 @@ exact, a fresh client reattaches by id, and Ctrl-C while waiting leaves the job 
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +29,8 @@ def researcher(make_researcher):  # type: ignore[no-untyped-def]
 
 
 def connect(stack: Any, token: str, **options: Any) -> Client:
-    return Client(url=stack.api_url, token=token, dataset="PENGUIN", **options)
+    options.setdefault("dataset", "PENGUIN")
+    return Client(url=stack.api_url, token=token, **options)
 
 
 def test_a_detached_query_is_debited_once_at_submission_and_waits_to_its_result(
@@ -39,9 +39,7 @@ def test_a_detached_query_is_debited_once_at_submission_and_waits_to_its_result(
     with connect(stack, researcher.token) as client:
         price = client.sql.cost(GROUP, 0.5, 1e-5)
         before = client.budget().remaining
-        started = time.perf_counter()
         job = client.sql.query(GROUP, 0.5, 1e-5, wait=False)
-        submitted = time.perf_counter() - started
         assert isinstance(job, Job) and job.dataset == "PENGUIN"
         # the debit happened at submission, before anyone waits
         assert client.budget().remaining == before - price
@@ -54,7 +52,6 @@ def test_a_detached_query_is_debited_once_at_submission_and_waits_to_its_result(
         assert job.status().state == "done" and job.status().finished
         assert client.budget().remaining == before - price  # exactly one debit
         assert [q.state for q in client.history() if q.query_id == job.query_id] == ["done"]
-    assert submitted < 30  # an answer at submission, not at the end of the job
 
 
 def test_a_fresh_client_reattaches_by_id_and_collects_for_free(stack: Any, researcher: Any) -> None:

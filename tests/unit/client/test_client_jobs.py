@@ -337,8 +337,7 @@ def test_the_progress_bar_shows_each_phase_and_the_fraction_on_stderr(
     assert all(shown), frames  # every frame: label, phase, percentage, bar, elapsed
     stages = [(m.group("stage"), int(m.group("percent"))) for m in shown if m]
     assert stages == [
-        ("queued", 0),
-        ("queued", 0),
+        ("queued", 0),  # the first poll: one frame, not an empty one before it
         ("loading", 0),
         ("running", 50),
         ("running", 50),  # no fraction given: the bar keeps what it showed
