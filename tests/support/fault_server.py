@@ -17,8 +17,22 @@ after-archive    the archive write succeeded; the answer has not been sent
 ===============  ============================================================================
 
 and the fault is ``raise`` (an exception the service did not expect) or ``kill``
-(``SIGKILL`` of this whole process: no ``finally``, no ``except``, no response). Queries
-with any other id run normally. Nothing here is importable from ``chalicelib`` or
+(``SIGKILL`` of this whole process: no ``finally``, no ``except``, no response). The last
+four steps need the engines in this process (``NEBLINA_WORKERS=inprocess``); with engine
+worker processes they happen there (``tests/support/fault_worker.py``).
+
+An async query (``"wait": false``) whose id names a job fault (:func:`job_fault_id`) hits
+it when the front hands the job to its worker (``service.workers.submit``):
+
+===============  ============================================================================
+job step         what happens
+===============  ============================================================================
+before-submit    ``SIGKILL`` after the debit and the queued record, before the hand-over
+after-submit     ``SIGKILL`` after the hand-over, before the 202 is sent
+deliver-twice    the job is handed over twice (a duplicated asynchronous delivery)
+===============  ============================================================================
+
+Queries with any other id run normally. Nothing here is importable from ``chalicelib`` or
 ``app.py``: production code has no hook; this file monkeypatches the objects at start-up.
 """
 
@@ -45,6 +59,7 @@ STEPS = (
     "after-archive",
 )
 ACTIONS = ("raise", "kill")
+JOB_STEPS = ("before-submit", "after-submit", "deliver-twice")
 
 
 class InjectedFault(RuntimeError):
@@ -57,9 +72,20 @@ def fault_id(step: str, action: str, suffix: str) -> str:
     return f"fi-{step}-{action}-{suffix}"
 
 
+def job_fault_id(step: str, suffix: str) -> str:
+    """A query id that hits the job fault ``step`` on this server."""
+    assert step in JOB_STEPS
+    return f"fj-{step}-{suffix}"
+
+
 def parse_fault(query_id: object) -> tuple[str, str] | None:
-    """(step, action) named by a query id, or None."""
-    if not isinstance(query_id, str) or not query_id.startswith("fi-"):
+    """(step, action) named by a query id, or None (a job fault's action is its step's)."""
+    if not isinstance(query_id, str):
+        return None
+    for step in JOB_STEPS:
+        if query_id.startswith(f"fj-{step}-"):
+            return step, "twice" if step == "deliver-twice" else "kill"
+    if not query_id.startswith("fi-"):
         return None
     for step in STEPS:
         for action in ACTIONS:
@@ -102,8 +128,7 @@ def install(service: Any) -> None:
 
     real_query = service.query
     real_reserve, real_finish = service.store.reserve, service.store.finish
-    real_load = service.loader.load
-    real_get_engine = service.engines.get
+    real_submit = service.workers.submit
 
     def query(user_id: str, name: str, body: object) -> Any:
         _current.fault = parse_fault(body.get("query_id") if isinstance(body, dict) else None)
@@ -129,9 +154,21 @@ def install(service: Any) -> None:
         if state is QueryState.DONE:
             strike("after-archive")
 
+    def submit(worker: str, payload: Any) -> None:
+        strike("before-submit")
+        real_submit(worker, payload)
+        if getattr(_current, "fault", None) == ("deliver-twice", "twice"):
+            real_submit(worker, payload)
+        strike("after-submit")
+
     service.query = query
     service.store.reserve = reserve
     service.store.finish = finish
+    service.workers.submit = submit
+    if getattr(service, "local", None) is None:
+        return  # the engines run in worker processes: their steps are fault_worker.py's
+    real_load = service.loader.load
+    real_get_engine = service.engines.get
     service.loader.load = load
     service.engines.get = lambda name: _FaultyEngine(real_get_engine(name))
 
