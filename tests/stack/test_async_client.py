@@ -111,3 +111,18 @@ def test_an_opendp_pipeline_runs_detached_with_its_exact_cost(stack: Any, resear
         assert isinstance(answer.result, int)
         assert answer.cost == Cost(epsilon=Decimal("0.5"), delta=Decimal(0))
         assert client.budget().remaining == before - answer.cost
+
+
+def test_resending_a_detached_submission_follows_the_same_job_and_pays_once(
+    stack: Any, researcher: Any
+) -> None:
+    # Its first answer lost, say: the resend (same id, same query) gets the same job back,
+    # whether it is still running (409 query_in_progress) or already done (200, replayed).
+    with connect(stack, researcher.token) as client:
+        before = client.budget().remaining
+        job = client.sql.query(COUNT, 0.5, 1e-5, wait=False)
+        again = client.sql.query(COUNT, 0.5, 1e-5, query_id=job.query_id, wait=False)
+        assert again.query_id == job.query_id
+        first, second = job.wait(progress=False), again.wait(progress=False)
+        assert first.result.equals(second.result)
+        assert client.budget().remaining == before - first.cost
