@@ -52,7 +52,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import StaticPool
 
 from chalicelib import validation
-from chalicelib.datasets import LoadedDataset, coerce_types, metadata_digest
+from chalicelib.datasets import LoadedDataset, coerce_types
 from chalicelib.engines import COMMON_FIELDS, sql_policy
 from chalicelib.errors import EngineRefused, InvalidQuery, InvalidRequest
 from chalicelib.lru import LruCache
@@ -65,6 +65,7 @@ from chalicelib.models import (
     exact_decimal,
     float_down,
     format_decimal,
+    metadata_digest,
 )
 from chalicelib.wire_tables import frame_to_table
 
