@@ -140,3 +140,76 @@ def test_a_polars_release_carries_the_noise_its_charge_implies(
     else:
         with pytest.raises(AssertionError, match="less noise than a charge"):
             check_noise_matches_charge(released, TRUE_COUNT, charged, d_in)
+
+
+# --- zCDP (Gaussian noise) on engine opendp_polars ----------------------------------------------
+# A ρ charge for a count (sensitivity d_in) promises discrete Gaussian noise of σ ≥
+# d_in / sqrt(2ρ). The check uses S = Σ X_i² and the same one-sided Bernstein bound on
+# non-negative variables with E[X²] = m2 and E[X⁴] = m4 (exact sums over the distribution):
+# it fails when S < N·m2 − sqrt(2·N·m4·ln(10⁶)), so a release noised as charged fails with
+# probability below 1e-6; a Chernoff bound (exact MGF of X²) bounds a half-σ pass.
+GAUSS_RHO = 0.125  # σ = 2 at d_in = 1
+GAUSS_RELEASES = 400
+
+
+def discrete_gaussian_moments(sigma: float, theta: float = 0.0) -> tuple[float, float, float]:
+    """(E[X²], E[X⁴], E[exp(θ X²)]) of the discrete Gaussian, P(X = k) ∝ exp(−k²/2σ²)."""
+    support = range(-int(40 * sigma) - 40, int(40 * sigma) + 41)
+    weights = [math.exp(-(k * k) / (2 * sigma * sigma)) for k in support]
+    norm = sum(weights)
+    m2 = sum(k**2 * w for k, w in zip(support, weights, strict=True)) / norm
+    m4 = sum(k**4 * w for k, w in zip(support, weights, strict=True)) / norm
+    tilted = sum(math.exp(-(k * k) * (1 / (2 * sigma * sigma) - theta)) for k in support)
+    mgf = tilted / norm
+    return m2, m4, mgf
+
+
+def gaussian_threshold(sigma: float, releases: int) -> float:
+    m2, m4, _ = discrete_gaussian_moments(sigma)
+    return releases * m2 - math.sqrt(2 * releases * m4 * math.log(1 / FALSE_FAILURE))
+
+
+def gaussian_false_pass_bound(sigma: float, least: float, releases: int) -> float:
+    """Chernoff bound on P(Σ X_i² ≥ least) for discrete Gaussian noise of ``sigma``."""
+    log_best = 0.0
+    limit = 1 / (2 * sigma * sigma)  # the MGF of X² is finite for θ below this
+    for step in range(1, 180):  # θ up to 0.9 of the limit: the support still covers the tail
+        theta = step / 200 * limit
+        _, _, mgf = discrete_gaussian_moments(sigma, theta)
+        log_best = min(log_best, releases * math.log(mgf) - theta * least)
+    return math.exp(log_best)
+
+
+def test_the_gaussian_check_has_the_stated_error_rates() -> None:
+    sigma = 1 / math.sqrt(2 * GAUSS_RHO)
+    least = gaussian_threshold(sigma, GAUSS_RELEASES)
+    m2, _, _ = discrete_gaussian_moments(sigma)
+    assert 0 < least < GAUSS_RELEASES * m2
+    assert gaussian_false_pass_bound(sigma / 2, least, GAUSS_RELEASES) < FALSE_FAILURE
+    assert math.isclose(m2, sigma**2, rel_tol=1e-6)  # σ = 2: the lattice barely matters
+
+
+@pytest.mark.parametrize(
+    ("released_rho", "passes"),
+    [(GAUSS_RHO, True), (4 * GAUSS_RHO, False)],
+    ids=["polars-zcdp-noised-as-charged", "polars-zcdp-under-noised-half-sigma"],
+)
+def test_a_polars_zcdp_release_carries_the_gaussian_noise_its_charge_implies(
+    released_rho: float, passes: bool
+) -> None:
+    from chalicelib.engines.polars_engine import ENGINE as POLARS
+
+    def request(rho: float) -> Any:
+        plan = [{"select": [{"fn": "dp.len", "args": []}]}]
+        return POLARS.parse({"plan": plan, "rho": rho, "fixed_delta": 1e-6})
+
+    charged = request(GAUSS_RHO)
+    POLARS.cost(DATASET, charged)  # priced at ρ = 0.125 (σ ≥ 2)
+    sigma = META["max_ids"] / math.sqrt(2 * GAUSS_RHO)
+    released_by, data = request(released_rho), loaded()
+    squares = sum(
+        (POLARS.execute(data, released_by)["records"][0]["len"] - TRUE_COUNT) ** 2
+        for _ in range(GAUSS_RELEASES)
+    )
+    least = gaussian_threshold(sigma, GAUSS_RELEASES)
+    assert (squares >= least) is passes, (squares, least)
