@@ -1,17 +1,19 @@
 # Least privilege, one role per function. Every resource is named; "*" appears only for
-# the X-Ray actions, which have no resource-level permissions.
+# the X-Ray actions, which have no resource-level permissions. The workers' roles are in
+# workers.tf.
 #
-# What the code calls (tests/test_package_lambda.py records the calls the packaged
+# What the code calls (tests/deploy/test_package_lambda.py records the calls the packaged
 # functions make against the emulator and checks each is allowed here):
 #   authorizer: GetItem on tokens and users; UpdateItem on tokens (the last use, at most
 #   once a minute per token).
-#   API: GetItem on datasets; GetItem/UpdateItem on caps (a debit on a capped dataset
-#   also debits its cap); GetItem/Query/UpdateItem on grants; GetItem/PutItem/
+#   API (the front): GetItem on datasets; GetItem/UpdateItem on caps (a debit on a capped
+#   dataset also debits its cap); GetItem/Query/UpdateItem on grants; GetItem/PutItem/
 #   UpdateItem on queries and Query on its by_owner index (a debit is one
-#   TransactWriteItems, which IAM checks as its PutItem/UpdateItem parts); UpdateItem on
-#   ratelimits (the per-user counters); GetObject on the datasets bucket (datasets, and
-#   archived results when a query or record is read); PutObject on its archive/ prefix
-#   only (results over NEBLINA_INLINE_RESULT_BYTES, written before their record).
+#   TransactWriteItems, which IAM checks as its PutItem/UpdateItem parts; a job whose hand-over
+#   failed is refunded the same way); UpdateItem on ratelimits (the per-user counters);
+#   GetObject under the datasets bucket's archive/ prefix only (results a worker wrote
+#   there, read back for the researcher: the front never reads a dataset's rows);
+#   lambda:InvokeFunction on the workers only.
 
 data "aws_iam_policy_document" "lambda_assume" {
   statement {
@@ -67,19 +69,17 @@ data "aws_iam_policy_document" "api" {
     resources = ["${aws_dynamodb_table.neblina["queries"].arn}/index/by_owner"]
   }
   statement {
-    sid     = "ReadDatasetObjects"
-    actions = ["s3:GetObject"]
-    resources = concat(
-      ["${aws_s3_bucket.neblina["datasets"].arn}/*"],
-      [for arn in var.extra_dataset_bucket_arns : "${arn}/*"],
-    )
+    # Results a worker archived in S3 (too large for a queries item), read back for the
+    # researcher. The rows of a dataset are read by the workers only.
+    sid       = "ReadArchivedResults"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.neblina["datasets"].arn}/archive/*"]
   }
   statement {
-    # Results too large for a queries item (chalicelib/result_overflow.py), create-only; nothing
-    # else in the bucket is writable. Reading them back is ReadDatasetObjects.
-    sid       = "ArchiveLargeResults"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.neblina["datasets"].arn}/archive/*"]
+    # Prices and waited-for queries (RequestResponse), jobs (Event): the workers only.
+    sid       = "InvokeWorkers"
+    actions   = ["lambda:InvokeFunction"]
+    resources = [for function in aws_lambda_function.worker : function.arn]
   }
   statement {
     sid       = "UseNeblinaKey"

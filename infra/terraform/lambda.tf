@@ -1,7 +1,8 @@
-# Two functions from two packages (scripts/package_lambda.py): the API (Chalice app.app,
-# pandas + SmartNoise + OpenDP) and the token authorizer (app.token_authorizer, ~1 MB:
-# Chalice's runtime, pynamodb and six chalicelib modules). Memory and timeouts: see the
-# measurements in infra/README.md.
+# The front: the API (Chalice app.app: routes, ledger, archive; ~1 MB, no pandas or DP
+# library) and the token authorizer (app.token_authorizer, ~1 MB: Chalice's runtime,
+# pynamodb and a few chalicelib modules), each from its package (scripts/package_lambda.py).
+# The engines run in the workers (workers.tf). Memory and timeouts: see the measurements in
+# infra/README.md.
 
 resource "aws_s3_object" "authorizer_package" {
   bucket      = aws_s3_bucket.neblina["artifacts"].id
@@ -14,7 +15,6 @@ resource "aws_s3_object" "authorizer_package" {
 resource "aws_s3_object" "api_package" {
   count = var.api_image_uri == null ? 1 : 0
 
-  # Over 50 MB zipped: Lambda takes it only from S3.
   bucket      = aws_s3_bucket.neblina["artifacts"].id
   key         = "lambda/api-${filesha256(var.api_package)}.zip"
   source      = var.api_package
@@ -38,11 +38,11 @@ resource "aws_cloudwatch_log_group" "authorizer" {
 
 resource "aws_lambda_function" "api" {
   # checkov:skip=CKV_AWS_116:API Gateway invokes synchronously; a dead-letter queue only receives failed asynchronous invocations.
-  # checkov:skip=CKV_AWS_117:The function reaches only DynamoDB, S3 and KMS through IAM-authenticated AWS endpoints; a VPC would add NAT or endpoint costs and no control.
+  # checkov:skip=CKV_AWS_117:The function reaches only DynamoDB, S3, Lambda and KMS through IAM-authenticated AWS endpoints; a VPC would add NAT or endpoint costs and no control.
   # checkov:skip=CKV_AWS_272:Code signing needs an AWS Signer profile chosen by the operator; the package is built reproducibly by `make package`.
   # checkov:skip=CKV_AWS_115:Concurrency is bounded by the stage throttling; reserving some is var.api_reserved_concurrency (off by default: accounts with a quota of 10 cannot reserve any).
   function_name = local.api_function_name
-  description   = "Neblina REST API (Chalice app.app)"
+  description   = "Neblina REST API, the front (Chalice app.app)"
   role          = aws_iam_role.api.arn
   architectures = ["x86_64"]
   memory_size   = var.api_memory_mb
@@ -61,7 +61,7 @@ resource "aws_lambda_function" "api" {
   reserved_concurrent_executions = var.api_reserved_concurrency == null ? -1 : var.api_reserved_concurrency
 
   environment {
-    variables = local.environment
+    variables = merge(local.environment, { NEBLINA_WORKERS = local.workers_config })
   }
 
   tracing_config {

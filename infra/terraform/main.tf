@@ -1,5 +1,6 @@
-# Neblina on AWS: DynamoDB tables, S3 buckets, two Lambda functions (API and token
-# authorizer), a REST API Gateway, least-privilege IAM, one KMS key. See infra/README.md.
+# Neblina on AWS: DynamoDB tables, S3 buckets, the front's two Lambda functions (API and
+# token authorizer), one Lambda function per engine worker with its dead-letter queue, a
+# REST API Gateway, least-privilege IAM, one KMS key. See infra/README.md.
 
 data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}

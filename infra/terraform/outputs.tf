@@ -24,11 +24,24 @@ output "kms_key_arn" {
 }
 
 output "function_names" {
-  description = "The two Lambda functions."
-  value = {
-    api        = aws_lambda_function.api.function_name
-    authorizer = aws_lambda_function.authorizer.function_name
-  }
+  description = "Every Lambda function, by package name (build/lambda/<name>.zip): api, authorizer, worker-<family>."
+  value = merge(
+    {
+      api        = aws_lambda_function.api.function_name
+      authorizer = aws_lambda_function.authorizer.function_name
+    },
+    { for family, function in aws_lambda_function.worker : "worker-${family}" => function.function_name },
+  )
+}
+
+output "worker_function_names" {
+  description = "The engine workers' functions, by family (what the front's NEBLINA_WORKERS names)."
+  value       = { for family, function in aws_lambda_function.worker : family => function.function_name }
+}
+
+output "worker_dead_letter_queue_url" {
+  description = "Jobs whose asynchronous invocation failed after its retries (request and error)."
+  value       = aws_sqs_queue.worker_dlq.url
 }
 
 output "admin_environment" {

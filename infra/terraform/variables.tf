@@ -19,6 +19,35 @@ variable "authorizer_package" {
   type        = string
 }
 
+variable "worker_packages" {
+  description = "Path of each worker's zip built by `make package`, by worker family: { sql = \"build/lambda/worker-sql.zip\", opendp = ... }."
+  type        = map(string)
+}
+
+variable "workers" {
+  description = "The engine workers (families of chalicelib/workers.py), one Lambda function each: memory (MB; 1,769 MB is one vCPU), timeout (s) and reserved concurrency (null: unreserved). See infra/README.md for the measurements behind the defaults."
+  type = map(object({
+    memory_mb            = number
+    timeout_seconds      = number
+    reserved_concurrency = optional(number)
+  }))
+  default = {
+    sql    = { memory_mb = 2048, timeout_seconds = 120 }
+    opendp = { memory_mb = 2048, timeout_seconds = 120 }
+  }
+}
+
+variable "worker_max_event_age_seconds" {
+  description = "How long Lambda keeps retrying a job (asynchronous invocation) before it goes to the dead-letter queue (60-21600). With the worker's timeout it must stay under the job lease."
+  type        = number
+  default     = 1800
+
+  validation {
+    condition     = var.worker_max_event_age_seconds >= 60 && var.worker_max_event_age_seconds <= 21600
+    error_message = "worker_max_event_age_seconds: Lambda accepts 60 to 21600."
+  }
+}
+
 variable "api_image_uri" {
   description = "ECR image URI of the API function (infra/docker/Dockerfile) for deployments that outgrow the 250 MB zip limit. Null: deploy the zip."
   type        = string

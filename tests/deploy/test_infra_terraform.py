@@ -249,18 +249,62 @@ def test_env_scan_finds_direct_and_helper_reads() -> None:
     assert "AWS_ENDPOINT_URL" in reads
 
 
-def test_every_variable_the_code_reads_is_set_on_both_functions(tf: dict) -> None:
+# Set on one kind of function only (on top of local.environment, which every function gets).
+FRONT_ONLY_VARIABLES = {"NEBLINA_WORKERS": "the front invokes the workers by these names"}
+WORKER_ONLY_VARIABLES = {"NEBLINA_WORKER": "each worker's family (chalicelib.worker)"}
+
+
+def test_every_variable_the_code_reads_is_set_on_the_functions(tf: dict) -> None:
     reads = env_reads(shipped_sources())
     environment = tf["locals"]["environment"]
+    own = {**FRONT_ONLY_VARIABLES, **WORKER_ONLY_VARIABLES}
     needed = {name: where for name, where in reads.items() if name not in NOT_ON_LAMBDA}
-    missing = {name: where for name, where in needed.items() if name not in environment}
+    missing = {name: where for name, where in needed.items() if name not in {*environment, *own}}
     assert not missing, f"read by the code but not set on the Lambda functions: {missing}"
-    unread = set(environment) - set(reads)
+    unread = {*environment, *own} - set(reads)
     assert not unread, f"set on the Lambda functions but read nowhere in the code: {unread}"
     assert not [k for k in environment if k.startswith("AWS_")], "AWS_* must not be set"
-    for name in ("api", "authorizer"):
-        function = tf["resource"]["aws_lambda_function"][name]
-        assert function["environment"] == [{"variables": "${local.environment}"}], name
+    functions = tf["resource"]["aws_lambda_function"]
+
+    def variables(function: str) -> str:
+        (block,) = functions[function]["environment"]
+        return str(block["variables"]).replace(" ", "")
+
+    assert variables("authorizer") == "${local.environment}"
+    assert variables("api") == "${merge(local.environment,{NEBLINA_WORKERS=local.workers_config})}"
+    assert variables("worker") == "${merge(local.environment,{NEBLINA_WORKER=each.key})}"
+
+
+def test_the_fronts_workers_map_names_each_worker_function(tf: dict) -> None:
+    from chalicelib.hop import workers_config
+
+    config = tf["locals"]["workers_config"]
+    assert "aws_lambda_function.worker" in config and "function.function_name" in config
+    # The shape chalicelib.hop reads: {"family": {"function": NAME}}
+    assert workers_config(json.dumps({"sql": {"function": "n-worker-sql"}})) == {
+        "sql": {"function": "n-worker-sql"}
+    }
+
+
+def test_one_worker_function_per_family_with_the_workers_handler(tf: dict) -> None:
+    from chalicelib import worker
+    from chalicelib.workers import families
+
+    declared = tf["variable"]["workers"]["default"]
+    assert set(declared) == families()
+    for family, settings in declared.items():
+        assert settings["memory_mb"] >= 1769, f"{family}: at least one vCPU"
+        assert settings["timeout_seconds"] <= 900, family
+    function = tf["resource"]["aws_lambda_function"]["worker"]
+    assert function["for_each"] == "${var.workers}"
+    assert function["handler"] == "chalicelib.worker.lambda_handler"
+    assert callable(worker.lambda_handler)
+    invoke = tf["resource"]["aws_lambda_function_event_invoke_config"]["worker"]
+    assert invoke["maximum_retry_attempts"] == 2
+    destination = invoke["destination_config"][0]["on_failure"][0]["destination"]
+    assert destination == "${aws_sqs_queue.worker_dlq.arn}"
+    queue = tf["resource"]["aws_sqs_queue"]["worker_dlq"]
+    assert queue["kms_master_key_id"] == "${local.kms_key_arn}"
 
 
 def test_store_is_dynamodb_and_limits_default_to_the_codes_defaults(tf: dict) -> None:
@@ -352,7 +396,7 @@ def statements(tf: dict, policy: str) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("policy", ["api", "authorizer"])
+@pytest.mark.parametrize("policy", ["api", "authorizer", "worker"])
 def test_policies_name_their_resources(tf: dict, policy: str) -> None:
     for statement in statements(tf, policy):
         assert all("*" not in action for action in statement["actions"]), statement
@@ -373,10 +417,49 @@ def test_authorizer_reads_only_tokens_and_users(tf: dict) -> None:
     assert tables == {"tokens", "users"}
 
 
-def test_api_cannot_touch_tokens_or_users(tf: dict) -> None:
-    text = json.dumps(statements(tf, "api"))
+@pytest.mark.parametrize("policy", ["api", "worker"])
+def test_api_and_workers_cannot_touch_tokens_or_users(tf: dict, policy: str) -> None:
+    text = json.dumps(statements(tf, policy))
     assert 'neblina[\\"tokens\\"]' not in text and 'neblina[\\"users\\"]' not in text
     assert "dynamodb:Scan" not in text and "dynamodb:DeleteItem" not in text
+
+
+def table_actions(tf: dict, policy: str) -> dict[str, set[str]]:
+    """{table kind: DynamoDB actions} a policy grants."""
+    out: dict[str, set[str]] = {}
+    for statement in statements(tf, policy):
+        for resource in statement["resources"]:
+            for kind in re.findall(r'aws_dynamodb_table\.neblina\["(\w+)"\]\.arn\}$', resource):
+                out.setdefault(kind, set()).update(statement["actions"])
+    return out
+
+
+def test_workers_only_run_finish_and_refund_the_records_the_front_reserved(tf: dict) -> None:
+    # No debit (PutItem), no table but queries and the refund's grants and caps.
+    assert table_actions(tf, "worker") == {
+        "queries": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        "grants": {"dynamodb:UpdateItem"},
+        "caps": {"dynamodb:UpdateItem"},
+    }
+    actions = {a for statement in statements(tf, "worker") for a in statement["actions"]}
+    assert "lambda:InvokeFunction" not in actions and "s3:DeleteObject" not in actions
+    writes = [s for s in statements(tf, "worker") if "s3:PutObject" in s["actions"]]
+    assert [w["resources"] for w in writes] == [
+        ['${aws_s3_bucket.neblina["datasets"].arn}/archive/*']
+    ]
+
+
+def test_the_front_invokes_the_workers_and_reads_no_dataset_rows(tf: dict) -> None:
+    api = statements(tf, "api")
+    (invoke,) = [s for s in api if "lambda:InvokeFunction" in s["actions"]]
+    assert invoke["actions"] == ["lambda:InvokeFunction"]
+    (workers,) = invoke["resources"]
+    assert workers.replace(" ", "") == "${[forfunctioninaws_lambda_function.worker:function.arn]}"
+    objects = [
+        r for s in api if any(a.startswith("s3:") for a in s["actions"]) for r in s["resources"]
+    ]
+    assert objects == ['${aws_s3_bucket.neblina["datasets"].arn}/archive/*']
+    assert not [s for s in api if "s3:PutObject" in s["actions"]]
 
 
 # --- the example root and the versions ----------------------------------------------------
@@ -394,6 +477,12 @@ def test_versions_and_example_root() -> None:
     for name in ("api", "authorizer"):
         path = call[f"{name}_package"].replace("${path.root}", str(EXAMPLE))
         assert Path(os.path.normpath(path)) == build / f"{name}.zip"
+    from chalicelib.workers import families
+
+    workers = call["worker_packages"]
+    listed = re.search(r"for family in (\[[^\]]*\])", workers)
+    assert listed and set(json.loads(listed.group(1))) == families()
+    assert "${path.root}/../../../../build/lambda/worker-${family}.zip" in workers
 
 
 def terraform_binary() -> str | None:

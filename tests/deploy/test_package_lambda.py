@@ -1,10 +1,12 @@
 """The Lambda packages: they fit, and they work from their unzipped folders alone.
 
-The packages are built by ``make package`` (scripts/package_lambda.py); these tests build
-them first only when an input changed since the last build (``--if-stale``: about a minute
-from scratch, nothing when up to date), so ``make test`` and CI cover them too. Each
-package is then unzipped and run in an isolated interpreter (``python -I -S``) whose
-``sys.path`` is the package plus the runtime-provided boto3/botocore, nothing else.
+The packages are built by ``make package`` (scripts/package_lambda.py, one per entry of its
+``FUNCTIONS`` table: the front ``api``, the ``authorizer``, one ``worker-<family>`` per
+engine family); these tests build them first only when an input changed since the last
+build (``--if-stale``: a minute or two from scratch, nothing when up to date), so
+``make test`` and CI cover them too. Each package is then unzipped and run in an isolated
+interpreter (``python -I -S``) whose ``sys.path`` is the package plus the runtime-provided
+boto3/botocore, nothing else.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,16 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "lambda"
 SMOKE = ROOT / "scripts" / "package_smoke.py"
 LIMIT = 262_144_000  # Lambda: 250 MB unzipped
-HEAVY = {"pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet"}
+HEAVY = {"pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet", "polars", "duckdb"}
+FRONT = ("api", "authorizer")
+WORKERS = ("sql", "opendp")  # chalicelib/workers.py's families, one package each
+
+
+def package_names() -> list[str]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from package_lambda import FUNCTIONS
+
+    return [package.name for package in FUNCTIONS]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +56,9 @@ def manifest() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def unzipped(manifest: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
-    for name in ("api", "authorizer"):
+    for name, summary in manifest["functions"].items():
         target = tmp_path_factory.mktemp(f"lambda-{name}")
-        with zipfile.ZipFile(ROOT / manifest[name]["zip"]) as archive:
+        with zipfile.ZipFile(ROOT / summary["zip"]) as archive:
             archive.extractall(target)
         out[name] = target
     return out
@@ -63,39 +75,84 @@ def smoke(package: Path, function: str, *args: str, env: dict[str, str] | None =
     return report
 
 
-def test_api_package_fits_the_zip_limit(manifest: dict[str, Any], unzipped: dict) -> None:
-    api = manifest["api"]
-    on_disk = sum(p.stat().st_size for p in unzipped["api"].rglob("*") if p.is_file())
-    assert on_disk == api["unzipped_bytes"]
-    assert api["unzipped_bytes"] <= LIMIT, f"{api['unzipped_bytes']:,} bytes unzipped"
-    tops = {p.name for p in unzipped["api"].iterdir()}
-    assert not tops & {"boto3", "botocore"}, "the runtime provides boto3/botocore"
-    assert (unzipped["api"] / "chalice" / "app.py").exists()
-    assert not (unzipped["api"] / "chalice" / "cli").exists(), "only Chalice's runtime ships"
-    assert not tops & {"neblina_admin", "typer", "click", "rich"}, "the admin never ships"
+def tops(folder: Path) -> set[str]:
+    return {p.name.split("-")[0] for p in folder.iterdir()}
 
 
-def test_authorizer_package_is_small_and_has_no_dp_library(
-    manifest: dict[str, Any], unzipped: dict
+def test_the_table_builds_the_front_its_authorizer_and_one_package_per_worker(
+    manifest: dict[str, Any],
 ) -> None:
-    assert manifest["authorizer"]["unzipped_bytes"] < 5_000_000
-    tops = {p.name.split("-")[0] for p in unzipped["authorizer"].iterdir()}
-    assert not tops & HEAVY
-    assert "pynamodb" in tops
+    from chalicelib.workers import families
+
+    expected = {*FRONT, *(f"worker-{family}" for family in families())}
+    assert set(package_names()) == expected == set(manifest["functions"])
+    assert set(WORKERS) == families()
 
 
-def test_slimmed_api_package_imports_and_answers_a_query(unzipped: dict) -> None:
+@pytest.mark.parametrize("name", package_names())
+def test_each_package_fits_lambdas_unzipped_limit(
+    manifest: dict[str, Any], unzipped: dict, name: str
+) -> None:
+    summary = manifest["functions"][name]
+    on_disk = sum(p.stat().st_size for p in unzipped[name].rglob("*") if p.is_file())
+    assert on_disk == summary["unzipped_bytes"]
+    assert summary["unzipped_bytes"] <= LIMIT, f"{name}: {summary['unzipped_bytes']:,} bytes"
+    assert not tops(unzipped[name]) & {"boto3", "botocore"}, "the runtime provides boto3/botocore"
+    assert not tops(unzipped[name]) & {"neblina_admin", "typer", "click", "rich", "pydantic"}
+    assert not (unzipped[name] / "chalicelib" / "api_models.py").exists(), "build time only"
+
+
+def test_make_package_prints_each_packages_size_and_headroom(manifest: dict[str, Any]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "package_lambda.py"), "--if-stale"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    for name, summary in manifest["functions"].items():
+        headroom = (LIMIT - summary["unzipped_bytes"]) / 1e6
+        line = next(x for x in result.stdout.splitlines() if x.startswith(f"package: {name}: "))
+        assert f"{summary['unzipped_bytes'] / 1e6:.1f} MB unzipped" in line
+        assert f"headroom {headroom:.1f} MB" in line
+
+
+@pytest.mark.parametrize("name", FRONT)
+def test_front_packages_carry_no_data_or_dp_library(
+    manifest: dict[str, Any], unzipped: dict, name: str
+) -> None:
+    assert manifest["functions"][name]["unzipped_bytes"] < 5_000_000
+    assert not tops(unzipped[name]) & HEAVY
+    assert "pynamodb" in tops(unzipped[name])
+    assert (unzipped[name] / "chalice" / "app.py").exists()
+    assert not (unzipped[name] / "chalice" / "cli").exists(), "only Chalice's runtime ships"
+    assert not (unzipped[name] / "chalicelib" / "worker.py").exists()
+    assert not list((unzipped[name] / "chalicelib").rglob("*_engine.py"))
+
+
+@pytest.mark.parametrize("family", WORKERS)
+def test_worker_packages_carry_their_engine_and_no_front_code(unzipped: dict, family: str) -> None:
+    folder = unzipped[f"worker-{family}"]
+    expected = {"sql": {"snsql", "opendp", "pandas"}, "opendp": {"opendp", "pandas"}}[family]
+    assert expected <= tops(folder)
+    assert (folder / "chalicelib" / "worker.py").exists()
+    assert not (folder / "app.py").exists() and not (folder / "chalice").exists()
+    assert not (folder / "chalicelib" / "service.py").exists()
+    assert not (folder / "chalicelib" / "auth.py").exists()
+    if family == "opendp":
+        assert not tops(folder) & {"snsql", "sqlalchemy"}
+
+
+def test_front_package_answers_from_its_unzipped_folder_without_heavy_imports(
+    unzipped: dict,
+) -> None:
     report = smoke(unzipped["api"], "api", "--store", "stub")
     assert report["status"] == 200, report
-    records = report["body"]["result"]["records"]
-    assert report["body"]["dummy"] is True
-    assert isinstance(records[0]["n"], int) and records[0]["n"] > 0
-    assert report["heavy_after_import"] == [], "importing app.py must stay light"
+    budget = report["answers"]["budget"]["body"]
+    assert Decimal(budget["remaining"]["epsilon"]) == 10
+    assert report["answers"]["metadata"]["status"] == 200
+    assert report["heavy_after_import"] == [] and report["heavy_at_end"] == []
     assert report["modules_from_elsewhere"] == []
-    assert {"pandas", "snsql", "opendp"} <= set(report["heavy_at_end"])
 
 
-def test_api_package_serves_the_openapi_document_without_pydantic(unzipped: dict) -> None:
+def test_front_package_serves_the_openapi_document_without_pydantic(unzipped: dict) -> None:
     script = (
         "import json, sys; import app; body = app.openapi().body; "
         "print(json.dumps([body['info']['version'], len(body['paths']), "
@@ -109,7 +166,6 @@ def test_api_package_serves_the_openapi_document_without_pydantic(unzipped: dict
     assert result.returncode == 0, result.stderr[-3000:]
     version, paths, loaded = json.loads(result.stdout.splitlines()[-1])
     assert version and paths >= 9 and loaded == []
-    assert not (unzipped["api"] / "chalicelib" / "api_models.py").exists(), "build time only"
 
 
 def test_authorizer_package_authorizes_from_its_unzipped_folder(unzipped: dict) -> None:
@@ -117,6 +173,37 @@ def test_authorizer_package_authorizes_from_its_unzipped_folder(unzipped: dict) 
     report = smoke(unzipped["authorizer"], "authorizer", "--store", "stub", "--token", token)
     assert report["effects"] == ["Allow"] and report["principal"] == "smoke-user"
     assert report["heavy_at_end"] == [] and report["modules_from_elsewhere"] == []
+
+
+# A COUNT of PENGUIN's 344 rows: SmartNoise at epsilon 1 (Laplace scale 1 per row of
+# sensitivity 1), OpenDP's pipeline with Laplace scale 2 (epsilon max_ids/2 = 0.5). The noise
+# exceeds 30 (resp. 60) with probability e^-30 < 1e-12: a bound, not a noisy number.
+PRICE = {"sql": Decimal(1), "opendp": Decimal("0.5")}
+BOUND = {"sql": 30, "opendp": 60}
+
+
+def count_of(result: dict[str, Any]) -> int:
+    if result["type"] == "table":
+        (row,) = result["records"]
+        return int(row["n"])
+    return int(result["value"])
+
+
+@pytest.mark.parametrize("family", WORKERS)
+def test_worker_package_prices_and_runs_a_query_from_its_unzipped_folder(
+    unzipped: dict, family: str
+) -> None:
+    report = smoke(unzipped[f"worker-{family}"], "worker", "--worker", family, "--store", "stub")
+    answers = report["answers"]
+    assert all(report["ok"].values()), answers
+    assert Decimal(answers["price"]["cost"]["epsilon"]) == PRICE[family]
+    assert abs(count_of(answers["run"]["result"]) - 344) <= BOUND[family]
+    assert count_of(answers["dummy_query"]["result"]) > 0
+    (finish,) = report["writes"]  # the release archived, once
+    assert finish["op"] == "finish" and finish["state"] == "done"
+    assert finish["result"] == answers["run"]["result"]
+    assert report["modules_from_elsewhere"] == []
+    assert report["heavy_after_import"] == [], "importing the handler stays light"
 
 
 # --- against the emulator: the real DynamoDB/S3 code, and the IAM policies ----------------
@@ -194,19 +281,26 @@ def test_packages_work_against_the_emulator_within_their_iam_policies(
     assert authorizer["effects"] == ["Allow"]
     assert authorizer["principal"] == researcher.user_id
 
-    dummy = smoke(unzipped["api"], "api", *common, env=env)
-    real = smoke(unzipped["api"], "api", *common, "--real", env=env)
-    assert dummy["status"] == 200 and dummy["body"]["dummy"] is True
-    assert real["status"] == 200 and real["body"]["dummy"] is False, real["body"]
-    assert real["body"]["result"]["records"][0]["n"] > 0
-    # every result archived in S3 (written, then read back by the replay)
-    archived_env = {**env, "NEBLINA_INLINE_RESULT_BYTES": "0"}
-    archived = smoke(unzipped["api"], "api", *common, "--real", "--replay", env=archived_env)
-    assert archived["status"] == 200 and archived["body"]["replayed"] is True, archived["body"]
-    assert {"PutObject", "GetObject"} <= {c["operation"] for c in archived["aws_calls"]}
+    front = smoke(unzipped["api"], "api", *common, env=env)
+    assert front["status"] == 200 and front["answers"]["metadata"]["status"] == 200, front
+
+    # Each worker runs a record the smoke reserved first (the front's debit, not recorded);
+    # the SQL worker's release goes to S3 (every result over 0 bytes does).
+    runs: list[tuple[dict[str, Any], str]] = [(authorizer, "authorizer"), (front, "api")]
+    for family in WORKERS:
+        worker_env = {**env, "NEBLINA_WORKER": family}
+        if family == "sql":
+            worker_env["NEBLINA_INLINE_RESULT_BYTES"] = "0"
+        report = smoke(unzipped[f"worker-{family}"], "worker", "--worker", family, *common,
+                       env=worker_env)  # fmt: skip
+        assert all(report["ok"].values()), report["answers"]
+        operations = {c["operation"] for c in report["aws_calls"]}
+        assert {"GetObject", "UpdateItem"} <= operations, operations
+        if family == "sql":
+            assert "PutObject" in operations and report["answers"]["run"]["result"]["key"]
+        runs.append((report, "worker"))
 
     prefix, bucket = stack.table_prefix, env["NEBLINA_BUCKET"]
-    runs = ((authorizer, "authorizer"), (dummy, "api"), (real, "api"), (archived, "api"))
     for report, policy in runs:
         needed = needed_operations(report["aws_calls"], prefix, bucket)
         assert needed, f"{policy}: no AWS call recorded"

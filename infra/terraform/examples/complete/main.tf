@@ -1,6 +1,6 @@
 # Example root: the whole Neblina stack in one region.
 #
-#   make package                       # builds build/lambda/{api,authorizer}.zip
+#   make package                       # builds build/lambda/{api,authorizer,worker-*}.zip
 #   cd infra/terraform/examples/complete
 #   cp terraform.tfvars.example terraform.tfvars   # then edit
 #   terraform init && terraform plan && terraform apply
@@ -29,9 +29,12 @@ provider "aws" {
 module "neblina" {
   source = "../.."
 
-  name                = var.name
-  api_package         = "${path.root}/../../../../build/lambda/api.zip"
-  authorizer_package  = "${path.root}/../../../../build/lambda/authorizer.zip"
+  name               = var.name
+  api_package        = "${path.root}/../../../../build/lambda/api.zip"
+  authorizer_package = "${path.root}/../../../../build/lambda/authorizer.zip"
+  worker_packages = {
+    for family in ["sql", "opendp"] : family => "${path.root}/../../../../build/lambda/worker-${family}.zip"
+  }
   api_image_uri       = var.api_image_uri
   deletion_protection = var.deletion_protection
   log_retention_days  = var.log_retention_days
