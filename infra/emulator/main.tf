@@ -2,7 +2,8 @@
 # (localstack/emulator.py): tests/test_terraform_apply.py runs it, and so can you by hand
 # (infra/README.md, "Apply to the embedded emulator"). Not for AWS: every endpoint points
 # at var.endpoint, credentials are the emulator's dummies, and the Lambda packages are
-# stand-ins (the local API server runs the code; the emulator never invokes a function).
+# stand-ins (the local API server and worker servers run the code, each with the environment
+# Terraform gave its function; the emulator never invokes a function).
 
 terraform {
   required_version = ">= 1.5"
@@ -36,6 +37,11 @@ variable "authorizer_package" {
   type        = string
 }
 
+variable "worker_packages" {
+  description = "Each worker's zip, by family (stand-ins are enough)."
+  type        = map(string)
+}
+
 provider "aws" {
   region                      = "us-east-1"
   access_key                  = "test"
@@ -53,6 +59,7 @@ provider "aws" {
     lambda     = var.endpoint
     logs       = var.endpoint
     s3         = var.endpoint
+    sqs        = var.endpoint
     sts        = var.endpoint
   }
 }
@@ -63,6 +70,7 @@ module "neblina" {
   name                = var.name
   api_package         = var.api_package
   authorizer_package  = var.authorizer_package
+  worker_packages     = var.worker_packages
   deletion_protection = false
 }
 
@@ -77,8 +85,18 @@ output "datasets_bucket" {
 }
 
 output "function_names" {
-  description = "The two Lambda functions (their environment is what the local API server gets)."
+  description = "Every Lambda function (their environment is what the local API server and worker servers get)."
   value       = module.neblina.function_names
+}
+
+output "worker_function_names" {
+  description = "The workers' functions, by family."
+  value       = module.neblina.worker_function_names
+}
+
+output "worker_dead_letter_queue_url" {
+  description = "The workers' dead-letter queue."
+  value       = module.neblina.worker_dead_letter_queue_url
 }
 
 output "table_names" {
