@@ -3,8 +3,9 @@
     .venv/bin/python scripts/package_measure.py [--synthetic-rows 1000000]
 
 Starts the embedded emulator (free port), seeds it (PENGUIN and a SYNTHETIC dataset of
-``--synthetic-rows`` rows, a demo user with grants and a token), unzips ``build/lambda/*.zip``
-and runs each scenario in a fresh isolated interpreter (``scripts/package_smoke.py``
+``--synthetic-rows`` rows, a demo user with grants and a token), unzips the packages of
+``build/lambda/`` (front, authorizer, workers) and runs each scenario in a fresh isolated
+interpreter (``scripts/package_smoke.py``
 against the real DynamoDB code and S3 reads), so every first request is a cold start.
 The figures chose the memory sizes and timeouts in infra/terraform (see infra/README.md).
 """
@@ -22,27 +23,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "lambda"
+# (package, label, smoke arguments, dataset, query): each worker scenario is price,
+# dummy_query (and dummy_table for the sql worker), then a run on the private rows.
 SCENARIOS = [
-    ("authorizer", "authorizer", "PENGUIN", False, ""),
-    ("api", "dummy query, PENGUIN metadata", "PENGUIN", False, "SELECT COUNT(*) AS n FROM df"),
-    ("api", "real query, PENGUIN (344 rows)", "PENGUIN", True, "SELECT COUNT(*) AS n FROM df"),
+    ("authorizer", "authorizer", ("--function", "authorizer"), "PENGUIN", ""),
+    ("api", "front: budget + metadata", ("--function", "api"), "PENGUIN", ""),
     (
-        "api",
-        "real GROUP BY, SYNTHETIC",
+        "worker-sql",
+        "sql worker, COUNT on PENGUIN (344 rows)",
+        ("--function", "worker", "--worker", "sql"),
+        "PENGUIN",
+        "SELECT COUNT(*) AS n FROM df",
+    ),
+    (
+        "worker-sql",
+        "sql worker, GROUP BY on SYNTHETIC",
+        ("--function", "worker", "--worker", "sql"),
         "SYNTHETIC",
-        True,
         "SELECT region, COUNT(*) AS n, AVG(income) AS m FROM df GROUP BY region",
+    ),
+    (
+        "worker-opendp",
+        "opendp worker, Laplace count on PENGUIN",
+        ("--function", "worker", "--worker", "opendp"),
+        "PENGUIN",
+        "",
     ),
 ]
 
 
-def run(package: Path, stack: object, function: str, dataset: str, real: bool, query: str) -> dict:
+def run(package: Path, stack: object, arguments: tuple[str, ...], dataset: str, query: str) -> dict:
     command = [sys.executable, "-I", "-S", "-B", str(ROOT / "scripts" / "package_smoke.py")]
-    command += ["--package", str(package), "--runtime", str(BUILD / "runtime")]
-    command += ["--function", function, "--store", "dynamodb", "--dataset", dataset]
+    command += ["--package", str(package), "--runtime", str(BUILD / "runtime"), *arguments]
+    command += ["--store", "dynamodb", "--dataset", dataset]
     command += ["--user", stack.user_id, "--token", stack.token]  # type: ignore[attr-defined]
-    if real:
-        command.append("--real")
     if query:
         command += ["--query", query]
     env = {
@@ -50,9 +64,11 @@ def run(package: Path, stack: object, function: str, dataset: str, real: bool, q
         for key, value in stack.env().items()  # type: ignore[attr-defined]
         if key.startswith(("AWS_", "NEBLINA_")) or key == "PATH"
     }
+    if "worker" in arguments:
+        env["NEBLINA_WORKER"] = arguments[arguments.index("--worker") + 1]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"measure: {function} failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"measure: {arguments} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.splitlines()[-1])
 
 
@@ -66,24 +82,23 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         packages = {}
-        for name in ("api", "authorizer"):
+        for name in sorted({scenario[0] for scenario in SCENARIOS}):
             packages[name] = Path(tmp) / name
             with zipfile.ZipFile(BUILD / f"{name}.zip") as archive:
                 archive.extractall(packages[name])
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         with LocalStack(synthetic_rows=args.synthetic_rows, quiet=True) as stack:
             print(
-                f"| scenario ({args.synthetic_rows:,} SYNTHETIC rows) | import s | first "
-                "request s | warm request s | peak RSS MB |"
+                f"| scenario ({args.synthetic_rows:,} SYNTHETIC rows) | import s | calls s "
+                "(first, then each next) | peak RSS MB |"
             )
-            print("|---|---|---|---|---|")
-            for function, label, dataset, real, query in SCENARIOS:
-                report = run(packages[function], stack, function, dataset, real, query)
+            print("|---|---|---|---|")
+            for name, label, arguments, dataset, query in SCENARIOS:
+                report = run(packages[name], stack, arguments, dataset, query)
                 calls = report["call_seconds"]
-                warm = calls[1] if len(calls) > 1 else "-"
-                status = report.get("status", report.get("effects"))
+                status = report.get("ok", report.get("status", report.get("effects")))
                 print(
-                    f"| {label} | {report['import_seconds']} | {calls[0]} | {warm} | "
+                    f"| {label} | {report['import_seconds']} | {', '.join(map(str, calls))} | "
                     f"{report['max_rss_mb']} |  <!-- {status} -->",
                     flush=True,
                 )

@@ -1,13 +1,17 @@
 """SLOW INFRA TIER: `terraform apply` of the whole module on the embedded emulator, a query, `destroy`.
 
-What runs (about 2-3 minutes, most of it the AWS provider, see infra/README.md "Apply to
+What runs (about 3-4 minutes, most of it the AWS provider, see infra/README.md "Apply to
 the embedded emulator"): the emulator (localstack/emulator.py) on a free 127.0.0.1 port;
 ``terraform init`` from the local provider mirror and ``apply`` of infra/emulator (a root
 that calls infra/terraform unchanged, every provider endpoint pointed at the emulator,
 stand-in Lambda zips); seeding with localstack/seed.py through the tables and the bucket
-named by the module's outputs; the local API server (localstack/apiserver.py) started
-with exactly the environment Terraform gave the API Lambda, answering a DP query from
-the client; then ``terraform destroy``, after which nothing of the deployment is left.
+named by the module's outputs; one local worker process per engine family
+(localstack/workerserver.py) started with exactly the environment Terraform gave that
+worker's function and answering to its function name, and the local API server
+(localstack/apiserver.py) started with exactly the environment Terraform gave the API
+function (its ``NEBLINA_WORKERS`` gains each worker process's endpoint), answering DP
+queries from the client through the workers; then ``terraform destroy``, after which
+nothing of the deployment is left.
 
 Skipped only when terraform or the provider mirror (``/opt/tf-plugins`` or
 ``NEBLINA_TF_PLUGIN_DIR``) is missing. Deselect it with ``-m "not slow_infra"``.
@@ -74,7 +78,7 @@ def aws(service: str, endpoint: str) -> Any:
 
 
 def stand_in_package(path: Path, text: str) -> Path:
-    """A Lambda zip the emulator stores and never runs (the API server runs the code)."""
+    """A Lambda zip the emulator stores and never runs (local processes run the code)."""
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("app.py", f"# stand-in: {text}\n")
     return path
@@ -91,6 +95,7 @@ def deployed(endpoint: str) -> dict[str, set[str]]:
         },
         "roles": {r["RoleName"] for r in roles if r["RoleName"].startswith(NAME)},
         "apis": {a["name"] for a in aws("apigateway", endpoint).get_rest_apis()["items"]},
+        "queues": set(aws("sqs", endpoint).list_queues().get("QueueUrls", [])),
         "log_groups": {
             g["logGroupName"]
             for g in aws("logs", endpoint).describe_log_groups()["logGroups"]
@@ -102,6 +107,7 @@ def deployed(endpoint: str) -> dict[str, set[str]]:
 def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path: Path) -> None:
     from stack import LocalStack, _stop_process, _wait_for_health
 
+    from chalicelib.workers import families
     from neblina_client import Client
 
     timings: dict[str, float] = {}
@@ -123,11 +129,16 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
     try:
         started = time.perf_counter()
         endpoint = stack.emulator_url = stack._spawn("emulator", "emulator.py", 0, dict(os.environ))
+        worker_packages = {
+            family: str(stand_in_package(tmp_path / f"worker-{family}.zip", family))
+            for family in sorted(families())
+        }
         variables = [
             f"-var=endpoint={endpoint}",
             f"-var=name={NAME}",
             f"-var=api_package={stand_in_package(tmp_path / 'api.zip', 'api')}",
             f"-var=authorizer_package={stand_in_package(tmp_path / 'auth.zip', 'authorizer')}",
+            f"-var=worker_packages={json.dumps(worker_packages)}",
         ]
         terraform(["init", "-input=false", PLUGIN_DIR_ARG], root)
         lap("emulator + init", started)
@@ -141,43 +152,69 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
         )
         assert created, summary[-3000:]
         managed = terraform(["state", "list"], root).splitlines()
-        assert int(created.group(1)) == len([r for r in managed if ".data." not in r]) > 80
+        assert int(created.group(1)) == len([r for r in managed if ".data." not in r]) > 100
         outputs = {
             k: v["value"] for k, v in json.loads(terraform(["output", "-json"], root)).items()
         }
         before_seed = deployed(endpoint)
         assert before_seed["tables"] == set(outputs["table_names"].values())
         assert outputs["datasets_bucket"] in before_seed["buckets"]
+        workers = outputs["worker_function_names"]
+        assert set(workers) == families()
         assert before_seed["functions"] == set(outputs["function_names"].values())
+        assert before_seed["functions"] == {
+            f"{NAME}-api",
+            f"{NAME}-authorizer",
+            *(f"{NAME}-worker-{family}" for family in families()),
+        }
         assert before_seed["roles"] == {
             f"{NAME}-api",
             f"{NAME}-authorizer",
             f"{NAME}-apigateway-logs",
+            *(f"{NAME}-worker-{family}" for family in families()),
         }
-        assert before_seed["apis"] == {NAME} and len(before_seed["log_groups"]) == 3
+        assert before_seed["apis"] == {NAME}
+        assert len(before_seed["log_groups"]) == 3 + len(workers)
+        assert before_seed["queues"] == {outputs["worker_dead_letter_queue_url"]}
 
-        # The API server gets exactly what Terraform gave the API Lambda (the module sets
-        # no AWS_* variable; the emulator's endpoint and dummy credentials are added).
+        # Every function's environment is what Terraform gave it (the module sets no AWS_*
+        # variable; the emulator's endpoint and dummy credentials are added for the
+        # processes that stand in for the functions).
         functions = aws("lambda", endpoint)
-        lambda_env = functions.get_function_configuration(
-            FunctionName=outputs["function_names"]["api"]
-        )["Environment"]["Variables"]
-        authorizer_env = functions.get_function_configuration(
-            FunctionName=outputs["function_names"]["authorizer"]
-        )["Environment"]["Variables"]
+
+        def environment(function: str) -> dict[str, str]:
+            configuration = functions.get_function_configuration(FunctionName=function)
+            return dict(configuration["Environment"]["Variables"])
+
+        lambda_env = environment(outputs["function_names"]["api"])
+        authorizer_env = environment(outputs["function_names"]["authorizer"])
+        front_workers = json.loads(lambda_env.pop("NEBLINA_WORKERS"))
         assert authorizer_env == lambda_env
+        assert front_workers == {family: {"function": name} for family, name in workers.items()}
         assert lambda_env["NEBLINA_TABLE_PREFIX"] == outputs["table_prefix"] == f"{NAME}-"
         assert lambda_env["NEBLINA_BUCKET"] == outputs["datasets_bucket"]
         assert lambda_env["NEBLINA_STORE"] == "dynamodb"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NEBLINA_")}
-        env.update(
+        # A failed job (after Lambda's two retries) goes to the KMS-encrypted dead-letter queue.
+        queue_arn = aws("sqs", endpoint).get_queue_attributes(
+            QueueUrl=outputs["worker_dead_letter_queue_url"], AttributeNames=["All"]
+        )["Attributes"]
+        assert queue_arn["KmsMasterKeyId"] == outputs["kms_key_arn"]
+        worker_envs = {}
+        for family, name in workers.items():
+            worker_envs[family] = environment(name)
+            assert worker_envs[family] == {**lambda_env, "NEBLINA_WORKER": family}
+            invoke = functions.get_function_event_invoke_config(FunctionName=name)
+            assert invoke["MaximumRetryAttempts"] == 2
+            assert invoke["DestinationConfig"]["OnFailure"]["Destination"] == queue_arn["QueueArn"]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("NEBLINA_")}
+        base.update(
             AWS_ENDPOINT_URL=endpoint,
             AWS_ACCESS_KEY_ID="test",
             AWS_SECRET_ACCESS_KEY="test",
             AWS_DEFAULT_REGION="us-east-1",
             PYTHONUNBUFFERED="1",
-            **lambda_env,
         )
+        env = {**base, **lambda_env}
 
         # Seeding goes through Terraform's tables and bucket and creates none of its own.
         started = time.perf_counter()
@@ -191,26 +228,41 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
         assert head["ServerSideEncryption"] == "aws:kms"  # the bucket's default, from the module
         assert outputs["kms_key_arn"].endswith(head["SSEKMSKeyId"].split("/")[-1])
 
+        # One worker process per function, with that function's environment and name; the
+        # API server with the front's, its NEBLINA_WORKERS pointing each name at its process.
         started = time.perf_counter()
-        stack.api_url = stack._spawn("api", "apiserver.py", 0, env)
+        for family, name in sorted(workers.items()):
+            url = stack._spawn(
+                f"worker-{family}", "workerserver.py", 0, {**base, **worker_envs[family]},
+                "--worker", family, "--function-name", name,
+            )  # fmt: skip
+            front_workers[family]["endpoint"] = url
+        stack.api_url = stack._spawn(
+            "api", "apiserver.py", 0, {**env, "NEBLINA_WORKERS": json.dumps(front_workers)}
+        )
         _wait_for_health(stack.api_url, timeout=60)
         with Client(url=stack.api_url, token=stack.token, dataset="PENGUIN", max_retries=0) as c:
             estimate = c.sql.cost(COUNT, 1.0, 0)
             before = c.budget()
             answer = c.sql.query(COUNT, 1.0, 0)
+            job = c.sql.query(COUNT, 1.0, 0, wait=False)
+            detached = job.wait(timeout=120)
             after = c.budget()
             archived = c.result(answer.query_id)
-        lap("API start + query", started)
+        lap("workers + API start + queries", started)
         assert answer.cost == estimate and estimate.epsilon == Decimal(1)
-        assert list(answer.result.columns) == ["n"] and len(answer.result) == 1
-        # The seeded PENGUIN (344 rows) was read from Terraform's bucket: a COUNT at
-        # epsilon 1 has Laplace noise of scale about 1, and P(|noise| > 30) < 1e-12.
-        assert abs(int(answer.result["n"].iloc[0]) - 344) <= 30
-        assert after.remaining == before.remaining - answer.cost
+        for release in (answer, detached):
+            assert list(release.result.columns) == ["n"] and len(release.result) == 1
+            # The seeded PENGUIN (344 rows) was read from Terraform's bucket by the sql
+            # worker: a COUNT at epsilon 1 has Laplace noise of scale about 1, and
+            # P(|noise| > 30) < 1e-12.
+            assert abs(int(release.result["n"].iloc[0]) - 344) <= 30
+        assert after.remaining == before.remaining - answer.cost - detached.cost
         assert archived.state == "done" and archived.result.equals(answer.result)
-        api = stack.processes.pop("api")
-        _stop_process(api.pid)
-        api.wait(timeout=10)
+        for name in ["api", *(f"worker-{family}" for family in workers)]:
+            process = stack.processes.pop(name)
+            _stop_process(process.pid)
+            process.wait(timeout=10)
 
         started = time.perf_counter()
         # No refresh: apply already read every resource back after creating it, and the
