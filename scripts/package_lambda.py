@@ -138,6 +138,12 @@ FRONT_ONLY = ("app.py", "chalicelib/service.py", "chalicelib/auth.py", "chalicel
 WORKER_ROOTS = ("chalicelib/worker.py",)
 WORKER_HANDLER = "chalicelib.worker.lambda_handler"
 
+# Worker families that do not fit a zip, deployed from a container image instead
+# (infra/docker/Dockerfile.worker with this requirements file; Terraform's
+# workers[family].image_uri). polars: OpenDP's polars extra brings polars (123 MB; 105 MB
+# stripped), pyarrow, scikit-learn and SciPy, next to OpenDP's 134 MB and pandas/numpy.
+IMAGE_WORKERS = {"polars": "requirements-polars.txt"}
+
 # The functions (Terraform: infra/terraform, one aws_lambda_function each). Workers are named
 # "worker-<worker>" after chalicelib/workers.py's worker names (NEBLINA_WORKER).
 FUNCTIONS: tuple[Package, ...] = (

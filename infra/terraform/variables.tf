@@ -20,16 +20,17 @@ variable "authorizer_package" {
 }
 
 variable "worker_packages" {
-  description = "Path of each worker's zip built by `make package`, by worker family: { sql = \"build/lambda/worker-sql.zip\", opendp = ... }."
+  description = "Path of each zipped worker's package built by `make package`, by worker family: { sql = \"build/lambda/worker-sql.zip\", opendp = ... }. Workers deployed from an image (workers[*].image_uri) need none."
   type        = map(string)
 }
 
 variable "workers" {
-  description = "The engine workers (families of chalicelib/workers.py), one Lambda function each: memory (MB; 1,769 MB is one vCPU), timeout (s) and reserved concurrency (null: unreserved). See infra/README.md for the measurements behind the defaults."
+  description = "The engine workers (families of chalicelib/workers.py), one Lambda function each: memory (MB; 1,769 MB is one vCPU), timeout (s), reserved concurrency (null: unreserved) and image_uri (null: the zip in worker_packages; an ECR image of infra/docker/Dockerfile.worker for a family too large for a zip, e.g. polars). See infra/README.md for the measurements behind the defaults."
   type = map(object({
     memory_mb            = number
     timeout_seconds      = number
     reserved_concurrency = optional(number)
+    image_uri            = optional(string)
   }))
   default = {
     sql    = { memory_mb = 2048, timeout_seconds = 120 }

@@ -6,9 +6,11 @@
 # worker first claims the record (store.claim), and a claimed record is not claimable.
 #
 # Adding a worker: an entry in var.workers and in var.worker_packages (and its package entry
-# in scripts/package_lambda.py); everything here follows.
+# in scripts/package_lambda.py), or, for a family too large for a zip (polars), an entry in
+# var.workers with the image_uri of infra/docker/Dockerfile.worker; everything here follows.
 
 locals {
+  zipped_workers        = { for family, worker in var.workers : family => worker if worker.image_uri == null }
   worker_function_names = { for family in keys(var.workers) : family => "${var.name}-worker-${family}" }
 
   # NEBLINA_WORKERS of the front: which function serves each family (chalicelib/hop.py).
@@ -18,7 +20,7 @@ locals {
 }
 
 resource "aws_s3_object" "worker_package" {
-  for_each = var.workers
+  for_each = local.zipped_workers
 
   # Over 50 MB zipped: Lambda takes them only from S3.
   bucket      = aws_s3_bucket.neblina["artifacts"].id
@@ -44,19 +46,23 @@ resource "aws_lambda_function" "worker" {
   # checkov:skip=CKV_AWS_115:Concurrency is bounded by the front's (every invocation comes from it); reserving some is var.workers[*].reserved_concurrency (off by default: accounts with a quota of 10 cannot reserve any).
   for_each = var.workers
 
-  function_name     = local.worker_function_names[each.key]
-  description       = "Neblina engine worker ${each.key} (chalicelib.worker.lambda_handler)"
-  role              = aws_iam_role.worker[each.key].arn
-  architectures     = ["x86_64"]
-  memory_size       = each.value.memory_mb
-  timeout           = each.value.timeout_seconds
-  kms_key_arn       = local.kms_key_arn
-  runtime           = "python3.12"
-  handler           = "chalicelib.worker.lambda_handler"
-  s3_bucket         = aws_s3_object.worker_package[each.key].bucket
-  s3_key            = aws_s3_object.worker_package[each.key].key
-  s3_object_version = aws_s3_object.worker_package[each.key].version_id
-  tags              = local.tags
+  function_name = local.worker_function_names[each.key]
+  description   = "Neblina engine worker ${each.key} (chalicelib.worker.lambda_handler)"
+  role          = aws_iam_role.worker[each.key].arn
+  architectures = ["x86_64"]
+  memory_size   = each.value.memory_mb
+  timeout       = each.value.timeout_seconds
+  kms_key_arn   = local.kms_key_arn
+  tags          = local.tags
+
+  # A zip from worker_packages, or an image (whose CMD is the same handler).
+  package_type      = each.value.image_uri == null ? "Zip" : "Image"
+  image_uri         = each.value.image_uri
+  runtime           = each.value.image_uri == null ? "python3.12" : null
+  handler           = each.value.image_uri == null ? "chalicelib.worker.lambda_handler" : null
+  s3_bucket         = try(aws_s3_object.worker_package[each.key].bucket, null)
+  s3_key            = try(aws_s3_object.worker_package[each.key].key, null)
+  s3_object_version = try(aws_s3_object.worker_package[each.key].version_id, null)
 
   reserved_concurrent_executions = each.value.reserved_concurrency == null ? -1 : each.value.reserved_concurrency
 
@@ -70,8 +76,8 @@ resource "aws_lambda_function" "worker" {
 
   lifecycle {
     precondition {
-      condition     = contains(keys(var.worker_packages), each.key)
-      error_message = "worker_packages has no package for this worker (build/lambda/worker-<family>.zip)."
+      condition     = each.value.image_uri != null || contains(keys(var.worker_packages), each.key)
+      error_message = "worker_packages has no package for this worker (build/lambda/worker-<family>.zip), and it has no image_uri."
     }
     precondition {
       condition     = var.limits.query_lease_seconds > each.value.timeout_seconds

@@ -39,6 +39,14 @@ def package_names() -> list[str]:
     return [package.name for package in FUNCTIONS]
 
 
+def image_workers() -> dict[str, str]:
+    """Families deployed from a container image (too large for a zip), and their requirements."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from package_lambda import IMAGE_WORKERS
+
+    return dict(IMAGE_WORKERS)
+
+
 @pytest.fixture(scope="module")
 def manifest() -> dict[str, Any]:
     result = subprocess.run(
@@ -79,14 +87,17 @@ def tops(folder: Path) -> set[str]:
     return {p.name.split("-")[0] for p in folder.iterdir()}
 
 
-def test_the_table_builds_the_front_its_authorizer_and_one_package_per_worker(
+def test_the_table_builds_the_front_its_authorizer_and_one_zip_per_zipped_worker(
     manifest: dict[str, Any],
 ) -> None:
     from chalicelib.workers import families
 
-    expected = {*FRONT, *(f"worker-{family}" for family in families())}
+    zipped = families() - set(image_workers())
+    expected = {*FRONT, *(f"worker-{family}" for family in zipped)}
     assert set(package_names()) == expected == set(manifest["functions"])
-    assert set(WORKERS) == families()
+    assert set(WORKERS) == zipped
+    for requirements in image_workers().values():  # infra/docker/Dockerfile.worker's input
+        assert (ROOT / requirements).is_file()
 
 
 @pytest.mark.parametrize("name", package_names())
