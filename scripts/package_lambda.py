@@ -136,6 +136,25 @@ WORKER_ONLY = (
 # The front's side: routes, authentication, the ledger's debit, the OpenAPI document.
 FRONT_ONLY = ("app.py", "chalicelib/service.py", "chalicelib/auth.py", "chalicelib/openapi.py")
 WORKER_ROOTS = ("chalicelib/worker.py",)
+# Each family's engine modules; a worker ships its own and none of the others' (the registry
+# in chalicelib/engines/__init__.py imports each engine lazily, in its factory).
+ENGINE_MODULES = {
+    "sql": ("smartnoise_engine.py", "sql_policy.py", "duckdb_sql.py"),
+    "opendp": ("opendp_engine.py",),
+    "polars": ("polars_engine.py", "polars_plan.py"),
+}
+
+
+def other_engines(family: str) -> tuple[str, ...]:
+    """The engine modules of every family but ``family`` (a worker's exclusions)."""
+    return tuple(
+        f"chalicelib/engines/{module}"
+        for other, modules in sorted(ENGINE_MODULES.items())
+        if other != family
+        for module in modules
+    )
+
+
 WORKER_HANDLER = "chalicelib.worker.lambda_handler"
 
 # Worker families that do not fit a zip, deployed from a container image instead
@@ -186,7 +205,7 @@ FUNCTIONS: tuple[Package, ...] = (
         requirements=("smartnoise-sql", "pandas", "numpy", "fastparquet", "pynamodb"),
         chalicelib=WORKER_ROOTS,
         handler=WORKER_HANDLER,
-        exclude=(*FRONT_ONLY, "chalicelib/engines/opendp_engine.py"),
+        exclude=(*FRONT_ONLY, *other_engines("sql")),
         bytecode="imported",
         probe=("--function", "worker", "--worker", "sql"),
     ),
@@ -195,11 +214,7 @@ FUNCTIONS: tuple[Package, ...] = (
         requirements=("opendp", "pandas", "numpy", "fastparquet", "pynamodb"),
         chalicelib=WORKER_ROOTS,
         handler=WORKER_HANDLER,
-        exclude=(
-            *FRONT_ONLY,
-            "chalicelib/engines/smartnoise_engine.py",
-            "chalicelib/engines/sql_policy.py",
-        ),
+        exclude=(*FRONT_ONLY, *other_engines("opendp")),
         bytecode="imported",
         probe=("--function", "worker", "--worker", "opendp"),
     ),

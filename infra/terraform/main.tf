@@ -31,6 +31,7 @@ locals {
     NEBLINA_MAX_DUMMY_ROWS        = tostring(var.limits.max_dummy_rows)
     NEBLINA_MAX_QUERY_CHARS       = tostring(var.limits.max_query_chars)
     NEBLINA_QUERY_LEASE_SECONDS   = tostring(var.limits.query_lease_seconds)
+    NEBLINA_JOB_LEASE_SECONDS     = tostring(var.limits.job_lease_seconds)
     NEBLINA_DATASET_CACHE_ENTRIES = tostring(var.limits.dataset_cache_entries)
     NEBLINA_MAX_EPSILON_PER_QUERY = var.limits.max_epsilon_per_query
     NEBLINA_MAX_DELTA_PER_QUERY   = var.limits.max_delta_per_query

@@ -164,6 +164,7 @@ variable "limits" {
     max_dummy_rows        = optional(number, 100000)
     max_query_chars       = optional(number, 10000)
     query_lease_seconds   = optional(number, 900)
+    job_lease_seconds     = optional(number, 3600)
     dataset_cache_entries = optional(number, 4)
     max_epsilon_per_query = optional(string, "100")
     max_delta_per_query   = optional(string, "0.5")

@@ -110,6 +110,16 @@ resource "aws_lambda_function_event_invoke_config" "worker" {
     }
   }
 
+  lifecycle {
+    precondition {
+      # A job's lease runs from its submission: it must outlast every delivery Lambda may
+      # still make (up to the event's maximum age) plus the worker's run, or a job still
+      # legitimately running could be settled as failed by the lease rule.
+      condition     = var.limits.job_lease_seconds >= var.worker_max_event_age_seconds + var.workers[each.key].timeout_seconds
+      error_message = "limits.job_lease_seconds must be at least worker_max_event_age_seconds plus the worker's timeout."
+    }
+  }
+
   depends_on = [aws_iam_role_policy.worker]
 }
 

@@ -310,6 +310,17 @@ def test_one_worker_function_per_family_with_the_workers_handler(tf: dict) -> No
     assert destination == "${aws_sqs_queue.worker_dlq.arn}"
     queue = tf["resource"]["aws_sqs_queue"]["worker_dlq"]
     assert queue["kms_master_key_id"] == "${local.kms_key_arn}"
+    # A job's lease outlasts every delivery Lambda may make, and the run (a precondition).
+    (lifecycle,) = invoke["lifecycle"]
+    (rule,) = lifecycle["precondition"]
+    assert "var.limits.job_lease_seconds >= var.worker_max_event_age_seconds" in rule["condition"]
+    lease = re.search(
+        r"job_lease_seconds\s*=\s*optional\(number,\s*(\d+)\)",
+        str(tf["variable"]["limits"]["type"]),
+    )
+    assert lease, "limits.job_lease_seconds has no default"
+    age = tf["variable"]["worker_max_event_age_seconds"]["default"]
+    assert all(int(lease.group(1)) >= age + w["timeout_seconds"] for w in declared.values())
 
 
 def test_store_is_dynamodb_and_limits_default_to_the_codes_defaults(tf: dict) -> None:

@@ -24,6 +24,7 @@ import pytest
 from stackenv import emulator_env
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))  # package_lambda: the table of packages
 BUILD = ROOT / "build" / "lambda"
 SMOKE = ROOT / "scripts" / "package_smoke.py"
 LIMIT = 262_144_000  # Lambda: 250 MB unzipped
@@ -33,7 +34,6 @@ WORKERS = ("sql", "opendp")  # chalicelib/workers.py's families, one package eac
 
 
 def package_names() -> list[str]:
-    sys.path.insert(0, str(ROOT / "scripts"))
     from package_lambda import FUNCTIONS
 
     return [package.name for package in FUNCTIONS]
@@ -41,7 +41,6 @@ def package_names() -> list[str]:
 
 def image_workers() -> dict[str, str]:
     """Families deployed from a container image (too large for a zip), and their requirements."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     from package_lambda import IMAGE_WORKERS
 
     return dict(IMAGE_WORKERS)
@@ -98,6 +97,17 @@ def test_the_table_builds_the_front_its_authorizer_and_one_zip_per_zipped_worker
     assert set(WORKERS) == zipped
     for requirements in image_workers().values():  # infra/docker/Dockerfile.worker's input
         assert (ROOT / requirements).is_file()
+
+
+def test_every_engine_module_belongs_to_one_family() -> None:
+    from package_lambda import ENGINE_MODULES
+
+    from chalicelib.workers import families
+
+    declared = [module for modules in ENGINE_MODULES.values() for module in modules]
+    present = sorted(p.name for p in (ROOT / "chalicelib" / "engines").glob("[!_]*.py"))
+    assert sorted(declared) == present, "place each engine module in ENGINE_MODULES"
+    assert families() <= set(ENGINE_MODULES)
 
 
 @pytest.mark.parametrize("name", package_names())
