@@ -42,8 +42,11 @@ def function_name(family: str) -> str:
     return f"neblina-worker-{family}"
 
 
-def build_server(family: str, host: str, port: int) -> ThreadingHTTPServer:
-    """The Invoke API of the ``family`` worker on ``host:port``."""
+def build_server(
+    family: str, host: str, port: int, function: str | None = None
+) -> ThreadingHTTPServer:
+    """The Invoke API of the ``family`` worker on ``host:port``, answering to ``function``
+    (default :func:`function_name`; a Terraform deployment's names differ)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     os.environ["NEBLINA_WORKER"] = family
@@ -51,7 +54,7 @@ def build_server(family: str, host: str, port: int) -> ThreadingHTTPServer:
 
     from chalicelib.worker import lambda_handler
 
-    expected = function_name(family)
+    expected = function or function_name(family)
 
     def invoke(event: Any) -> tuple[bytes, dict[str, str]]:
         try:
@@ -121,6 +124,11 @@ def build_server(family: str, host: str, port: int) -> ThreadingHTTPServer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", required=True, help="the worker family (sql, opendp, ...)")
+    parser.add_argument(
+        "--function-name",
+        help="the function name it answers to (default neblina-worker-FAMILY; for a Terraform "
+        "deployment, its output worker_function_names)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s worker-{args.worker} %(name)s: %(message)s",
     )
     try:
-        server = build_server(args.worker, args.host, args.port)
+        server = build_server(args.worker, args.host, args.port, args.function_name)
     except OSError as exc:
         print(f"worker: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
