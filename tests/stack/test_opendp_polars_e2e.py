@@ -61,16 +61,17 @@ def test_counts_sums_means_group_bys_and_quantiles_are_charged_their_map_exactly
             exact = calibrate(META, ENGINE.parse(query.body())).cost.epsilon
             expected = Cost(epsilon=charge(exact), delta=Decimal(0))
             assert Decimal("0.49") < exact <= Decimal("0.5"), name
-            summary = query.summarize(alpha=0.05)  # local, free
             assert query.cost() == expected, name
             answer = query.release()
             assert answer.cost == expected and answer.engine == "opendp_polars", name
             assert isinstance(answer.result, pd.DataFrame) and len(answer.result) >= 1
-            assert answer.accuracy is not None
-            assert list(answer.accuracy["aggregate"]) == list(summary["aggregate"]), name
+            assert answer.accuracy is not None and len(answer.accuracy) >= 1
             charged = charged + answer.cost
             if name == "group-by":
                 assert list(answer.result["sex"]) == ["female", "male"]  # the public keys
+                # OpenDP's local summary (its own scale search: ~2 s, so only once here)
+                summary = query.summarize(alpha=0.05)
+                assert list(answer.accuracy["aggregate"]) == list(summary["aggregate"])
             archived = client.result(answer.query_id)
             assert archived.state == "done"
         assert client.budget().remaining == before.remaining - charged
