@@ -22,13 +22,17 @@ Input
     rows per release (fresh randomness), as the CSV engine's ``PersonLines`` does.
 
 Price
-    ``epsilon`` in the request is the per-query loss the researcher asks for (the client's
-    ``privacy_loss`` divided by ``split_evenly_over``). The server searches OpenDP's global
-    noise scale so that ``map(max_ids) ≤ epsilon`` (what ``LazyFrameQuery.resolve`` does),
-    then charges exactly ``map(max_ids)`` of the measurement it will run, pure DP (δ = 0).
-    The search is the slow part (~0.6 s): its result, the measurement and OpenDP's accuracy
-    summary are memoised per (canonical plan, epsilon, alpha, metadata digest), so a
-    repeated query shape is priced and released without searching again.
+    ``epsilon`` (pure DP, Laplace noise) or ``rho`` (zCDP, Gaussian noise, with
+    ``fixed_delta``) in the request is the per-query loss the researcher asks for (the
+    client's ``privacy_loss`` divided by ``split_evenly_over``). The server finds OpenDP's
+    global noise scale so that ``map(max_ids)`` is at most that loss (what
+    ``LazyFrameQuery.resolve`` does by binary search; :func:`_search` needs two or three
+    builds), then charges exactly ``map(max_ids)`` of the measurement it will run: (ε, 0),
+    or for zCDP (ε read off the curve at ``fixed_delta``, ``fixed_delta``). Before any debit
+    the measurement is dry-run on no rows (Polars type-checks some plans only when they
+    run). The scale, the measurement and OpenDP's accuracy summary are memoised per
+    (canonical request, metadata digest), so a repeated query shape is priced and released
+    without searching again.
 """
 
 from __future__ import annotations
