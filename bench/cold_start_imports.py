@@ -1,13 +1,19 @@
-"""Cold-start import cost of each request path, each measured in a fresh interpreter.
+"""Cold-start import cost of each Lambda's first request, each measured in a fresh interpreter.
 
     .venv/bin/python bench/cold_start_imports.py [--runs 7]
 
 For each path a new Python process imports what a cold Lambda imports for that request:
-the handler (``app``; all the authorizer and ``/health`` need), then the service, then the
-engine the request names (``get_engine``). Times are ``time.perf_counter`` inside the child
-(interpreter start-up excluded); the table gives the median and the minimum over the runs,
-and which heavy modules each path ended up importing. Prints a Markdown section for
-BENCHMARKS.md ("Cold start imports").
+
+- the API handler (``app``): all the authorizer and ``/health`` need;
+- the front's first ``GET /budget``: the handler, then the service as the composition root
+  builds it with the workers configured (``NEBLINA_WORKERS``, so no engine in this process):
+  the service, the hop, the DynamoDB store;
+- a worker's first query: ``chalicelib.worker`` (the worker Lambda's handler module), the
+  worker as ``deps.build_worker`` builds it (loader, pandas), then the engine it runs.
+
+Times are ``time.perf_counter`` inside the child (interpreter start-up excluded); the table
+gives the median and the minimum over the runs, and which heavy modules each path ended up
+importing. Prints a Markdown section for BENCHMARKS.md ("Cold start imports").
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PATHS = {
-    "handler only (authorizer, /health)": None,
-    "SQL request (smartnoise_sql)": "smartnoise_sql",
-    "OpenDP request (opendp)": "opendp",
+# label -> (kind, engine): "handler", "front" (GET /budget) or "worker" (its first query)
+PATHS: dict[str, tuple[str, str | None]] = {
+    "API handler only (authorizer, /health)": ("handler", None),
+    "front: first GET /budget (handler + service + hop + store)": ("front", None),
+    "SQL worker: first query (smartnoise_sql)": ("worker", "smartnoise_sql"),
+    "OpenDP worker: first query (opendp)": ("worker", "opendp"),
+    "Polars worker: first query (opendp_polars)": ("worker", "opendp_polars"),
 }
 WATCH = [
     "pandas",
+    "numpy",
     "opendp",
     "opendp.prelude",
     "snsql",
@@ -38,20 +48,29 @@ WATCH = [
     "polars",
     "chalicelib.engines.smartnoise_engine",
     "chalicelib.engines.opendp_engine",
+    "chalicelib.engines.polars_engine",
 ]
 CHILD = """
-import json, sys, time
+import json, os, sys, time
 sys.path.insert(0, {root!r})
+kind, engine = {kind!r}, {engine!r}
+os.environ["NEBLINA_WORKERS"] = json.dumps({{"sql": {{"function": "neblina-worker-sql"}}}})
 t0 = time.perf_counter()
-import app
+if kind == "worker":
+    import chalicelib.worker
+else:
+    import app
 t1 = time.perf_counter()
-engine = {engine!r}
-if engine is not None:
-    import chalicelib.service
+from chalicelib.config import get_settings
+from chalicelib import deps
+if kind == "front":
+    deps.build_service(get_settings())
+elif kind == "worker":
+    from chalicelib.workers import ENGINE_WORKERS
+    worker = deps.build_worker(get_settings(), ENGINE_WORKERS[engine])
 t2 = time.perf_counter()
-if engine is not None:
-    from chalicelib.engines import get_engine
-    get_engine(engine)
+if kind == "worker":
+    worker.engines.get(engine)
 t3 = time.perf_counter()
 print(json.dumps({{
     "handler": t1 - t0, "service": t2 - t1, "engine": t3 - t2, "total": t3 - t0,
@@ -60,9 +79,9 @@ print(json.dumps({{
 """
 
 
-def measure(engine: str | None) -> dict[str, object]:
-    """One fresh interpreter's import times for the path that names ``engine``."""
-    code = CHILD.format(root=str(ROOT), engine=engine, watch=WATCH)
+def measure(kind: str, engine: str | None) -> dict[str, object]:
+    """One fresh interpreter's import times for one path."""
+    code = CHILD.format(root=str(ROOT), kind=kind, engine=engine, watch=WATCH)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "AWS_DEFAULT_REGION": "us-east-1"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
@@ -75,10 +94,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    measure(None)  # warm the OS file cache and .pyc files once, not timed
+    for kind, engine in PATHS.values():  # warm the OS file cache and .pyc files, not timed
+        measure(kind, engine)
     rows = []
-    for label, engine in PATHS.items():
-        runs = [measure(engine) for _ in range(args.runs)]
+    for label, (kind, engine) in PATHS.items():
+        runs = [measure(kind, engine) for _ in range(args.runs)]
 
         def ms(key: str, runs: list[dict[str, object]] = runs) -> str:
             values = [float(run[key]) * 1000 for run in runs]  # type: ignore[arg-type]
@@ -94,7 +114,10 @@ def main() -> None:
         f"{platform.system()}. Date: {date.today().isoformat()}. {args.runs} fresh interpreters "
         "per row; milliseconds, median (min).\n"
     )
-    print("| path | handler | + service | + engine | total | modules | heavy modules imported |")
+    print(
+        "| path | handler module | + service or worker | + engine | total | modules "
+        "| heavy modules imported |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     print("\n".join(rows))
 

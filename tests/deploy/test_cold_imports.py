@@ -76,3 +76,37 @@ def test_importing_the_client_does_not_import_opendp() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "False"
+
+
+def test_the_front_with_its_workers_configured_builds_its_service_without_heavy_imports() -> None:
+    """A fresh interpreter as the API Lambda: NEBLINA_WORKERS set, the service built by the
+    composition root as the first GET /budget builds it; no pandas, no DP library (the unit
+    tier serves the routes with those imports forbidden)."""
+    script = """
+import json, os, sys
+os.environ["NEBLINA_WORKERS"] = json.dumps({"sql": {"function": "neblina-worker-sql"}})
+import app
+service = app.get_service()
+assert type(service.workers).__name__ == "LambdaWorkers" and service.local is None
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+               {"pandas", "numpy", "snsql", "opendp", "sqlalchemy", "pyarrow", "polars",
+                "duckdb", "sklearn", "scipy"})
+print(json.dumps(heavy))
+"""
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
