@@ -7,7 +7,8 @@ For each path a new Python process imports what a cold Lambda imports for that r
 - the API handler (``app``): all the authorizer and ``/health`` need;
 - the front's first ``GET /budget``: the handler, then the service as the composition root
   builds it with the workers configured (``NEBLINA_WORKERS``, so no engine in this process):
-  the service, the hop, the DynamoDB store;
+  the service, the hop, the DynamoDB store; and the same with ``NEBLINA_WORKERS=inprocess``
+  (the loader and pandas in the front: the shape before the split), for comparison;
 - a worker's first query: ``chalicelib.worker`` (the worker Lambda's handler module), the
   worker as ``deps.build_worker`` builds it (loader, pandas), then the engine it runs.
 
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PATHS: dict[str, tuple[str, str | None]] = {
     "API handler only (authorizer, /health)": ("handler", None),
     "front: first GET /budget (handler + service + hop + store)": ("front", None),
+    "the same, engines in-process (the shape before the split)": ("front-inprocess", None),
     "SQL worker: first query (smartnoise_sql)": ("worker", "smartnoise_sql"),
     "OpenDP worker: first query (opendp)": ("worker", "opendp"),
     "Polars worker: first query (opendp_polars)": ("worker", "opendp_polars"),
@@ -54,7 +56,10 @@ CHILD = """
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 kind, engine = {kind!r}, {engine!r}
-os.environ["NEBLINA_WORKERS"] = json.dumps({{"sql": {{"function": "neblina-worker-sql"}}}})
+os.environ["NEBLINA_WORKERS"] = (
+    "inprocess" if kind == "front-inprocess"
+    else json.dumps({{"sql": {{"function": "neblina-worker-sql"}}}})
+)
 t0 = time.perf_counter()
 if kind == "worker":
     import chalicelib.worker
@@ -63,7 +68,7 @@ else:
 t1 = time.perf_counter()
 from chalicelib.config import get_settings
 from chalicelib import deps
-if kind == "front":
+if kind.startswith("front"):
     deps.build_service(get_settings())
 elif kind == "worker":
     from chalicelib.workers import ENGINE_WORKERS
