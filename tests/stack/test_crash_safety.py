@@ -21,6 +21,7 @@ rendered matrix is printed and must appear verbatim in ``docs/crash-safety.md``.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -382,6 +383,24 @@ WORKER_EXPECTED = {
         "not claimed",
         "200 replayed, free",
     ),
+    ("worker (sync)", "during-mechanism", "kill"): (
+        "500 internal_error",
+        "cost",
+        "failed",
+        "failed (interrupted)",
+        "1",
+        "-",
+        "409 query_failed",
+    ),
+    ("worker (sync)", "after-archive", "kill"): (
+        "500 internal_error",
+        "cost",
+        "done",
+        "done",
+        "1",
+        "-",
+        "200 replayed, free",
+    ),
     ("worker", "unreachable", "hand-over refused"): (
         "503 worker_unavailable",
         "none",
@@ -430,6 +449,7 @@ class JobCell:
     delivery: str = "-"
     retry: str = ""
     new_query: str = ""
+    wait: bool = False  # a synchronous query (the front waits on the worker)
 
     def row(self) -> tuple[str, ...]:
         return (
@@ -444,32 +464,40 @@ class JobCell:
 
 
 class WorkerProcess:
-    """The fault worker on one fixed port, restarted there after each kill."""
+    """The fault worker (a warm supervisor forking the server) on one port of its own.
+
+    A kill takes the server down; :meth:`restart` forks a new one on the same port.
+    """
 
     def __init__(self, stack: Any, log_dir: Path) -> None:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
         self.stack, self.log_dir = stack, log_dir
-        self.incarnation = 0
+        self.kills = 0
         self.process: Any = None
         self.url = ""
 
     def start(self) -> None:
+        import socket
+
         from stack import spawn  # localstack/stack.py
 
-        self.incarnation += 1
+        with socket.socket() as probe:  # one port for every server the supervisor forks
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         self.url, self.process = spawn(
-            f"fault-worker-{self.incarnation}",
-            str(FAULT_WORKER),
-            self.port,
-            self.stack.env(),
-            self.log_dir,
-            "--worker",
-            "sql",
+            "fault-worker", str(FAULT_WORKER), port, self.stack.env(), self.log_dir, "--worker", "sql"
         )
+
+    def killed(self) -> None:
+        """Until the server has died of SIGKILL (nothing ran after it)."""
+        self.kills += 1
+        wait_until(lambda: self.log().count("fault-worker: exited -9\n") == self.kills, "kill")
+
+    def restart(self) -> None:
+        """A new server on the same port, once it is ready."""
+        import signal
+
+        os.kill(self.process.pid, signal.SIGUSR1)
+        wait_until(lambda: self.log().count(" ready on ") == self.kills + 1, "restart")
 
     def stop(self) -> None:
         from stack import _stop_process  # localstack/stack.py
@@ -479,12 +507,7 @@ class WorkerProcess:
             self.process.wait(timeout=30)
 
     def log(self) -> str:
-        """Every incarnation's log, in order."""
-        paths = sorted(
-            self.log_dir.glob("fault-worker-*.log"),
-            key=lambda p: int(p.name.split("-")[2]),
-        )
-        return "".join(p.read_text(errors="replace") for p in paths)
+        return "".join(p.read_text(errors="replace") for p in self.log_dir.glob("fault-worker-*"))
 
     def lines(self, what: str, query_id: str) -> int:
         return self.log().count(f"fault-worker: {what} {query_id}\n")
@@ -630,7 +653,7 @@ def test_fault_injection_matrix_worker_cells(
             cell = new_cell("worker", step, "kill", worker_fault_id(step, hex12()))
             cells.append(cell)
             cell.answer = job_answer(post_job(front.url, cell.token, cell.query_id))
-            assert worker.process.wait(timeout=60) == -9
+            worker.killed()
             observe(cell, store.get_query(cell.query_id))
             next_job(cell)  # at once, while the killed job's record is still running
             if step == "during-mechanism":
@@ -640,11 +663,21 @@ def test_fault_injection_matrix_worker_cells(
                 down.answer = job_answer(post_job(front.url, down.token, down.query_id))
                 observe(down, store.get_query(down.query_id))
                 next_job(down)
-            worker.start()
+            worker.restart()
             # Lambda delivers a failed asynchronous event again: the new worker gets it
             worker.deliver(worker.event(cell.query_id))
             worker.wait_for("not-claimed", cell.query_id)
             cell.delivery = "not claimed"
+        # a synchronous query whose worker is killed: the front, waiting, settles the record
+        for step in ("during-mechanism", "after-archive"):
+            cell = new_cell("worker (sync)", step, "kill", worker_fault_id(step, hex12()))
+            cell.wait = True
+            cells.append(cell)
+            cell.answer = answer(post(front.url, cell.token, cell.query_id))
+            worker.killed()
+            observe(cell, store.get_query(cell.query_id))
+            next_job(cell)
+            worker.restart()
         # the job handed to the worker twice
         twice = job_fault_id("deliver-twice", hex12())
         cell = new_cell("queue", "deliver-twice", "duplicate", twice)
@@ -709,7 +742,7 @@ def settle_job(stack: Any, store: Any, cell: JobCell, cost: PrivacyCost) -> None
     if body["state"] == "done":
         assert body["result"] is not None  # the release was archived, never lost
     spent = store.get_grant(cell.user, "PENGUIN").spent
-    retry = post_job(stack.api_url, cell.token, cell.query_id)
+    retry = (post if cell.wait else post_job)(stack.api_url, cell.token, cell.query_id)
     cell.retry = job_answer(retry)
     if retry.status_code == 202:
         cell.retry = "202 (runs now)"

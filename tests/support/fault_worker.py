@@ -17,6 +17,7 @@ during-mechanism  inside the engine: it has the rows and has drawn its noise; it
 after-archive     the archive write (``store.finish(done)``) succeeded; nothing answered
 ================  ===========================================================================
 
+The worker runs as a child of a warm supervisor (:func:`main`) that restarts it on demand.
 Whatever the fault, the worker also reports what it did on its standard output (the test
 reads its log): ``fault-worker: event <JSON>`` for every job it is handed (so a test can
 deliver the same event again), ``fault-worker: claimed <id>`` / ``not claimed <id>`` after
@@ -129,13 +130,17 @@ def install(worker: Any) -> None:
             strike("after-archive")
 
     worker.handle = handle
-    worker.store.claim = claim
-    worker.store.finish = finish
     worker.loader.load = load
     worker.engines.get = lambda name: _FaultyEngine(real_get_engine(name))
+    if getattr(worker.store, "fault_worker_installed", False):
+        return  # two first events at once build two workers around the one cached store
+    worker.store.fault_worker_installed = True
+    worker.store.claim = claim
+    worker.store.finish = finish
 
 
-def main() -> int:
+def serve(argv: list[str]) -> int:
+    """One worker server whose worker is wrapped as above."""
     import workerserver  # localstack/workerserver.py
 
     import chalicelib.deps as deps
@@ -148,7 +153,36 @@ def main() -> int:
         return worker
 
     deps.build_worker = build_worker  # lambda_handler builds its worker through it
-    return workerserver.main(sys.argv[1:])
+    return workerserver.main(argv)
+
+
+def main() -> int:
+    """A warm supervisor: it imports the engines' libraries once, then forks the server.
+
+    When the server dies (a kill fault), the supervisor says ``fault-worker: exited <code>``
+    and waits for ``SIGUSR1`` before forking a new one on the same port, so a test restarts
+    a killed worker in a fraction of a second (no new interpreter, no imports again) and can
+    keep it down meanwhile (a hand-over to nobody). SIGTERM stops both (the test stops the
+    process group).
+    """
+    import chalicelib.datasets
+    import chalicelib.deps
+    import chalicelib.engines.smartnoise_engine
+    import chalicelib.worker  # noqa: F401  (imported here, once, for every server forked)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    while True:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+            os._exit(serve(sys.argv[1:]))
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        say("exited", str(code))
+        if code != -signal.SIGKILL:
+            return code
+        signal.sigwait({signal.SIGUSR1})
 
 
 if __name__ == "__main__":
