@@ -484,7 +484,13 @@ class WorkerProcess:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.url, self.process = spawn(
-            "fault-worker", str(FAULT_WORKER), port, self.stack.env(), self.log_dir, "--worker", "sql"
+            "fault-worker",
+            str(FAULT_WORKER),
+            port,
+            self.stack.env(),
+            self.log_dir,
+            "--worker",
+            "sql",
         )
 
     def killed(self) -> None:
