@@ -117,6 +117,36 @@ class Accuracy(Response):
 Table.model_rebuild()
 
 
+class StatedAccuracyColumn(Response):
+    """The accuracy of one output column (docs/api.md, "Accuracy")."""
+
+    column: str
+    aggregate: str | None = Field(description="the aggregate (or expression) released")
+    distribution: str | None = Field(
+        description="Laplace, Gaussian, Integer Laplace, Integer Gaussian; null without noise"
+    )
+    scale: float | None = Field(description="the noise scale (b for Laplace, σ for Gaussian)")
+    accuracy: float | None = Field(
+        description="half-width of the confidence interval at level: the released value is "
+        "within ±accuracy of the exact value with probability ≥ level; null with a reason"
+    )
+    reason: str | None = Field(description="why accuracy is null (null when it is given)")
+    components: list[StatedAccuracyColumn] | None = Field(
+        description="for a column computed from several noisy aggregates (AVG = SUM / COUNT, "
+        "VAR, STDDEV): the accuracy of each aggregate it is computed from"
+    )
+
+
+class StatedAccuracy(Response):
+    """The accuracy of a price or a release, from the request and the metadata only."""
+
+    level: float = Field(description="the confidence level asked (default 0.95)")
+    columns: list[StatedAccuracyColumn] | None = Field(
+        description="one entry per output column; null when the engine has no analytic answer"
+    )
+    reason: str | None = Field(description="why columns is null (null when they are given)")
+
+
 class Value(Response):
     """An OpenDP release: a number, or a (possibly nested) list of numbers."""
 
@@ -295,7 +325,16 @@ class Mechanisms(Request):
     threshold: Mechanism | Absent = None
 
 
-class SqlCostRequest(Request):
+class _CostFields(Request):
+    level: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=0.999999,
+        description="the confidence level of the accuracy returned (docs/api.md, Accuracy)",
+    )
+
+
+class SqlCostRequest(_CostFields):
     """A SmartNoise SQL query to price."""
 
     engine: Literal["smartnoise_sql"]
@@ -331,7 +370,7 @@ class PipelineNodes(Request):
     nodes: list[dict[str, Any]] = Field(min_length=1)
 
 
-class OpenDPCostRequest(Request):
+class OpenDPCostRequest(_CostFields):
     """An OpenDP measurement to price."""
 
     engine: Literal["opendp"]
@@ -350,7 +389,7 @@ class OpenDPQueryRequest(_QueryFields, OpenDPCostRequest):
     """An OpenDP measurement to run."""
 
 
-class PolarsCostRequest(Request):
+class PolarsCostRequest(_CostFields):
     """An OpenDP Polars query to price (plan grammar: docs/opendp.md)."""
 
     engine: Literal["opendp_polars"]
@@ -397,6 +436,7 @@ class CostEstimate(Response):
     dataset: str
     engine: str
     cost: Cost
+    accuracy: StatedAccuracy
 
 
 class QueryResponse(Response):
@@ -410,6 +450,9 @@ class QueryResponse(Response):
     cost: Cost
     created_at: Timestamp
     result: Result
+    accuracy: StatedAccuracy | Absent = Field(
+        default=None, description="the release's accuracy (from the request and metadata)"
+    )
 
 
 class QueryRecord(Response):

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from chalicelib import result_overflow, validation
+from chalicelib import accuracy, result_overflow, validation
 from chalicelib.config import Settings
 from chalicelib.engines import COMMON_FIELDS
 from chalicelib.errors import (
@@ -159,6 +159,15 @@ def hardened_error(error: NeblinaError) -> NeblinaError:
 
 
 @dataclass(frozen=True)
+class Priced:
+    """A request's charge, its canonical form and its accuracy (the worker's ``price``)."""
+
+    cost: PrivacyCost
+    canonical: dict[str, Any]
+    accuracy: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Accepted:
     """A 202 answer: the query runs as a job; ``location`` is its record's route."""
 
@@ -232,7 +241,7 @@ class Service:
             )
             workers = InProcessWorkers(self.local)
         self.workers = workers
-        self._costs: LruCache[str, tuple[PrivacyCost, dict[str, Any]]] = LruCache(1024)
+        self._costs: LruCache[str, Priced] = LruCache(1024)
 
     # the in-process worker's parts (tests reach them through the service) ---------------
     def _in_process(self) -> Worker:
@@ -427,16 +436,18 @@ class Service:
             raise WorkerUnavailable() from None
 
     def _price(
-        self, engine: str, dataset: Dataset, document: dict[str, Any]
-    ) -> tuple[PrivacyCost, dict[str, Any]]:
-        """The charge and the canonical request (the worker's ``price``), memoised.
+        self, engine: str, dataset: Dataset, document: dict[str, Any], level: float
+    ) -> Priced:
+        """The charge, the canonical request and the accuracy at ``level`` (the worker's
+        ``price``), memoised.
 
         The worker's engine validates the request (400) and prices it from the metadata
         only, rounded up to the ledger's grid (the one rule of ``docs/ledger.md``,
         "Amounts"): what ``/cost`` shows, what is archived and what is debited are this
-        same number, never below the engine's charge. It is a pure function of the
-        metadata and the engine's fields of the request, so the front keeps it (LRU) under
-        their digests: a repeated query is one hop.
+        same number, never below the engine's charge. The accuracy comes from the same
+        request and metadata (:mod:`chalicelib.accuracy`). Both are pure functions of the
+        metadata, the engine's fields of the request and the level, so the front keeps
+        them (LRU) under their digests: a repeated query is one hop.
         """
         own = {k: v for k, v in document.items() if k not in COMMON_FIELDS}
         body = json.dumps(own, sort_keys=True, default=str).encode()
@@ -446,17 +457,21 @@ class Service:
                 dataset.name,
                 metadata_digest(dataset.metadata),
                 hashlib.sha256(body).hexdigest(),
+                repr(level),
             ]
         )
         priced = self._costs.get(key)
         if priced is None:
             payload = {"op": "price", "engine": engine, "dataset": dataset_to_wire(dataset)}
-            answer = self._call(self.engine_workers[engine], {**payload, "body": document})
+            answer = self._call(
+                self.engine_workers[engine], {**payload, "body": document, "level": level}
+            )
             charge = answer["cost"]
             cost = PrivacyCost(epsilon=charge["epsilon"], delta=charge["delta"])
             if cost.is_negative():  # pragma: no cover - workers never price below zero
                 raise EngineRefused("the engine priced the query below zero")
-            priced = (cost, dict(answer["canonical"]))
+            stated = answer.get("accuracy") or accuracy.unavailable(level, "not computed")
+            priced = Priced(cost, dict(answer["canonical"]), dict(stated))
             self._costs.put(key, priced)
         return priced
 
@@ -516,10 +531,16 @@ class Service:
         self._throttle(user_id)
         with self._hardening(hardening):
             engine, document = self._parse(body)
+            level = accuracy.level(document.get("level"))
             dataset, _ = self._granted_dataset(user_id, name)
             hardening.watch(dataset)
-            cost, _ = self._price(engine, dataset, document)
-            return {"dataset": dataset.name, "engine": engine, "cost": cost.to_json()}
+            priced = self._price(engine, dataset, document, level)
+            return {
+                "dataset": dataset.name,
+                "engine": engine,
+                "cost": priced.cost.to_json(),
+                "accuracy": priced.accuracy,
+            }
 
     def query(self, user_id: str, name: str, body: object) -> dict[str, Any] | Accepted:
         """Run a query (see the module docstring for the order of steps)."""
@@ -529,22 +550,25 @@ class Service:
             engine, document = self._parse(body)
             query_id = validation.query_id(document.get("query_id"))
             is_dummy = validation.boolean(document.get("dummy"), "dummy", False)
+            level = accuracy.level(document.get("level"))
             dataset, _ = self._granted_dataset(user_id, name)
             hardening.watch(dataset, generic=not is_dummy)
             wait = validation.boolean(document.get("wait"), "wait", True)
-            cost, canonical = self._price(engine, dataset, document)
+            priced = self._price(engine, dataset, document, level)
+            cost, canonical, stated = priced.cost, priced.canonical, priced.accuracy
             self._check_cap(dataset, cost)
             if is_dummy:  # public rows, nothing debited: always answered at once
-                return self._dummy_query(engine, dataset, document, query_id, cost)
+                answer = self._dummy_query(engine, dataset, document, query_id, cost)
+                return {**answer, "accuracy": stated}
             record = self._record(user_id, engine, dataset, canonical, query_id, cost, job=not wait)
             try:
                 # the store tells its own retried write from another request's record
                 self.store.reserve(record)
             except QueryIdTaken as taken:
-                return self._replay(taken.existing, record)
+                return {**self._replay(taken.existing, record), "accuracy": stated}
             if not wait:
                 return self._submit(dataset, document, record)
-            return self._run(dataset, document, record)
+            return {**self._run(dataset, document, record), "accuracy": stated}
 
     def _record(
         self,

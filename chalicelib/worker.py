@@ -6,8 +6,11 @@ grants: the front owns the debit (``store.reserve``). It answers four operations
 (JSON in, JSON out; :func:`lambda_handler` is the handler of every worker Lambda, whose
 family comes from ``NEBLINA_WORKER``):
 
-- ``price`` ``{engine, dataset, body}`` -> ``{cost, canonical}``: the engine validates
-  the body and prices it from the metadata only, rounded up to the ledger's grid.
+- ``price`` ``{engine, dataset, body, level}`` -> ``{cost, canonical, accuracy}``: the
+  engine validates the body and prices it from the metadata only, rounded up to the
+  ledger's grid; ``accuracy`` at ``level`` (default 0.95) comes from the same request and
+  metadata (:mod:`chalicelib.accuracy`; an engine without an ``accuracy`` method says
+  null with a reason).
 - ``run`` ``{dataset, record, body, mode}`` -> ``{result}``: for a record the front has
   reserved (debited), steps 4-6 of the query path (:mod:`chalicelib.service`): load, run
   the mechanism once, archive the release, or fail the record, or refund it if it fails
@@ -34,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from chalicelib import hop, result_overflow, validation
+from chalicelib import accuracy, hop, result_overflow, validation
 from chalicelib.config import Settings
 from chalicelib.engines import Engine, EngineRequest, Engines
 from chalicelib.errors import (
@@ -142,7 +145,13 @@ class Worker:
             cost = exact.charged()  # rounded up to the ledger's grid (docs/ledger.md)
         except AmountOutOfRange as exc:
             raise InvalidRequest(f"this query's cost cannot be charged: {exc}") from None
-        return {"cost": cost.to_json(), "canonical": request.canonical()}
+        at = accuracy.level(payload.get("level"))
+        answer = getattr(engine, "accuracy", None)
+        if answer is None:
+            stated = accuracy.unavailable(at, f"the {engine.name} engine has no analytic accuracy")
+        else:
+            stated = accuracy.computed(at, lambda: answer(dataset, request, at))
+        return {"cost": cost.to_json(), "canonical": request.canonical(), "accuracy": stated}
 
     # run -------------------------------------------------------------------------------
     def run(self, payload: dict[str, Any]) -> dict[str, Any]:

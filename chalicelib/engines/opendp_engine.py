@@ -87,6 +87,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import opendp.accuracy as opendp_accuracy
 import opendp.combinators as combinators
 import opendp.core as core
 import opendp.domains as domains
@@ -100,6 +101,7 @@ from opendp._lib import AnyObjectPtr, FfiResult, lib, unwrap
 from opendp.mod import Measurement, Transformation, enable_features
 from opendp.mod import __version__ as OPENDP_VERSION
 
+from chalicelib import accuracy as acc
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset
 from chalicelib.engines import COMMON_FIELDS
@@ -823,6 +825,94 @@ class PreparedColumn:
         self.value = _invoke_raw(prefix, text)
 
 
+# --- accuracy -------------------------------------------------------------------------------
+# The noise measurements whose output accuracy OpenDP gives in closed form, and the
+# combinators that pass a measurement's output through unchanged (measure casts; a chain
+# whose measurement runs last).
+NOISE = {"make_laplace": "Laplace", "make_gaussian": "Gaussian", "make_geometric": "Laplace"}
+PASS_THROUGH = {
+    "make_chain_mt": "measurement1",
+    "make_fix_delta": "measurement",
+    "make_zCDP_to_approxDP": "measurement",
+    "make_approximate": "measurement",
+    "make_pureDP_to_zCDP": "measurement",
+    "make_fixed_approxDP_to_approxDP": "measurement",
+}
+COMPOSITIONS = ("make_composition", "make_basic_composition")
+_INTEGER = re.compile(r"\b[iu](8|16|32|64|128|size)\b")
+
+
+def _noise_accuracy(nodes: list[dict[str, Any]], index: int, name: str, alpha: float) -> Any:
+    """The entry of the noise node ``index``: OpenDP's scale-to-accuracy of its distribution
+    (the discrete one when the noise is added to integers)."""
+    node = nodes[index]
+    kind = NOISE[node[FUNCTION]]
+    scale = float(node[KWARGS]["scale"])
+    noise = build(nodes[: index + 1])
+    integer = bool(_INTEGER.search(str(noise.input_domain.carrier_type)))
+    vector = str(noise.input_domain.carrier_type).startswith("Vec<")
+    if kind == "Laplace":
+        helper = (
+            opendp_accuracy.discrete_laplacian_scale_to_accuracy
+            if integer
+            else opendp_accuracy.laplacian_scale_to_accuracy
+        )
+    else:
+        helper = (
+            opendp_accuracy.discrete_gaussian_scale_to_accuracy
+            if integer
+            else opendp_accuracy.gaussian_scale_to_accuracy
+        )
+    distribution = f"Integer {kind}" if integer else kind
+    aggregate = f"{node[FUNCTION]} (each element)" if vector else node[FUNCTION]
+    half = float(helper(scale, alpha))
+    return acc.column(name, aggregate, distribution=distribution, scale=scale, accuracy=half)
+
+
+def pipeline_accuracy(nodes: list[dict[str, Any]], level: float) -> dict[str, Any]:
+    """The release's accuracy, from the pipeline alone.
+
+    The release is ``value``: one noise measurement (Laplace, Gaussian, geometric) at the
+    end of the chain, behind measure casts only, gives OpenDP's ``*_scale_to_accuracy``
+    (discrete forms on integers) for the value or for each element of a vector; a
+    composition gives one entry per component (``value[i]``). Anything else (a quantile, a
+    noisy max, canonical noise) has no closed form here: ``columns`` null with a reason.
+    """
+    alpha = acc.alpha(level)
+
+    def noise_of(index: int) -> int | None:
+        node = nodes[index]
+        while node[FUNCTION] in PASS_THROUGH:
+            index = int(node[KWARGS][PASS_THROUGH[node[FUNCTION]]][REF])
+            node = nodes[index]
+        return index if node[FUNCTION] in NOISE else None
+
+    root = nodes[-1]
+    last = len(nodes) - 1
+    while root[FUNCTION] in PASS_THROUGH and root[FUNCTION] != "make_chain_mt":
+        last = int(root[KWARGS][PASS_THROUGH[root[FUNCTION]]][REF])
+        root = nodes[last]
+    reason = (
+        "the pipeline's last measurement is not Laplace, Gaussian or geometric noise:"
+        " no analytic accuracy (estimate it on dummy data)"
+    )
+    if root[FUNCTION] in COMPOSITIONS:
+        parts = root[KWARGS]["measurements"]
+        found = [noise_of(int(part[REF])) for part in parts]
+        if any(index is None for index in found):
+            return acc.unavailable(level, reason)
+        columns = [
+            _noise_accuracy(nodes, index, f"value[{i}]", alpha)
+            for i, index in enumerate(found)
+            if index is not None
+        ]
+        return acc.answer(level, columns)
+    index = noise_of(last)
+    if index is None:
+        return acc.unavailable(level, reason)
+    return acc.answer(level, [_noise_accuracy(nodes, index, "value", alpha)])
+
+
 # --- the engine -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OpenDPRequest:
@@ -880,6 +970,10 @@ class OpenDPEngine:
     def cost(self, dataset: Dataset, request: OpenDPRequest) -> PrivacyCost:
         measurement = self._measurement(dataset.metadata, request)
         return price(measurement, int(dataset.metadata["max_ids"]), request.fixed_delta)
+
+    def accuracy(self, dataset: Dataset, request: OpenDPRequest, level: float) -> dict[str, Any]:
+        """The release's accuracy at ``level`` (:func:`pipeline_accuracy`)."""
+        return pipeline_accuracy(request.nodes(), level)
 
     def execute(self, loaded: LoadedDataset, request: OpenDPRequest) -> dict[str, Any]:
         metadata = loaded.metadata

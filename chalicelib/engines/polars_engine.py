@@ -57,6 +57,7 @@ from opendp.domains import with_margin
 from opendp.extras.polars import Margin, _lazyframe_domain_from_schema, dp_len
 from opendp.mod import binary_search_param, enable_features
 
+from chalicelib import accuracy as acc
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset
 from chalicelib.engines import COMMON_FIELDS
@@ -444,6 +445,26 @@ class PolarsEngine:
 
     def cost(self, dataset: Dataset, request: PolarsRequest) -> PrivacyCost:
         return calibrate(dataset.metadata, request).cost
+
+    def accuracy(self, dataset: Dataset, request: PolarsRequest, level: float) -> dict[str, Any]:
+        """OpenDP's summary of the calibrated measurement at ``alpha = 1 - level``, in the
+        shape every engine answers (docs/api.md, "Accuracy")."""
+        calibration = calibrate(dataset.metadata, request)
+        summary = summarize_polars_measurement(calibration.measurement, acc.alpha(level))
+        columns = []
+        for row in (_plain_row(r) for r in summary.to_dicts()):
+            half = row.get("accuracy")
+            columns.append(
+                acc.column(
+                    str(row.get("column")),
+                    row.get("aggregate"),
+                    distribution=row.get("distribution"),
+                    scale=row.get("scale"),
+                    accuracy=None if half is None else float(half),
+                    reason="OpenDP's summary gives no closed form for this statistic",
+                )
+            )
+        return acc.answer(level, columns)
 
     def execute(self, loaded: LoadedDataset, request: PolarsRequest) -> dict[str, Any]:
         metadata = loaded.metadata

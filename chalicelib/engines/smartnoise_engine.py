@@ -35,6 +35,7 @@ from opendp.mod import _EXPONENTIAL_SEARCH_BANDS, binary_search, enable_features
 from opendp.typing import set_default_int_type
 from snsql import Privacy
 from snsql._ast.ast import AggFunction, TableColumn
+from snsql._ast.expression import NestedExpression
 from snsql._ast.tokens import Column
 from snsql.metadata import Int as SnInt
 from snsql.metadata import Metadata
@@ -51,6 +52,7 @@ from snsql.sql.reader.pandas import PandasReader
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import StaticPool
 
+from chalicelib import accuracy as acc
 from chalicelib import validation
 from chalicelib.datasets import LoadedDataset, coerce_types
 from chalicelib.engines import COMMON_FIELDS, sql_policy
@@ -839,6 +841,101 @@ def explicit_cost(reader: PrivateReader, request: SqlRequest, *, censor_dims: bo
     return PrivacyCost(epsilon=epsilon, delta=delta)
 
 
+def _unwrap(expression: Any) -> Any:
+    while isinstance(expression, NestedExpression):
+        expression = expression.expression
+    return expression
+
+
+def _columns_in(expression: Any) -> list[str]:
+    """The names of the columns an expression reads, in order, each once."""
+    names: list[str] = []
+    stack = [expression]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, Column) and node.name not in names:
+            names.append(node.name)
+        children = node.children() if hasattr(node, "children") else []
+        stack.extend(child for child in children if child is not None)
+    return names
+
+
+def _mechanism_entry(name: str, aggregate: str, mechanism: Any, alpha: float, integer: bool) -> Any:
+    """A noisy aggregate's entry: its distribution, scale and half-width at 1 - alpha."""
+    half = float(mechanism.accuracy(alpha))
+    if integer:  # SmartNoise truncates an int output toward zero: within ceil(t) (docs/api.md)
+        half = float(math.ceil(half))
+    distribution = "Gaussian" if isinstance(mechanism, Gaussian) else "Laplace"
+    return acc.column(
+        name, aggregate, distribution=distribution, scale=float(mechanism.scale), accuracy=half
+    )
+
+
+def sql_accuracy(dataset: Dataset, request: SqlRequest, level: float) -> dict[str, Any]:
+    """Each output column's accuracy, from the query and the metadata only.
+
+    SmartNoise rewrites the query into noisy aggregates (COUNT, SUM) and an outer query
+    computed from them. An output column that is one noisy aggregate (possibly plus a
+    constant) gets that mechanism's half-width (``mechanism.accuracy(alpha)``: OpenDP's
+    ``laplacian_scale_to_accuracy`` / ``gaussian_scale_to_accuracy``), rounded up to an
+    integer for an int column (SmartNoise truncates it). Any other expression of noisy
+    aggregates (AVG = SUM / COUNT, VAR, STDDEV, a product) gets no half-width but its
+    ``components``; a group key, a column without noise. With ``postprocess`` false each
+    raw column is one noisy aggregate or a key.
+    """
+    alpha = acc.alpha(level)
+    metadata = metadata_for(dataset.name, dataset.metadata)
+    reader = PrivateReader(MetadataOnlyReader(metadata), metadata, privacy=request.privacy())
+    reader._refresh_options()
+    subquery, query = reader._rewrite(request.query)
+    mechanisms = reader._get_mechanisms(subquery)
+    columns: list[dict[str, Any]] = []
+    if not request.postprocess:
+        for i, (symbol, mechanism) in enumerate(
+            zip(subquery._select_symbols, mechanisms, strict=True)
+        ):
+            name, aggregate = f"res_{i}", str(symbol.expression)
+            if mechanism:
+                integer = symbol.expression.type() == "int"
+                columns.append(_mechanism_entry(name, aggregate, mechanism, alpha, integer))
+            else:
+                columns.append(acc.column(name, aggregate, reason="a group key: not noised"))
+        return acc.answer(level, columns)
+    by_name = {}
+    for symbol, mechanism in zip(subquery._select_symbols, mechanisms, strict=True):
+        if mechanism and symbol.name not in by_name:
+            by_name[symbol.name] = (str(symbol.expression), mechanism)
+    written = QueryParser(metadata).query(request.query).select.namedExpressions
+    for named, symbol, asked in zip(
+        query.select.namedExpressions, query._select_symbols, written, strict=False
+    ):
+        expression = _unwrap(named.expression)
+        name, aggregate = str(symbol.name), str(asked.expression)
+        sources = [n for n in _columns_in(named.expression) if n in by_name]
+        integer = symbol.expression.type() == "int"
+        if isinstance(expression, Column) and expression.name in by_name:
+            mechanism = by_name[expression.name][1]
+            columns.append(_mechanism_entry(name, aggregate, mechanism, alpha, integer))
+        elif sources:
+            parts = [
+                _mechanism_entry(n, by_name[n][0], by_name[n][1], alpha, False) for n in sources
+            ]
+            columns.append(
+                acc.column(
+                    name,
+                    aggregate,
+                    reason="computed from several noisy aggregates (e.g. AVG = SUM / COUNT):"
+                    " no analytic half-width; see components",
+                    components=parts,
+                )
+            )
+        else:
+            columns.append(
+                acc.column(name, aggregate, reason="a group key or a constant: no noise")
+            )
+    return acc.answer(level, columns)
+
+
 class SmartnoiseSqlEngine:
     """The SmartNoise SQL engine (see the module docstring)."""
 
@@ -896,6 +993,10 @@ class SmartnoiseSqlEngine:
         if not dataset.metadata["censor_dims"]:
             _check_public_keys(metadata, dataset.metadata, request.query)
         return cost
+
+    def accuracy(self, dataset: Dataset, request: SqlRequest, level: float) -> dict[str, Any]:
+        """Each output column's accuracy at ``level`` (:func:`sql_accuracy`)."""
+        return sql_accuracy(dataset, request, level)
 
     def _reader(self, loaded: LoadedDataset) -> SqlReader:
         metadata = metadata_for(loaded.name, loaded.metadata)

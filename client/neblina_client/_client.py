@@ -6,6 +6,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -21,6 +22,7 @@ from ._decode import (
     parse_cost,
     parse_dataset,
     parse_query_result,
+    parse_stated_accuracy,
 )
 from ._decode import parse_response as _parse
 from ._exceptions import (
@@ -184,7 +186,12 @@ class Client:
     def _price(self, body: dict[str, Any]) -> Cost:
         """The cost of the query in ``body`` (one engine's request fields); debits nothing."""
         response = self._request("POST", self._dataset_path("cost"), json=body)
-        return _parse(lambda b: parse_cost(b["cost"]), response)
+
+        def priced(answer: Mapping[str, Any]) -> Cost:
+            cost = parse_cost(answer["cost"])
+            return replace(cost, accuracy=parse_stated_accuracy(answer.get("accuracy")))
+
+        return _parse(priced, response)
 
     def _submit(
         self,
@@ -339,9 +346,18 @@ class SQL:
         epsilon: Amount,
         delta: Amount,
         mechanisms: Mapping[str, str] | None = None,
+        *,
+        level: float | None = None,
     ) -> Cost:
-        """The price of ``query``, computed from the metadata only; debits nothing."""
-        return self._client._price(_sql_body(query, epsilon, delta, mechanisms))
+        """The price of ``query``, computed from the metadata only; debits nothing.
+
+        ``cost.accuracy`` gives each output column's noise and CI half-width at ``level``
+        (default 0.95), also from the metadata only.
+        """
+        body = _sql_body(query, epsilon, delta, mechanisms)
+        if level is not None:
+            body["level"] = level
+        return self._client._price(body)
 
     @overload
     def query(
@@ -357,6 +373,7 @@ class SQL:
         dummy_rows: int = ...,
         dummy_seed: int = ...,
         wait: Literal[True] = ...,
+        level: float | None = ...,
     ) -> QueryResult: ...
 
     @overload
@@ -373,6 +390,7 @@ class SQL:
         dummy_rows: int = ...,
         dummy_seed: int = ...,
         wait: Literal[False],
+        level: float | None = ...,
     ) -> Job: ...
 
     def query(
@@ -388,8 +406,12 @@ class SQL:
         dummy_rows: int = 100,
         dummy_seed: int = 42,
         wait: bool = True,
+        level: float | None = None,
     ) -> QueryResult | Job:
         """Run ``query`` under DP and debit its cost (nothing with ``dummy=True``).
+
+        ``result.accuracy`` gives each output column's CI half-width at ``level`` (default
+        0.95), computed from the query and the metadata.
 
         The query is sent with ``query_id`` (a new UUID unless given). Sending the same id
         and payload again returns the stored answer without a second charge, which is how
@@ -401,6 +423,8 @@ class SQL:
         """
         body = _sql_body(query, epsilon, delta, mechanisms)
         body["postprocess"] = postprocess
+        if level is not None:
+            body["level"] = level
         return self._client._submit(
             body,
             query_id=query_id,

@@ -111,7 +111,7 @@ def parse_query_result(data: Mapping[str, Any]) -> QueryResult:
         dummy=bool(data.get("dummy", False)),
         replayed=bool(data.get("replayed", False)),
         created_at=parse_datetime(data["created_at"]),
-        accuracy=parse_accuracy(data.get("result")),
+        accuracy=parse_accuracy(data.get("result")) or parse_stated_accuracy(data.get("accuracy")),
     )
 
 
@@ -122,6 +122,21 @@ def parse_accuracy(value: Any) -> pd.DataFrame | None:
         return None
     frame = pd.DataFrame(list(accuracy.get("columns") or []))
     frame.attrs["alpha"] = accuracy.get("alpha")
+    return frame
+
+
+def parse_stated_accuracy(value: Any) -> pd.DataFrame | None:
+    """The ``accuracy`` of a price or a release (docs/api.md, "Accuracy"), as a DataFrame
+    indexed by output column; None when the answer has none. ``attrs``: ``level`` and, when
+    the engine has no analytic answer, ``reason`` (the frame is then empty)."""
+    if not isinstance(value, Mapping):
+        return None
+    columns = value.get("columns")
+    fields = ["column", "aggregate", "distribution", "scale", "accuracy", "reason", "components"]
+    frame = pd.DataFrame(list(columns or []), columns=fields)
+    frame.index = pd.Index(frame["column"].astype(str).tolist(), name=None)
+    frame.attrs["level"] = value.get("level")
+    frame.attrs["reason"] = value.get("reason")
     return frame
 
 

@@ -24,6 +24,10 @@ class Cost:
 
     epsilon: Decimal
     delta: Decimal
+    # A price from the server (``sql.cost``, ``opendp.cost``, ...): the accuracy of each
+    # output column at ``accuracy.attrs["level"]`` (docs/api.md, "Accuracy"); else None.
+    # Not part of the amount: sums and comparisons ignore it.
+    accuracy: pd.DataFrame | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def zero(cls) -> Cost:
@@ -111,8 +115,10 @@ class QueryResult:
     dummy: bool
     replayed: bool
     created_at: datetime
-    # OpenDP Polars releases: OpenDP's accuracy summary of each released statistic
-    # (columns column, aggregate, distribution, scale, accuracy), at ``alpha``; else None.
+    # The accuracy of each output column (docs/api.md, "Accuracy"): one row per column
+    # (column, aggregate, distribution, scale, accuracy = CI half-width at
+    # ``accuracy.attrs["level"]``, reason, components), indexed by the column's name. OpenDP
+    # Polars releases keep OpenDP's own summary at ``alpha`` (``attrs["alpha"]``).
     accuracy: pd.DataFrame | None = None
 
 

@@ -533,7 +533,12 @@ def test_the_openapi_document_describes_both_engines() -> None:
             "opendp_polars",
         }
     assert set(schemas["OpenDPQueryRequest"]["properties"]) == oe.FIELDS | COMMON_FIELDS
-    assert set(schemas["OpenDPCostRequest"]["properties"]) == {"engine", "pipeline", "fixed_delta"}
+    assert set(schemas["OpenDPCostRequest"]["properties"]) == {
+        "engine",
+        "pipeline",
+        "fixed_delta",
+        "level",
+    }
     assert schemas["Value"]["properties"]["type"]["const"] == "value"
 
 
