@@ -192,7 +192,7 @@ def same(left: list[Any], right: list[Any]) -> bool:
 
 
 @settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
