@@ -1,0 +1,180 @@
+"""Issue 14's cases over HTTP on the local stack (front + worker processes + emulator).
+
+    .venv/bin/python bench/columnar_http.py [--rows 1000000] [--runs 20]
+
+Starts the local stack on free loopback ports (the demo's PENGUIN, SYNTHETIC kept small),
+uploads PEOPLE_<rows> (bench/people.py) as CSV to the emulator's bucket, registers it and
+times through the real client: the first query on the new dataset version (the sql worker
+reads and converts it), then the warm p50/p95 of each case after 2 warm-ups, and the sql and
+opendp workers' RSS (VmRSS, VmHWM) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "localstack"), str(ROOT / "client"), str(ROOT / "bench")]
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+EPSILON, DELTA = 1.0, 1e-5
+
+
+def timed(fn: Callable[[], Any], runs: int, warmup: int = 2) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    values = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        values.append((time.perf_counter() - start) * 1000)
+    values.sort()
+    return statistics.median(values), values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+
+
+def rss_mib(pid: int) -> tuple[int, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+
+    def field(name: str) -> int:
+        return int(status.split(f"{name}:")[1].split()[0]) // 1024
+
+    return field("VmRSS"), field("VmHWM")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+
+    import opendp.prelude as dp
+    import people
+    import yaml
+    from stack import LocalStack
+
+    from neblina_admin import operations as admin
+    from neblina_client import Client
+
+    dp.enable_features("contrib")
+    csv, meta_path = people.ensure(args.rows)
+    name = f"PEOPLE_{args.rows}"
+    rows: list[tuple[str, str, str]] = []
+    with LocalStack(synthetic_rows=1000, quiet=True) as stack:
+        os.environ.update(stack.env())
+        from chalicelib.config import from_environ, get_settings
+        from chalicelib.storage import get_store, reset_store
+
+        get_settings.cache_clear()
+        reset_store()
+        settings = from_environ()
+        store = get_store()
+        admin.upload(settings, settings.bucket, f"{name}/people.csv", csv.read_bytes())
+        admin.add_dataset(
+            store,
+            name,
+            f"s3://{settings.bucket}/{name}/people.csv",
+            yaml.safe_load(meta_path.read_text()),
+        )
+        user = f"bench-{uuid.uuid4().hex[:6]}"
+        admin.add_user(store, user)
+        for dataset in ("PENGUIN", name):
+            admin.grant(store, user, dataset, epsilon="1000000", delta="0.5")
+        token = admin.add_token(store, user).secret
+
+        with Client(url=stack.api_url, token=token, dataset=name) as client:
+            count = "SELECT COUNT(*) AS n FROM df"
+            start = time.perf_counter()
+            client.sql.query(count, EPSILON, DELTA)
+            first = (time.perf_counter() - start) * 1000
+            rows.append(
+                (f"{name}: first query on the new version (SQL COUNT)", f"{first:,.0f}", "")
+            )
+            cases: dict[str, Callable[[], Any]] = {
+                "SQL COUNT": lambda: client.sql.query(count, EPSILON, DELTA),
+                "SQL GROUP BY sex + AVG(income)": lambda: client.sql.query(
+                    "SELECT sex, COUNT(*) AS n, AVG(income) AS b FROM df GROUP BY sex",
+                    EPSILON,
+                    DELTA,
+                ),
+                "SQL GROUP BY region, sex + AVG(income)": lambda: client.sql.query(
+                    "SELECT region, sex, COUNT(*) AS n, AVG(income) AS b FROM df"
+                    " GROUP BY region, sex",
+                    EPSILON,
+                    DELTA,
+                ),
+            }
+            mean = (
+                client.opendp.space("income")
+                >> dp.t.then_cast_default(float)
+                >> dp.t.then_impute_constant(0.0)
+                >> dp.t.then_clamp((0.0, 200000.0))
+                >> dp.t.then_resize(args.rows, 100000.0)
+                >> dp.t.then_mean()
+                >> dp.m.then_laplace(5.0)
+            )
+            start = time.perf_counter()
+            client.opendp.query(mean)
+            first = (time.perf_counter() - start) * 1000
+            rows.append(
+                (f"{name}: first OpenDP mean (opendp worker loads it)", f"{first:,.0f}", "")
+            )
+            cases["OpenDP mean (cast, impute, clamp, resize, mean, Laplace)"] = lambda: (
+                client.opendp.query(mean)
+            )
+            for label, fn in cases.items():
+                p50, p95 = timed(fn, args.runs)
+                rows.append((f"{name}: {label}", f"{p50:,.1f}", f"{p95:,.1f}"))
+        with Client(url=stack.api_url, token=token, dataset="PENGUIN") as client:
+            bill = (
+                client.opendp.space("bill_length_mm")
+                >> dp.t.then_cast_default(float)
+                >> dp.t.then_impute_constant(45.0)
+                >> dp.t.then_clamp((30.0, 65.0))
+                >> dp.t.then_resize(344, 45.0)
+                >> dp.t.then_mean()
+                >> dp.m.then_laplace(0.5)
+            )
+            penguin: dict[str, Callable[[], Any]] = {
+                "SQL COUNT": lambda: client.sql.query(
+                    "SELECT COUNT(*) AS n FROM df", EPSILON, DELTA
+                ),
+                "SQL GROUP BY sex + AVG": lambda: client.sql.query(
+                    "SELECT sex, COUNT(*) AS n, AVG(bill_length_mm) AS b FROM df GROUP BY sex",
+                    EPSILON,
+                    DELTA,
+                ),
+                "OpenDP mean": lambda: client.opendp.query(bill),
+                "budget read": client.budget,
+            }
+            for label, fn in penguin.items():
+                p50, p95 = timed(fn, args.runs)
+                rows.append((f"PENGUIN: {label}", f"{p50:,.1f}", f"{p95:,.1f}"))
+        memory = {
+            label: rss_mib(process.pid)
+            for label, process in stack.processes.items()
+            if label.startswith("worker-") or label == "api"
+        }
+    print(
+        f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"Python {platform.python_version()}, runs {args.runs} after 2 warm-ups\n"
+    )
+    print("| case | p50 ms | p95 ms |\n|---|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(
+        "\nRSS (MiB, now / peak): " + ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in memory.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
