@@ -66,7 +66,10 @@ def handle(view: Callable[[], Any]) -> Response:
         answer = view()
         accepted = getattr(answer, "location", None)
         if accepted is not None:
-            headers = {"Location": str(accepted), "Content-Type": "application/json"}
+            headers: dict[str, str | list[str]] = {
+                "Location": str(accepted),
+                "Content-Type": "application/json",
+            }
             return Response(body=answer.body, status_code=202, headers=headers)
         return Response(body=answer, status_code=200)
     except NeblinaError as error:
