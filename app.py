@@ -194,6 +194,11 @@ def cost(name: str) -> Response:
     return handle(lambda: get_service().cost(caller(), name, json_body()))
 
 
+@app.route("/v1/datasets/{name}/plan", methods=["POST"], authorizer=token_authorizer)
+def plan(name: str) -> Response:
+    return handle(lambda: get_service().plan(caller(), name, json_body()))
+
+
 @app.route("/v1/datasets/{name}/queries", methods=["POST"], authorizer=token_authorizer)
 def run_query(name: str) -> Response:
     return handle(lambda: get_service().query(caller(), name, json_body()))

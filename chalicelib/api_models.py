@@ -439,6 +439,45 @@ class CostEstimate(Response):
     accuracy: StatedAccuracy
 
 
+class PlanRequest(Request):
+    """A workload to price: each query's body as for /cost (no query_id)."""
+
+    queries: list[CostRequest] = Field(min_length=1, max_length=100)
+    level: float = Field(
+        default=0.95, ge=0.5, le=0.999999, description="the accuracy's level (per query too)"
+    )
+
+
+class PlannedQuery(Response):
+    """One planned query: its price and accuracy, and whether one query may cost that."""
+
+    engine: str
+    cost: Cost
+    accuracy: StatedAccuracy
+    within_query_cap: bool
+
+
+class PlanFits(Response):
+    """Whether the plan's total fits what the caller can spend."""
+
+    grant: bool = Field(description="total within the grant's remaining budget")
+    cap: bool | None = Field(description="total within the dataset cap's remaining; null: none")
+    query_cap: bool = Field(description="every query within the per-query cap")
+    all: bool
+
+
+class Plan(Response):
+    """The price and accuracy of a workload (metadata only, nothing debited)."""
+
+    dataset: str
+    level: float
+    queries: list[PlannedQuery]
+    total: Cost = Field(description="basic composition: the exact sum of the charges")
+    remaining: Cost = Field(description="the grant's remaining budget")
+    cap_remaining: Cost | None = Field(description="what the dataset cap has left, or null")
+    fits: PlanFits
+
+
 class QueryResponse(Response):
     """A release (or the stored answer of a replayed ``query_id``)."""
 
@@ -532,6 +571,9 @@ OPERATIONS = (
     Operation("post", f"{NAME}/cost", "estimateCost",
               "Price of a query (metadata only, no debit)", CostEstimate, body=CostRequest,
               errors=(400, 413, 422, 503)),
+    Operation("post", f"{NAME}/plan", "planWorkload",
+              "Price and accuracy of a list of queries (metadata only, no debit)", Plan,
+              body=PlanRequest, errors=(400, 413, 422, 503)),
     Operation("post", f"{NAME}/queries", "runQuery",
               "Run a query (debits the grant unless dummy)", QueryResponse, body=QueryRequest,
               errors=(400, 409, 413, 422, 503), accepted=QueryRecord),

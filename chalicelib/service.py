@@ -104,6 +104,8 @@ def payload_digest(dataset: str, engine: str, canonical: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
+MAX_PLAN_QUERIES = 100  # queries priced by one POST .../plan
+
 HARDENED_ENGINE_MESSAGE = (
     "the query could not be answered; on this dataset failure details are withheld "
     "(develop the query on dummy data to see the engine's messages)"
@@ -540,6 +542,77 @@ class Service:
                 "engine": engine,
                 "cost": priced.cost.to_json(),
                 "accuracy": priced.accuracy,
+            }
+
+    def plan(self, user_id: str, name: str, body: object) -> dict[str, Any]:
+        """Price a workload: each query's price and accuracy, the total, and whether it fits.
+
+        Free and reads no data: every query is priced by its engine's worker from the
+        metadata only, exactly as ``/cost`` prices it (same memo). ``total`` is the basic
+        composition (the exact sum) of the charges; ``fits`` says whether that total is
+        within the caller's grant and the dataset's cap, and whether every query is within
+        the per-query cap. A query the engine refuses fails the whole plan with its own
+        4xx, its message prefixed by ``queries[i]``.
+        """
+        hardening = _Hardening(self.timer())
+        self._throttle(user_id)
+        with self._hardening(hardening):
+            document = validation.require_object(body)
+            validation.refuse_unknown(document, {"queries", "level"})
+            level = accuracy.level(document.get("level"))
+            queries = document.get("queries")
+            if not isinstance(queries, list) or not 1 <= len(queries) <= MAX_PLAN_QUERIES:
+                raise InvalidRequest(
+                    f"queries must be a list of 1 to {MAX_PLAN_QUERIES} query bodies"
+                )
+            dataset, grant = self._granted_dataset(user_id, name)
+            hardening.watch(dataset)
+            items: list[dict[str, Any]] = []
+            total = PrivacyCost.zero()
+            every_within = True
+            for i, query in enumerate(queries):
+                try:
+                    engine, own = self._parse(query)
+                    if "query_id" in own or own.get("dummy"):
+                        raise InvalidRequest("a planned query has no query_id and no dummy")
+                    at = accuracy.level(own.get("level", level))
+                    priced = self._price(engine, dataset, own, at)
+                except NeblinaError as error:
+                    error.message = f"queries[{i}]: {error.message}"
+                    error.args = (error.message,)
+                    raise
+                try:
+                    self._check_cap(dataset, priced.cost)
+                    within = True
+                except QueryCapExceeded:
+                    within = False
+                every_within = every_within and within
+                total = total + priced.cost
+                items.append(
+                    {
+                        "engine": engine,
+                        "cost": priced.cost.to_json(),
+                        "accuracy": priced.accuracy,
+                        "within_query_cap": within,
+                    }
+                )
+            cap = self.store.get_cap(dataset.name) if grant.capped else None
+            limit = cap.remaining if cap is not None else None
+            return {
+                "dataset": dataset.name,
+                "level": level,
+                "queries": items,
+                "total": total.to_json(),
+                "remaining": grant.remaining.to_json(),
+                "cap_remaining": None if limit is None else limit.to_json(),
+                "fits": {
+                    "grant": total <= grant.remaining,
+                    "cap": None if limit is None else total <= limit,
+                    "query_cap": every_within,
+                    "all": total <= grant.remaining
+                    and (limit is None or total <= limit)
+                    and every_within,
+                },
             }
 
     def query(self, user_id: str, name: str, body: object) -> dict[str, Any] | Accepted:

@@ -177,6 +177,45 @@ class Client:
             raise ValueError(f"query_id must be a non-empty string, got {query_id!r}")
         return Job(self, query_id, self.dataset if dataset is None else dataset)
 
+    def plan(self, queries: list[Any], level: float | None = None) -> pd.DataFrame:
+        """Price a workload (free, reads no data): one row per query, in order.
+
+        Each query is a request body as for the cost route (``{"engine": "smartnoise_sql",
+        "query": ..., "epsilon": ..., "delta": ...}``) or an object with a ``body()``
+        method (an OpenDP Polars query). Columns: ``engine``, ``epsilon``, ``delta``
+        (Decimals), ``within_query_cap``, ``accuracy`` (a DataFrame per query, as
+        ``Cost.accuracy``). ``attrs``: ``total`` (a :class:`Cost`, the exact sum),
+        ``fits`` (``grant``, ``cap``, ``query_cap``, ``all``), ``remaining``, ``level``.
+        """
+        bodies = [dict(q.body()) if hasattr(q, "body") else dict(q) for q in queries]
+        payload: dict[str, Any] = {"queries": bodies}
+        if level is not None:
+            payload["level"] = level
+        answer = self._request("POST", self._dataset_path("plan"), json=payload)
+
+        def decode(data: Mapping[str, Any]) -> pd.DataFrame:
+            rows = []
+            for item in data["queries"]:
+                cost = parse_cost(item["cost"])
+                rows.append(
+                    {
+                        "engine": str(item["engine"]),
+                        "epsilon": cost.epsilon,
+                        "delta": cost.delta,
+                        "within_query_cap": bool(item["within_query_cap"]),
+                        "accuracy": parse_stated_accuracy(item.get("accuracy")),
+                    }
+                )
+            columns = ["engine", "epsilon", "delta", "within_query_cap", "accuracy"]
+            frame = pd.DataFrame(rows, columns=columns)
+            frame.attrs["total"] = parse_cost(data["total"])
+            frame.attrs["fits"] = dict(data["fits"])
+            frame.attrs["remaining"] = parse_cost(data["remaining"])
+            frame.attrs["level"] = data.get("level")
+            return frame
+
+        return _parse(decode, answer)
+
     def _query_record(self, dataset: str, query_id: str) -> Any:
         """The body of ``GET .../queries/{query_id}`` on ``dataset``."""
         return self._request("GET", self._dataset_path("queries", query_id, dataset=dataset))
@@ -433,6 +472,63 @@ class SQL:
             dummy_seed=dummy_seed,
             wait=wait,
         )
+
+    def epsilon_for(
+        self,
+        query: str,
+        accuracy: float,
+        level: float = 0.95,
+        delta: Amount = 0,
+        mechanisms: Mapping[str, str] | None = None,
+        *,
+        column: str | None = None,
+        rtol: float = 0.01,
+    ) -> float:
+        """The smallest ε (per aggregate, as in :meth:`query`) at which ``query``'s stated
+        CI half-width at ``level`` is at most ``accuracy``: for ``column``, or for every
+        output column that has a half-width. Free: metadata only, through the plan route.
+
+        A search: ε from 1e-3 to 1e3 on a grid, then 8 points per step between the last ε
+        too small and the first large enough, until they are within a factor ``1 + rtol``
+        (default 1%). The answer is an ε that reaches the target, at most ``1 + rtol`` times
+        the smallest one on the server's pricing (half-widths fall as ε grows). Raises
+        ``ValueError`` if no ε up to 1e3 reaches it.
+        """
+        if not accuracy > 0:
+            raise ValueError(f"accuracy must be > 0, got {accuracy}")
+
+        def meets(epsilons: list[float]) -> list[bool]:
+            bodies = [_sql_body(query, eps, delta, mechanisms) for eps in epsilons]
+            frame = self._client.plan(bodies, level=level)
+            return [_half_width(acc, column) <= accuracy for acc in frame["accuracy"]]
+
+        grid = [float(10.0 ** (k / 2)) for k in range(-6, 7)]  # 1e-3 ... 1e3
+        found = meets(grid)
+        if not any(found):
+            raise ValueError(f"no epsilon up to {grid[-1]:g} reaches accuracy {accuracy}")
+        first = found.index(True)
+        if first == 0:
+            return grid[0]
+        low, high = grid[first - 1], grid[first]
+        while high / low > 1 + rtol:
+            steps = [float(low * (high / low) ** (i / 9)) for i in range(1, 9)]
+            answers = meets(steps)
+            inside = [eps for eps, ok in zip(steps, answers, strict=True) if ok]
+            outside = [eps for eps, ok in zip(steps, answers, strict=True) if not ok]
+            high = min(inside, default=high)
+            low = max([eps for eps in outside if eps < high], default=low)
+        return high
+
+
+def _half_width(accuracy: pd.DataFrame | None, column: str | None) -> float:
+    """The widest stated half-width (of ``column``, or of every column that has one)."""
+    if accuracy is None or accuracy.empty:
+        raise ValueError("the server states no accuracy for this query")
+    widths = accuracy["accuracy"] if column is None else accuracy.loc[[column], "accuracy"]
+    widths = widths.dropna()
+    if widths.empty:
+        raise ValueError(f"no analytic half-width for {column or 'any column'} of this query")
+    return float(widths.max())
 
 
 class OpenDP:
