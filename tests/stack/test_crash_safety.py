@@ -520,7 +520,11 @@ class WorkerProcess:
 
     def wait_for(self, what: str, query_id: str) -> None:
         """Until the log shows ``what`` for ``query_id`` (e.g. a delivery not claimed)."""
-        wait_until(lambda: self.lines(what, query_id) >= 1, f"{what} {query_id}")
+        wait_until(
+            lambda: self.lines(what, query_id) >= 1 or self.lines("claimed", query_id) > 1,
+            f"{what} {query_id}",
+        )
+        assert self.lines("claimed", query_id) <= 1, f"{query_id} was claimed twice"
 
     def event(self, query_id: str) -> dict[str, Any]:
         """The job event the worker was handed for ``query_id``."""
