@@ -69,8 +69,9 @@ UNCHECKED = py_compile.PycInvalidationMode.UNCHECKED_HASH
 NOT_SHIPPED_REQUIREMENTS = {"chalice"}
 # Installed at the pinned versions, then moved out of the packages: the runtime ships them.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
-# Also in the runtime (boto3's own dependencies) but kept in the API package too, pinned,
-# because pandas needs them; the authorizer uses the runtime's.
+# Also in the runtime (boto3's own dependencies) but kept in the dependency tree too, pinned:
+# a package whose distributions require them (pandas -> dateutil -> six) ships them; the
+# others use the runtime's.
 RUNTIME_SHARED = ("python_dateutil", "dateutil", "urllib3", "six")
 STRIPPED_SHARED_OBJECTS = ("opendp/lib/opendp.abi3.so",)
 

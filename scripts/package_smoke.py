@@ -10,7 +10,9 @@ Lambda runtime provides), then the standard library. Nothing else.
 
 - ``--function api`` (the front): imports ``app`` (checking that the import pulls in no
   pandas or DP library), then sends API Gateway proxy events through ``app.app``:
-  ``GET /v1/datasets/PENGUIN/budget`` and ``GET .../metadata`` (the front alone: no worker).
+  ``GET /v1/datasets/PENGUIN/budget`` and ``GET .../metadata`` (the front alone: no worker),
+  and with ``--get-query ID`` ``GET .../queries/ID`` (a release a worker archived, perhaps
+  in S3).
 - ``--function authorizer``: calls ``app.token_authorizer`` with a TOKEN event.
 - ``--function worker --worker sql|opendp``: calls ``chalicelib.worker.lambda_handler``
   with the operations the front sends it (``price``, ``dummy_query``, ``dummy_table`` for
@@ -57,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--token", help="the token to authorize (dynamodb store)")
     parser.add_argument("--dataset", default="PENGUIN")
     parser.add_argument("--query", default="SELECT COUNT(*) AS n FROM df")
+    parser.add_argument("--get-query", help="api: also GET this archived query (its release)")
     parser.add_argument("--list-modules", action="store_true", help="report every module file")
     return parser.parse_args()
 
@@ -190,10 +193,16 @@ def api_event(
     body: dict[str, Any] | None,
     method: str = "POST",
     route: str = "queries",
+    query_id: str | None = None,
 ) -> dict[str, Any]:
     """An API Gateway REST proxy event, as the deployed integration sends it."""
     resource_path = f"/v1/datasets/{{name}}/{route}"
     path = f"/v1/datasets/{dataset}/{route}"
+    parameters = {"name": dataset}
+    if query_id is not None:
+        resource_path += "/{query_id}"
+        path += f"/{query_id}"
+        parameters["query_id"] = query_id
     headers = {"Content-Type": "application/json"} if body is not None else {}
     return {
         "resource": resource_path,
@@ -203,7 +212,7 @@ def api_event(
         "multiValueHeaders": {k: [v] for k, v in headers.items()},
         "queryStringParameters": None,
         "multiValueQueryStringParameters": None,
-        "pathParameters": {"name": dataset},
+        "pathParameters": parameters,
         "stageVariables": None,
         "requestContext": {
             "resourcePath": resource_path,
@@ -219,7 +228,7 @@ def api_event(
 
 
 def front_calls(args: argparse.Namespace, report: dict[str, Any]) -> None:
-    """GET budget and metadata through ``app.app``: what the front answers alone.
+    """GET budget, metadata (and an archived query) through ``app.app``: the front alone.
 
     As on Lambda, ``NEBLINA_WORKERS`` names the workers (Terraform sets it; here the names
     are never called): unset, the front would run the engines in-process, which its
@@ -232,12 +241,16 @@ def front_calls(args: argparse.Namespace, report: dict[str, Any]) -> None:
     workers = {family: {"function": f"smoke-worker-{family}"} for family in ENGINES}
     os.environ.setdefault("NEBLINA_WORKERS", json.dumps(workers))
     timings, answers = [], {}
-    for route in ("budget", "metadata"):
-        event = api_event(args.dataset, args.user, None, method="GET", route=route)
+    calls = [("budget", "budget", None), ("metadata", "metadata", None)]
+    if args.get_query:
+        calls.append(("query", "queries", args.get_query))
+    for name, route, query_id in calls:
+        event = api_event(args.dataset, args.user, None, method="GET", route=route,
+                          query_id=query_id)  # fmt: skip
         started = time.perf_counter()
         response = app.app(event, None)
         timings.append(round(time.perf_counter() - started, 3))
-        answers[route] = {"status": response["statusCode"], "body": json.loads(response["body"])}
+        answers[name] = {"status": response["statusCode"], "body": json.loads(response["body"])}
     report["call_seconds"] = timings
     report["status"] = answers["budget"]["status"]
     report["answers"] = answers

@@ -38,8 +38,19 @@ variable "authorizer_package" {
 }
 
 variable "worker_packages" {
-  description = "Each worker's zip, by family (stand-ins are enough)."
+  description = "Each zipped worker's zip, by family (stand-ins are enough)."
   type        = map(string)
+}
+
+variable "workers" {
+  description = "The module's workers (null: its defaults); an image worker's image_uri is stored, never pulled."
+  type = map(object({
+    memory_mb            = number
+    timeout_seconds      = number
+    reserved_concurrency = optional(number)
+    image_uri            = optional(string)
+  }))
+  default = null
 }
 
 provider "aws" {
@@ -71,6 +82,7 @@ module "neblina" {
   api_package         = var.api_package
   authorizer_package  = var.authorizer_package
   worker_packages     = var.worker_packages
+  workers             = var.workers
   deletion_protection = false
 }
 

@@ -36,6 +36,7 @@ variable "workers" {
     sql    = { memory_mb = 2048, timeout_seconds = 120 }
     opendp = { memory_mb = 2048, timeout_seconds = 120 }
   }
+  nullable = false # null (e.g. a root's unset pass-through) means these defaults
 }
 
 variable "worker_max_event_age_seconds" {

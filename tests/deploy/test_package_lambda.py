@@ -302,12 +302,11 @@ def test_packages_work_against_the_emulator_within_their_iam_policies(
     assert authorizer["effects"] == ["Allow"]
     assert authorizer["principal"] == researcher.user_id
 
-    front = smoke(unzipped["api"], "api", *common, env=env)
-    assert front["status"] == 200 and front["answers"]["metadata"]["status"] == 200, front
-
     # Each worker runs a record the smoke reserved first (the front's debit, not recorded);
-    # the SQL worker's release goes to S3 (every result over 0 bytes does).
-    runs: list[tuple[dict[str, Any], str]] = [(authorizer, "authorizer"), (front, "api")]
+    # the SQL worker's release goes to S3 (every result over 0 bytes does), and the front
+    # then reads it back for the researcher.
+    runs: list[tuple[dict[str, Any], str]] = [(authorizer, "authorizer")]
+    archived = None
     for family in WORKERS:
         worker_env = {**env, "NEBLINA_WORKER": family}
         if family == "sql":
@@ -318,8 +317,17 @@ def test_packages_work_against_the_emulator_within_their_iam_policies(
         operations = {c["operation"] for c in report["aws_calls"]}
         assert {"GetObject", "UpdateItem"} <= operations, operations
         if family == "sql":
-            assert "PutObject" in operations and report["answers"]["run"]["result"]["key"]
+            archived = report["answers"]["run"]["result"]
+            assert "PutObject" in operations and archived["key"]
         runs.append((report, "worker"))
+    assert archived is not None
+    query_id = archived["key"].removeprefix("archive/").removesuffix(".json")
+    front = smoke(unzipped["api"], "api", *common, "--get-query", query_id, env=env)
+    assert front["status"] == 200 and front["answers"]["metadata"]["status"] == 200, front
+    read_back = front["answers"]["query"]
+    assert read_back["status"] == 200 and read_back["body"]["state"] == "done", read_back
+    assert "GetObject" in {c["operation"] for c in front["aws_calls"]}
+    runs.append((front, "api"))
 
     prefix, bucket = stack.table_prefix, env["NEBLINA_BUCKET"]
     for report, policy in runs:

@@ -107,6 +107,7 @@ def deployed(endpoint: str) -> dict[str, set[str]]:
 
 
 def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path: Path) -> None:
+    import opendp.prelude as dp
     from package_lambda import IMAGE_WORKERS
     from stack import LocalStack, _stop_process, _wait_for_health
 
@@ -132,10 +133,23 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
     try:
         started = time.perf_counter()
         endpoint = stack.emulator_url = stack._spawn("emulator", "emulator.py", 0, dict(os.environ))
-        zipped = families() - set(IMAGE_WORKERS)  # an image worker is left out by default
+        # The zipped workers from stand-in zips, each image worker (polars) from an image URI
+        # (the emulator stores it, as it stores the zips; the local process runs the code).
+        zipped = families() - set(IMAGE_WORKERS)
         worker_packages = {
             family: str(stand_in_package(tmp_path / f"worker-{family}.zip", family))
             for family in sorted(zipped)
+        }
+        images = {
+            family: f"123456789012.dkr.ecr.us-east-1.amazonaws.com/neblina-worker-{family}:test"
+            for family in sorted(IMAGE_WORKERS)
+        }
+        worker_settings = {
+            **{family: {"memory_mb": 2048, "timeout_seconds": 120} for family in zipped},
+            **{
+                family: {"memory_mb": 3008, "timeout_seconds": 300, "image_uri": uri}
+                for family, uri in images.items()
+            },
         }
         variables = [
             f"-var=endpoint={endpoint}",
@@ -143,6 +157,7 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
             f"-var=api_package={stand_in_package(tmp_path / 'api.zip', 'api')}",
             f"-var=authorizer_package={stand_in_package(tmp_path / 'auth.zip', 'authorizer')}",
             f"-var=worker_packages={json.dumps(worker_packages)}",
+            f"-var=workers={json.dumps(worker_settings)}",
         ]
         terraform(["init", "-input=false", PLUGIN_DIR_ARG], root)
         lap("emulator + init", started)
@@ -164,18 +179,18 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
         assert before_seed["tables"] == set(outputs["table_names"].values())
         assert outputs["datasets_bucket"] in before_seed["buckets"]
         workers = outputs["worker_function_names"]
-        assert set(workers) == zipped
+        assert set(workers) == families()
         assert before_seed["functions"] == set(outputs["function_names"].values())
         assert before_seed["functions"] == {
             f"{NAME}-api",
             f"{NAME}-authorizer",
-            *(f"{NAME}-worker-{family}" for family in zipped),
+            *(f"{NAME}-worker-{family}" for family in families()),
         }
         assert before_seed["roles"] == {
             f"{NAME}-api",
             f"{NAME}-authorizer",
             f"{NAME}-apigateway-logs",
-            *(f"{NAME}-worker-{family}" for family in zipped),
+            *(f"{NAME}-worker-{family}" for family in families()),
         }
         assert before_seed["apis"] == {NAME}
         assert len(before_seed["log_groups"]) == 3 + len(workers)
@@ -205,6 +220,15 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
         assert queue_arn["KmsMasterKeyId"] == outputs["kms_key_arn"]
         worker_envs = {}
         for family, name in workers.items():
+            configuration = functions.get_function(FunctionName=name)
+            if family in images:
+                assert configuration["Configuration"]["PackageType"] == "Image"
+                assert configuration["Code"]["ImageUri"] == images[family]
+            else:
+                assert configuration["Configuration"]["PackageType"] == "Zip"
+                assert (
+                    configuration["Configuration"]["Handler"] == "chalicelib.worker.lambda_handler"
+                )
             worker_envs[family] = environment(name)
             assert worker_envs[family] == {**lambda_env, "NEBLINA_WORKER": family}
             invoke = functions.get_function_event_invoke_config(FunctionName=name)
@@ -251,9 +275,13 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
             answer = c.sql.query(COUNT, 1.0, 0)
             job = c.sql.query(COUNT, 1.0, 0, wait=False)
             detached = job.wait(timeout=120)
+            # an OpenDP Polars count, through the worker deployed from an image
+            polars = c.opendp.context(privacy_loss=1.0).query().select(dp.len()).release()
             after = c.budget()
             archived = c.result(answer.query_id)
         lap("workers + API start + queries", started)
+        assert polars.engine == "opendp_polars" and len(polars.result) == 1
+        assert Decimal(0) < polars.cost.epsilon <= Decimal(1)
         assert answer.cost == estimate and estimate.epsilon == Decimal(1)
         for release in (answer, detached):
             assert list(release.result.columns) == ["n"] and len(release.result) == 1
@@ -261,7 +289,7 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
             # worker: a COUNT at epsilon 1 has Laplace noise of scale about 1, and
             # P(|noise| > 30) < 1e-12.
             assert abs(int(release.result["n"].iloc[0]) - 344) <= 30
-        assert after.remaining == before.remaining - answer.cost - detached.cost
+        assert after.remaining == before.remaining - answer.cost - detached.cost - polars.cost
         assert archived.state == "done" and archived.result.equals(answer.result)
         for name in ["api", *(f"worker-{family}" for family in workers)]:
             process = stack.processes.pop(name)
