@@ -13,6 +13,7 @@ locals {
     "GET /v1/datasets/{name}/dummy"              = true
     "GET /v1/datasets/{name}/budget"             = true
     "POST /v1/datasets/{name}/cost"              = true
+    "POST /v1/datasets/{name}/plan"              = true
     "POST /v1/datasets/{name}/queries"           = true
     "GET /v1/datasets/{name}/queries"            = true
     "GET /v1/datasets/{name}/queries/{query_id}" = true
@@ -26,6 +27,7 @@ locals {
     "/v1/datasets/{name}/dummy"              = aws_api_gateway_resource.dataset_child["dummy"].id
     "/v1/datasets/{name}/budget"             = aws_api_gateway_resource.dataset_child["budget"].id
     "/v1/datasets/{name}/cost"               = aws_api_gateway_resource.dataset_child["cost"].id
+    "/v1/datasets/{name}/plan"               = aws_api_gateway_resource.dataset_child["plan"].id
     "/v1/datasets/{name}/queries"            = aws_api_gateway_resource.dataset_child["queries"].id
     "/v1/datasets/{name}/queries/{query_id}" = aws_api_gateway_resource.query.id
   }
@@ -119,7 +121,7 @@ resource "aws_api_gateway_resource" "dataset" {
 }
 
 resource "aws_api_gateway_resource" "dataset_child" {
-  for_each = toset(["metadata", "dummy", "budget", "cost", "queries"])
+  for_each = toset(["metadata", "dummy", "budget", "cost", "plan", "queries"])
 
   rest_api_id = aws_api_gateway_rest_api.neblina.id
   parent_id   = aws_api_gateway_resource.dataset.id
