@@ -154,7 +154,20 @@ class Value(Response):
     value: Any = Field(description="a number, or a (possibly nested) list of numbers")
 
 
-Result = Annotated[Table | Value, Field(discriminator="type")]
+class Model(Response):
+    """A fitted model's parameters (DiffPrivLib): the client rebuilds a working pipeline."""
+
+    type: Literal["model"]
+    library: str
+    feature_columns: list[str]
+    target_column: str | None
+    classes: list[Any] | None = Field(description="a classifier's classes (the metadata's)")
+    steps: list[dict[str, Any]] = Field(
+        description="each step: its class, its complete parameters and the fitted ones"
+    )
+
+
+Result = Annotated[Table | Value | Model, Field(discriminator="type")]
 
 
 # --- datasets --------------------------------------------------------------------------
@@ -418,16 +431,54 @@ class PolarsQueryRequest(_QueryFields, PolarsCostRequest):
     """An OpenDP Polars query to run."""
 
 
-class CostRequest(RootModel[SqlCostRequest | OpenDPCostRequest | PolarsCostRequest]):
+class DiffPrivLibStep(Request):
+    """One allowlisted diffprivlib class and its parameters (docs/diffprivlib.md)."""
+
+    step: Literal[
+        "StandardScaler",
+        "PCA",
+        "LogisticRegression",
+        "LinearRegression",
+        "GaussianNB",
+        "DecisionTreeClassifier",
+        "RandomForestClassifier",
+        "KMeans",
+    ]
+    params: dict[str, Any] = Field(description="epsilon (required) and the allowlisted ones")
+
+
+class DiffPrivLibCostRequest(Request):
+    """A DiffPrivLib pipeline to price."""
+
+    engine: Literal["diffprivlib"]
+    pipeline: list[DiffPrivLibStep] = Field(min_length=1, max_length=8)
+    feature_columns: list[str] = Field(min_length=1, max_length=64)
+    target_column: str | None = None
+    imputer_strategy: Literal["drop", "mean", "median", "most_frequent"] = "drop"
+
+
+class DiffPrivLibQueryRequest(_QueryFields, DiffPrivLibCostRequest):
+    """A DiffPrivLib pipeline to fit."""
+
+
+class CostRequest(
+    RootModel[SqlCostRequest | OpenDPCostRequest | PolarsCostRequest | DiffPrivLibCostRequest]
+):
     """A query to price, by engine."""
 
-    root: SqlCostRequest | OpenDPCostRequest | PolarsCostRequest = Field(discriminator="engine")
+    root: SqlCostRequest | OpenDPCostRequest | PolarsCostRequest | DiffPrivLibCostRequest = Field(
+        discriminator="engine"
+    )
 
 
-class QueryRequest(RootModel[SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest]):
+class QueryRequest(
+    RootModel[SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest | DiffPrivLibQueryRequest]
+):
     """A query to run, by engine."""
 
-    root: SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest = Field(discriminator="engine")
+    root: (
+        SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest | DiffPrivLibQueryRequest
+    ) = Field(discriminator="engine")
 
 
 class CostEstimate(Response):

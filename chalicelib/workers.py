@@ -15,6 +15,7 @@ ENGINE_WORKERS: Mapping[str, str] = {
     "smartnoise_sql": "sql",
     "opendp": "opendp",
     "opendp_polars": "polars",
+    "diffprivlib": "diffprivlib",
 }
 # GET /dummy builds a table with pandas: a worker that has it does the work.
 DUMMY_WORKER = "sql"

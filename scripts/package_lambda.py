@@ -143,6 +143,7 @@ ENGINE_MODULES = {
     "sql": ("smartnoise_engine.py", "sql_policy.py", "duckdb_sql.py"),
     "opendp": ("opendp_engine.py",),
     "polars": ("polars_engine.py", "polars_plan.py"),
+    "diffprivlib": ("diffprivlib_engine.py", "diffprivlib_fit.py"),
 }
 
 
@@ -162,7 +163,12 @@ WORKER_HANDLER = "chalicelib.worker.lambda_handler"
 # (infra/docker/Dockerfile.worker with this requirements file; Terraform's
 # workers[family].image_uri). polars: OpenDP's polars extra brings polars (123 MB; 105 MB
 # stripped), pyarrow, scikit-learn and SciPy, next to OpenDP's 134 MB and pandas/numpy.
-IMAGE_WORKERS = {"polars": "requirements-polars.txt"}
+# diffprivlib: scikit-learn (51 MB installed), SciPy (144 MB with its libs), diffprivlib and
+# joblib (6 MB) on top of pandas and numpy (142 MB): 343 MB before OpenDP, over the zip's 250.
+IMAGE_WORKERS = {
+    "polars": "requirements-polars.txt",
+    "diffprivlib": "requirements-diffprivlib.txt",
+}
 
 # The functions (Terraform: infra/terraform, one aws_lambda_function each). Workers are named
 # "worker-<worker>" after chalicelib/workers.py's worker names (NEBLINA_WORKER).

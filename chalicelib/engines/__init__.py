@@ -82,11 +82,19 @@ def _opendp_polars(settings: Settings) -> Engine[Any]:
     return engine
 
 
+def _diffprivlib(settings: Settings) -> Engine[Any]:
+    from chalicelib.engines.diffprivlib_engine import DiffPrivLibBody, DiffPrivLibEngine
+
+    engine: Engine[DiffPrivLibBody] = DiffPrivLibEngine()
+    return engine
+
+
 # The engines a request may name ("engine"), each with its factory.
 FACTORIES: Mapping[str, EngineFactory] = {
     "smartnoise_sql": _smartnoise_sql,
     "opendp": _opendp,
     "opendp_polars": _opendp_polars,
+    "diffprivlib": _diffprivlib,
 }
 
 

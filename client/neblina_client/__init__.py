@@ -14,7 +14,7 @@ Quickstart (URL and token from ``NEBLINA_URL``/``NEBLINA_TOKEN`` or ``.neblina/l
         print(job.wait().result)  # a progress bar on a terminal
 """
 
-from ._client import SQL, Client, OpenDP
+from ._client import SQL, Client, DiffPrivLib, FittedModel, OpenDP
 from ._exceptions import (
     AuthenticationError,
     BudgetExhaustedError,
@@ -51,7 +51,9 @@ __all__ = [
     "Cost",
     "DatasetInfo",
     "DatasetUnavailableError",
+    "DiffPrivLib",
     "EngineError",
+    "FittedModel",
     "InvalidRequestError",
     "Job",
     "JobStatus",

@@ -6,7 +6,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -25,6 +25,7 @@ from ._decode import (
     parse_stated_accuracy,
 )
 from ._decode import parse_response as _parse
+from ._diffprivlib import pipeline_steps, rebuild, step_names
 from ._exceptions import (
     NeblinaConnectionError,
     NeblinaError,
@@ -45,6 +46,7 @@ Amount = float | int | str | Decimal
 
 SMARTNOISE_SQL = "smartnoise_sql"
 OPENDP = "opendp"
+DIFFPRIVLIB = "diffprivlib"
 HISTORY_PAGE_SIZE = 100  # the server's maximum
 # Errors that answer a ``wait=False`` submission: the query already runs under this id.
 _ATTACH_CODES = frozenset({"query_in_progress"})
@@ -86,6 +88,7 @@ class Client:
         self.max_retries = max_retries
         self.sql = SQL(self)
         self.opendp = OpenDP(self)
+        self.diffprivlib = DiffPrivLib(self)
         self._token = settings.token
         self._backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
@@ -633,6 +636,91 @@ class OpenDP:
             dummy_seed=dummy_seed,
             wait=wait,
         )
+
+
+class DiffPrivLib:
+    """DiffPrivLib models fitted on the client's dataset (``client.diffprivlib``).
+
+    Needs the ``diffprivlib`` extra (``pip install "neblina-client[diffprivlib]"``). Build a
+    scikit-learn ``Pipeline`` of diffprivlib objects as usual (each with its ``epsilon``;
+    bounds and ``data_norm`` may be left out where the metadata gives them, see
+    docs/diffprivlib.md); the server fits it once and returns its parameters, rebuilt here
+    into a fitted ``Pipeline`` of the same classes. No score is returned: score the model on
+    your own rows or on dummy rows (``client.dummy()``).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def cost(
+        self,
+        pipeline: Any,
+        feature_columns: list[str],
+        target_column: str | None = None,
+        imputer_strategy: str = "drop",
+    ) -> Cost:
+        """The price of fitting ``pipeline``: ``max_ids`` × the sum of its steps' ε; free."""
+        body = _diffprivlib_body(pipeline, feature_columns, target_column, imputer_strategy)
+        return self._client._price(body)
+
+    def fit(
+        self,
+        pipeline: Any,
+        feature_columns: list[str],
+        target_column: str | None = None,
+        imputer_strategy: str = "drop",
+        dummy: bool = False,
+        query_id: str | None = None,
+        *,
+        dummy_rows: int = 100,
+        dummy_seed: int = 42,
+    ) -> FittedModel:
+        """Fit ``pipeline`` on the dataset and debit its cost (nothing with ``dummy=True``).
+
+        ``.model`` is the fitted ``Pipeline``; ``.release`` the parameters as the server sent
+        them. Retries reuse the ``query_id``, so a fit is never charged twice.
+        """
+        body = _diffprivlib_body(pipeline, feature_columns, target_column, imputer_strategy)
+        answer = self._client._submit(
+            body, query_id=query_id, dummy=dummy, dummy_rows=dummy_rows, dummy_seed=dummy_seed
+        )
+        release = answer.result
+        if not isinstance(release, dict):
+            raise NeblinaError(
+                "unexpected response from the server: no model", code="invalid_response"
+            )
+        return FittedModel(
+            model=rebuild(release, step_names(pipeline)), release=release, answer=answer
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class FittedModel:
+    """A fitted model: the rebuilt ``Pipeline``, the parameters released, and the answer."""
+
+    model: Any
+    release: dict[str, Any]
+    answer: QueryResult
+
+    @property
+    def cost(self) -> Cost:
+        return self.answer.cost
+
+    @property
+    def query_id(self) -> str:
+        return self.answer.query_id
+
+
+def _diffprivlib_body(
+    pipeline: Any, feature_columns: list[str], target_column: str | None, imputer_strategy: str
+) -> dict[str, Any]:
+    return {
+        "engine": DIFFPRIVLIB,
+        "pipeline": pipeline_steps(pipeline),
+        "feature_columns": list(feature_columns),
+        "target_column": target_column,
+        "imputer_strategy": imputer_strategy,
+    }
 
 
 def _opendp_body(measurement: Any, fixed_delta: Amount | None) -> dict[str, Any]:

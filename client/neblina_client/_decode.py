@@ -198,4 +198,6 @@ def parse_release(value: Any) -> Release:
         return released
     if kind == "table":
         return decode_table(value)
+    if kind == "model":  # a fitted model's parameters (client.diffprivlib rebuilds it)
+        return dict(value)
     raise ValueError(f"unknown result type {kind!r}")

@@ -92,7 +92,7 @@ class DatasetInfo:
 
 # What a query releases: a table (SmartNoise SQL, DataFrame) or a value (OpenDP: a number,
 # or a list of numbers, possibly nested).
-Release: TypeAlias = pd.DataFrame | float | int | bool | str | list[Any] | None
+Release: TypeAlias = pd.DataFrame | float | int | bool | str | list[Any] | dict[str, Any] | None
 
 # Classes holding a DataFrame compare by identity (eq=False): DataFrame equality is
 # element-wise and has no truth value.

@@ -20,6 +20,7 @@ and must be refused before the read on both or released on both.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -558,11 +559,68 @@ def run_polars(tally: Counter[str], examples: int) -> None:
     one()
 
 
+# --- DiffPrivLib -------------------------------------------------------------------------------
+def diffprivlib_bodies() -> st.SearchStrategy[dict[str, Any]]:
+    epsilon = st.sampled_from([1e-9, 0.05, 1.0, 1e9])  # 1e-9 < 1/rows: refused
+    features = st.sampled_from([["n"], ["x", "big"], ["n", "big", "x", "flag"]])
+    norm = st.sampled_from([1e-9, 1.0, 1e15])
+    bounded = ("GaussianNB", "DecisionTreeClassifier", "RandomForestClassifier", "KMeans", "PCA")
+
+    def last(name: str, target: str | None, extra: dict[str, Any]) -> Any:
+        def build(e: float, f: list[str], imputer: str, scale: bool, n: float) -> dict[str, Any]:
+            params: dict[str, Any] = {"epsilon": e, **extra}
+            if scale and name == "LogisticRegression":
+                params["data_norm"] = n  # after a scaler: no bound comes from the metadata
+            if scale and name in bounded:
+                params["bounds"] = [-n, n]
+            chosen = [c for c in f if c != target] or ["x"]
+            return {
+                "engine": "diffprivlib",
+                "feature_columns": chosen,
+                "target_column": target,
+                "imputer_strategy": imputer,
+                "pipeline": [
+                    *([{"step": "StandardScaler", "params": {"epsilon": e}}] if scale else []),
+                    {"step": name, "params": params},
+                ],
+            }
+
+        imputers = st.sampled_from(["drop", "mean", "median", "most_frequent"])
+        return st.builds(build, epsilon, features, imputers, st.booleans(), norm)
+
+    return st.one_of(
+        last("LogisticRegression", "cat", {"max_iter": 20}),
+        last("LogisticRegression", "flag", {}),
+        last("GaussianNB", "cat", {}),
+        last("DecisionTreeClassifier", "flag", {"max_depth": 3}),
+        last("RandomForestClassifier", "cat", {"n_estimators": 3, "max_depth": 2}),
+        last("LinearRegression", "n", {}),
+        last("KMeans", None, {"n_clusters": 5}),
+        last("PCA", None, {"n_components": 1}),
+        last("StandardScaler", None, {"with_std": False}),
+        last("GaussianNB", "txt", {}),  # refused: no categories
+    )
+
+
+def run_diffprivlib(tally: Counter[str], examples: int) -> None:
+    world = Neighbours(False)
+
+    @fixed(examples)
+    @given(body=diffprivlib_bodies())
+    def one(body: dict[str, Any]) -> None:
+        check_pairs("diffprivlib", body, world, tally)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence and deprecation chatter of the fits
+        one()
+
+
 # Every engine of the registry, with its corpus and how many examples it draws.
 COVERED: dict[str, tuple[Callable[[Counter[str], int], None], int]] = {
     "smartnoise_sql": (run_smartnoise, 100),
     "opendp": (run_opendp, 30),
     "opendp_polars": (run_polars, 40),
+    "diffprivlib": (run_diffprivlib, 30),
 }
 
 
