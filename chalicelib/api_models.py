@@ -476,9 +476,9 @@ class QueryRequest(
 ):
     """A query to run, by engine."""
 
-    root: (
-        SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest | DiffPrivLibQueryRequest
-    ) = Field(discriminator="engine")
+    root: SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest | DiffPrivLibQueryRequest = (
+        Field(discriminator="engine")
+    )
 
 
 class CostEstimate(Response):

@@ -682,8 +682,15 @@ class DiffPrivLib:
         """
         body = _diffprivlib_body(pipeline, feature_columns, target_column, imputer_strategy)
         answer = self._client._submit(
-            body, query_id=query_id, dummy=dummy, dummy_rows=dummy_rows, dummy_seed=dummy_seed
+            body,
+            query_id=query_id,
+            dummy=dummy,
+            dummy_rows=dummy_rows,
+            dummy_seed=dummy_seed,
+            wait=True,
         )
+        if not isinstance(answer, QueryResult):  # pragma: no cover - wait=True waits on jobs
+            answer = answer.wait()
         release = answer.result
         if not isinstance(release, dict):
             raise NeblinaError(
