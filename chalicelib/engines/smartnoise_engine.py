@@ -602,7 +602,11 @@ class RoutingReader(SqlReader):  # type: ignore[misc]
         self.columns_metadata = loaded.metadata
         self.table_names = _table_names(loaded.name)
         self._frame = loaded.frame
-        self.duckdb = duckdb_sql.connect(loaded.frame, loaded.metadata, self.table_names)
+        self.duckdb: Any = None
+        try:
+            self.duckdb = duckdb_sql.connect(loaded.frame, loaded.metadata, self.table_names)
+        except Exception as exc:  # rows DuckDB would not take: SQLite answers everything
+            log.warning("dataset %s: no DuckDB copy (%s); SQL runs on SQLite", loaded.name, exc)
         self._sqlite: CachedSqliteReader | None = None
         self._lock = threading.Lock()
 
@@ -613,7 +617,7 @@ class RoutingReader(SqlReader):  # type: ignore[misc]
             return self._sqlite
 
     def _execute_ast(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if route(self.name, self.columns_metadata, query) == "duckdb":
+        if self.duckdb is not None and route(self.name, self.columns_metadata, query) == "duckdb":
             return duckdb_sql.run(self.duckdb, duckdb_sql.dialect(query) or "")
         return self.sqlite()._execute_ast(query, *args, **kwargs)
 

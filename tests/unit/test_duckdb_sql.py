@@ -316,3 +316,17 @@ def _one_row() -> pd.DataFrame:
     return pd.DataFrame(
         [{"pid": 1, "g": "a", "k": 1, "flag": True, "x": 1.0, "n": 1, "t": "2020-02-02"}]
     )
+
+
+def test_rows_duckdb_cannot_load_are_answered_by_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a query succeeds cannot hinge on DuckDB taking the rows: SQLite answers."""
+
+    def refuse(*_: Any) -> Any:
+        raise duckdb.ConversionException("a value DuckDB would not take")
+
+    monkeypatch.setattr(duckdb_sql, "connect", refuse)
+    metadata = meta(1, False)
+    loaded = LoadedDataset("people", "v1", metadata, coerce_types(_one_row(), metadata))
+    assert exact(DUCK, loaded, "SELECT g, COUNT(*) AS n FROM df GROUP BY g") == exact(
+        LITE, loaded, "SELECT g, COUNT(*) AS n FROM df GROUP BY g"
+    )
