@@ -369,6 +369,14 @@ class _QueryFields(Request):
             "Location to poll; the debit happens now, as for a waited query"
         ),
     )
+    reuse: bool = Field(
+        default=False,
+        description=(
+            "true: if the caller already holds a done release of this exact request (made "
+            "with reuse: true) on the dataset's current version, return it (reused: true), "
+            "debiting nothing"
+        ),
+    )
 
 
 class SqlQueryRequest(_QueryFields, SqlCostRequest):
@@ -537,6 +545,9 @@ class QueryResponse(Response):
     engine: str
     dummy: bool
     replayed: bool
+    reused: bool = Field(
+        default=False, description="an earlier identical release returned free (reuse: true)"
+    )
     cost: Cost
     created_at: Timestamp
     result: Result

@@ -331,6 +331,15 @@ def check_progress(phase: str, progress: float | None) -> None:
         raise ValueError(f"progress is a fraction in 0..1, not {progress!r}")
 
 
+def reuse_digest(payload_hash: str, source_version: str, metadata: str) -> str:
+    """The key of identical-query reuse: the payload's hash (engine, canonical request,
+    dataset name), the source's version and the metadata's digest. A one-way digest, kept
+    in a record's ``extra`` and never returned (the version may be an S3 ETag, an MD5 of
+    the rows)."""
+    document = json.dumps([payload_hash, source_version, metadata])
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class QueryRecord:
     """One archived query: the request, its cost, and what was released.

@@ -84,6 +84,7 @@ from chalicelib.models import (
     QueryState,
     format_decimal,
     metadata_digest,
+    reuse_digest,
     utcnow,
 )
 from chalicelib.result_overflow import ResultOverflow
@@ -623,6 +624,7 @@ class Service:
             engine, document = self._parse(body)
             query_id = validation.query_id(document.get("query_id"))
             is_dummy = validation.boolean(document.get("dummy"), "dummy", False)
+            reuse = validation.boolean(document.get("reuse"), "reuse", False)
             level = accuracy.level(document.get("level"))
             dataset, _ = self._granted_dataset(user_id, name)
             hardening.watch(dataset, generic=not is_dummy)
@@ -634,6 +636,14 @@ class Service:
                 answer = self._dummy_query(engine, dataset, document, query_id, cost)
                 return {**answer, "accuracy": stated}
             record = self._record(user_id, engine, dataset, canonical, query_id, cost, job=not wait)
+            if reuse:
+                key = self._reuse_key(engine, dataset, record.payload_hash)
+                earlier = self.store.find_release(user_id, dataset.name, key)
+                if earlier is not None:  # post-processing of the caller's own release: free
+                    result = self._released(earlier).result
+                    answer = self._response(earlier, result, replayed=False)
+                    return {**answer, "reused": True, "accuracy": stated}
+                record = replace(record, extra={**record.extra, "reuse_key": key})
             try:
                 # the store tells its own retried write from another request's record
                 self.store.reserve(record)
@@ -674,6 +684,13 @@ class Service:
             lease_expires_at=now + timedelta(seconds=lease),
             phase=(QueryPhase.QUEUED if job else QueryPhase.RUNNING).value,
         )
+
+    def _reuse_key(self, engine: str, dataset: Dataset, payload_hash: str) -> str:
+        """The identical-query reuse key of a request on the dataset's current version (one
+        hop to the engine's worker, which asks the source for its version; no rows read)."""
+        payload = {"op": "version", "dataset": dataset_to_wire(dataset)}
+        version = str(self._call(self.engine_workers[engine], payload)["version"])
+        return reuse_digest(payload_hash, version, metadata_digest(dataset.metadata))
 
     def _submit(self, dataset: Dataset, document: dict[str, Any], record: QueryRecord) -> Accepted:
         """Hand a reserved job to its worker and answer 202 with its record.
@@ -790,6 +807,7 @@ class Service:
             "engine": engine,
             "dummy": True,
             "replayed": False,
+            "reused": False,
             "cost": cost.to_json(),
             "created_at": self.clock().isoformat(),
             "result": answer["result"],
@@ -805,6 +823,7 @@ class Service:
             "engine": record.engine,
             "dummy": False,
             "replayed": replayed,
+            "reused": False,
             "cost": record.cost.to_json(),
             "created_at": record.created_at.isoformat(),
             "result": result,

@@ -20,6 +20,10 @@ family comes from ``NEBLINA_WORKER``):
   ``{"result": null, "claimed": false}`` and do nothing), then writes each phase
   (``store.set_progress``: ``running``, ``archiving``; a fraction from an engine whose
   ``reports_progress`` is true, through the ``progress`` callback its ``execute`` gets).
+- ``version`` ``{dataset}`` -> ``{version}``: a digest of the source's current version
+  (one HEAD/stat, no rows read), for identical-query reuse (:func:`models.reuse_digest`).
+  A ``run`` whose record carries a ``reuse_key`` refunds (nothing ran) if the rows loaded
+  are of another version than the key names: a reusable release always matches its key.
 - ``dummy_table`` ``{dataset, rows, seed}`` -> ``{table}``;
   ``dummy_query`` ``{engine, dataset, body, rows, seed}`` -> ``{result}``: dummy rows are
   public, so the engine's messages are returned.
@@ -30,6 +34,7 @@ messages of failures after the rows reached an engine are fixed strings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -56,6 +61,7 @@ from chalicelib.models import (
     QueryRecord,
     QueryState,
     metadata_digest,
+    reuse_digest,
     utcnow,
 )
 from chalicelib.result_overflow import ResultOverflow
@@ -74,6 +80,11 @@ ARCHIVE_FAILED = {
     "error": "internal_error",
     "message": "the release could not be archived, so it was not released; the cost stands",
 }
+
+
+def version_digest(version: str) -> str:
+    """A one-way digest of a source version (an S3 ETag is an MD5 of the rows)."""
+    return hashlib.sha256(f"neblina-source-version:{version}".encode()).hexdigest()
 
 
 def _json(value: Any) -> str:
@@ -111,6 +122,8 @@ class Worker:
                 return {"ok": True, **self.price(payload)}
             if op == "run":
                 return {"ok": True, **self.run(payload)}
+            if op == "version":
+                return {"ok": True, **self.version(payload)}
             if op == "dummy_table":
                 return {"ok": True, **self.dummy_table(payload)}
             if op == "dummy_query":
@@ -179,6 +192,11 @@ class Worker:
             loaded = self.loader.load(dataset)
             if loaded.digest != metadata_digest(dataset.metadata):  # pragma: no cover - keyed
                 raise RuntimeError("the rows were loaded under other metadata than was priced")
+            key = record.extra.get("reuse_key")
+            if key is not None and key != reuse_digest(
+                record.payload_hash, version_digest(loaded.version), loaded.digest
+            ):
+                raise RuntimeError("the source changed between the reuse lookup and the load")
         except Exception as exc:
             self._refund(record, exc)
         if job:
@@ -300,6 +318,12 @@ class Worker:
             self.store.finish(record.query_id, QueryState.FAILED, self.clock(), error=error)
         except Exception:
             log.exception("query %s: could not mark the record failed", record.query_id)
+
+    # version -----------------------------------------------------------------------------
+    def version(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A digest of the source's current version (no rows read)."""
+        dataset = hop.dataset_from_wire(payload["dataset"])
+        return {"version": version_digest(self.loader.version(dataset))}
 
     # dummy data ------------------------------------------------------------------------
     def dummy_table(self, payload: dict[str, Any]) -> dict[str, Any]:

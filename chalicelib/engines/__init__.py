@@ -21,10 +21,11 @@ if TYPE_CHECKING:  # the loader imports pandas: never at cold start
     from chalicelib.datasets import LoadedDataset
 
 # The fields every engine accepts besides its own: the engine's name, the caller's idempotency
-# key, the dummy-run switches, whether to wait for the answer and the accuracy's confidence
-# level (the service reads these; each engine refuses the rest).
+# key, the dummy-run switches, whether to wait for the answer, the accuracy's confidence
+# level and whether an identical earlier release may be reused (the service reads these;
+# each engine refuses the rest).
 COMMON_FIELDS = frozenset(
-    {"engine", "query_id", "dummy", "dummy_rows", "dummy_seed", "wait", "level"}
+    {"engine", "query_id", "dummy", "dummy_rows", "dummy_seed", "wait", "level", "reuse"}
 )
 
 

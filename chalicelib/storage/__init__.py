@@ -231,6 +231,10 @@ class Ledger(Protocol):
     ) -> Iterator[QueryRecord]:
         """Every record of a user and/or a dataset, oldest first (the archive export)."""
 
+    def find_release(self, user_id: str, dataset: str, reuse_key: str) -> QueryRecord | None:
+        """The user's newest ``done`` record on the dataset whose ``extra["reuse_key"]`` is
+        ``reuse_key`` (identical-query reuse, docs/api.md), or None. Never another user's."""
+
     def reconcile(self) -> int:
         """Settle reservations that crashed requests left half-written; returns how many.
 

@@ -14,7 +14,7 @@ import binascii
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from chalicelib.errors import (
@@ -30,6 +30,7 @@ from chalicelib.models import (
     Grant,
     PrivacyCost,
     QueryRecord,
+    QueryState,
     check_progress,
     format_decimal,
 )
@@ -134,6 +135,12 @@ class StoreBase(ABC):
     @abstractmethod
     def get_cap(self, dataset: str) -> DatasetCap | None:
         """The dataset-wide budget, or None."""
+
+    @abstractmethod
+    def iter_queries(
+        self, *, user_id: str | None = None, dataset: str | None = None
+    ) -> Iterator[QueryRecord]:
+        """Every record of a user and/or a dataset, oldest first."""
 
     # primitives ------------------------------------------------------------------------
     @abstractmethod
@@ -244,3 +251,18 @@ class StoreBase(ABC):
     def reconcile(self) -> int:
         """See :meth:`chalicelib.storage.Ledger.reconcile`: nothing to settle by default."""
         return 0
+
+    def find_release(self, user_id: str, dataset: str, reuse_key: str) -> QueryRecord | None:
+        """See :meth:`chalicelib.storage.Ledger.find_release`: one read of the user's
+        history on the dataset (``iter_queries``: DynamoDB's ``by_owner`` index, MongoDB's
+        owner index), newest match first. The key is a digest kept in ``extra``."""
+        found = None
+        for record in self.iter_queries(user_id=user_id, dataset=dataset):
+            if (
+                record.user_id == user_id
+                and record.dataset == dataset
+                and record.state is QueryState.DONE
+                and record.extra.get("reuse_key") == reuse_key
+            ):
+                found = record
+        return found

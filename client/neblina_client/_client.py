@@ -416,6 +416,7 @@ class SQL:
         dummy_seed: int = ...,
         wait: Literal[True] = ...,
         level: float | None = ...,
+        reuse: bool = ...,
     ) -> QueryResult: ...
 
     @overload
@@ -433,6 +434,7 @@ class SQL:
         dummy_seed: int = ...,
         wait: Literal[False],
         level: float | None = ...,
+        reuse: bool = ...,
     ) -> Job: ...
 
     def query(
@@ -449,11 +451,18 @@ class SQL:
         dummy_seed: int = 42,
         wait: bool = True,
         level: float | None = None,
+        reuse: bool = True,
     ) -> QueryResult | Job:
         """Run ``query`` under DP and debit its cost (nothing with ``dummy=True``).
 
         ``result.accuracy`` gives each output column's CI half-width at ``level`` (default
         0.95), computed from the query and the metadata.
+
+        ``reuse`` (default **True**): if you already received a release of exactly this
+        request (same query, ε, δ, mechanisms, postprocess) on the dataset's current
+        version, made with ``reuse=True``, the server returns it again free
+        (``result.reused``; ``result.query_id`` is the earlier one). ``reuse=False`` always
+        runs (and pays for) a fresh draw.
 
         The query is sent with ``query_id`` (a new UUID unless given). Sending the same id
         and payload again returns the stored answer without a second charge, which is how
@@ -467,6 +476,8 @@ class SQL:
         body["postprocess"] = postprocess
         if level is not None:
             body["level"] = level
+        if reuse and not dummy:
+            body["reuse"] = True
         return self._client._submit(
             body,
             query_id=query_id,
@@ -596,6 +607,7 @@ class OpenDP:
         dummy_rows: int = ...,
         dummy_seed: int = ...,
         wait: Literal[True] = ...,
+        reuse: bool = ...,
     ) -> QueryResult: ...
 
     @overload
@@ -609,6 +621,7 @@ class OpenDP:
         dummy_rows: int = ...,
         dummy_seed: int = ...,
         wait: Literal[False],
+        reuse: bool = ...,
     ) -> Job: ...
 
     def query(
@@ -621,15 +634,21 @@ class OpenDP:
         dummy_rows: int = 100,
         dummy_seed: int = 42,
         wait: bool = True,
+        reuse: bool = True,
     ) -> QueryResult | Job:
         """Run ``measurement`` on the dataset and debit its cost (nothing with ``dummy=True``).
 
         ``result`` is what the measurement released: a number or a list. Retries reuse the
         ``query_id`` (a new UUID unless given), so a release is never charged twice.
         ``wait=False`` returns a :class:`Job` at once, as for ``client.sql.query``.
+        ``reuse`` (default True): an identical earlier release comes back free, as for
+        ``client.sql.query``.
         """
+        body = _opendp_body(measurement, fixed_delta)
+        if reuse and not dummy:
+            body["reuse"] = True
         return self._client._submit(
-            _opendp_body(measurement, fixed_delta),
+            body,
             query_id=query_id,
             dummy=dummy,
             dummy_rows=dummy_rows,

@@ -110,6 +110,7 @@ def parse_query_result(data: Mapping[str, Any]) -> QueryResult:
         result=parse_release(data.get("result")),
         dummy=bool(data.get("dummy", False)),
         replayed=bool(data.get("replayed", False)),
+        reused=bool(data.get("reused", False)),
         created_at=parse_datetime(data["created_at"]),
         accuracy=parse_accuracy(data.get("result")) or parse_stated_accuracy(data.get("accuracy")),
     )

@@ -120,6 +120,9 @@ class QueryResult:
     # ``accuracy.attrs["level"]``, reason, components), indexed by the column's name. OpenDP
     # Polars releases keep OpenDP's own summary at ``alpha`` (``attrs["alpha"]``).
     accuracy: pd.DataFrame | None = None
+    # True when the server returned an earlier identical release of the caller's, free
+    # (``reuse=True``; ``query_id`` and ``created_at`` are the earlier release's).
+    reused: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -458,3 +458,35 @@ def test_concurrent_debits_never_overspend_a_dataset_cap(
     )
     for user in users:
         assert_balanced(backend, user, dataset)
+
+
+def test_find_release_returns_only_the_callers_done_release_under_that_key(backend: Any) -> None:
+    user, dataset = granted(backend, "10")
+    other = new_user(backend)
+    backend.create_grant(other, dataset, cost(10))
+    other_dataset = new_dataset(backend)
+    backend.create_grant(user, other_dataset, cost(10))
+    key = "k" + uuid.uuid4().hex
+
+    def reserved(owner: str, on: str, reuse_key: str, state: QueryState) -> QueryRecord:
+        rec = record(owner, on, cost(1))
+        rec = dataclasses.replace(rec, extra={**rec.extra, "reuse_key": reuse_key})
+        backend.reserve(rec)
+        if state is QueryState.DONE:
+            backend.finish(rec.query_id, state, now(), result={"type": "value", "value": 1})
+        elif state is QueryState.FAILED:
+            backend.finish(rec.query_id, state, now(), error={"error": "engine"})
+        return rec
+
+    assert backend.find_release(user, dataset, key) is None
+    reserved(user, dataset, key, QueryState.RUNNING)  # not done yet
+    reserved(user, dataset, key, QueryState.FAILED)  # failed: nothing to reuse
+    reserved(other, dataset, key, QueryState.DONE)  # another user's
+    reserved(user, other_dataset, key, QueryState.DONE)  # another dataset
+    reserved(user, dataset, key + "-v2", QueryState.DONE)  # another version or request
+    assert backend.find_release(user, dataset, key) is None
+    mine = reserved(user, dataset, key, QueryState.DONE)
+    found = backend.find_release(user, dataset, key)
+    assert found is not None and found.query_id == mine.query_id
+    assert found.state is QueryState.DONE and found.result == {"type": "value", "value": 1}
+    assert found.extra["reuse_key"] == key

@@ -135,3 +135,12 @@ def test_epsilon_for_finds_the_smallest_epsilon_within_its_stated_precision(
 def test_epsilon_for_says_when_no_epsilon_reaches_the_target() -> None:
     with pytest.raises(ValueError, match="no epsilon"):
         PlanningServer().client().sql.epsilon_for(SQL, accuracy=1e-9)
+
+
+def test_reuse_is_the_default_and_can_be_turned_off(server: FakeServer) -> None:
+    server.reply(200, query_response(reused=True))
+    answer: Any = server.client().sql.query(SQL, epsilon=1.0, delta=0)
+    assert server.body()["reuse"] is True and answer.reused
+    server.reply(200, query_response())
+    fresh: Any = server.client().sql.query(SQL, epsilon=1.0, delta=0, reuse=False)
+    assert "reuse" not in server.body() and not fresh.reused
