@@ -455,7 +455,7 @@ class DiffPrivLibStep(Request):
     params: dict[str, Any] = Field(description="epsilon (required) and the allowlisted ones")
 
 
-class DiffPrivLibCostRequest(Request):
+class DiffPrivLibCostRequest(_CostFields):
     """A DiffPrivLib pipeline to price."""
 
     engine: Literal["diffprivlib"]
