@@ -160,6 +160,28 @@ def health() -> Response:
     return handle(lambda: {"status": "ok", "version": VERSION})
 
 
+@app.route("/console", methods=["GET"])
+def console_page() -> Response:
+    """The researcher console (docs/console.md); public: it holds no data, the API does."""
+    return console_response("index.html")
+
+
+@app.route("/console/{asset}", methods=["GET"])
+def console_asset(asset: str) -> Response:
+    return console_response(asset)
+
+
+def console_response(name: str) -> Response:
+    from chalicelib.console_assets import asset
+
+    try:
+        body, headers = asset(name)
+    except NeblinaError as error:
+        return error_response(error)
+    response_headers: dict[str, str | list[str]] = {**headers}
+    return Response(body=body, status_code=200, headers=response_headers)
+
+
 @app.route("/v1/openapi.json", methods=["GET"])
 def openapi() -> Response:
     from chalicelib.openapi import document

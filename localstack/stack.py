@@ -296,6 +296,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     )
     print(f"stack: up. NEBLINA_URL and NEBLINA_TOKEN written to {ENV_FILE}")
+    print(f"stack: researcher console {stack.api_url}/console (sign in with NEBLINA_TOKEN)")
     print(
         f"stack: emulator {stack.emulator_url}; neblina-admin finds it through {ENV_FILE} "
         "(when no AWS_ENDPOINT_URL, AWS_PROFILE or AWS_ACCESS_KEY_ID is set)"

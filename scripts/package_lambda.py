@@ -135,7 +135,15 @@ WORKER_ONLY = (
     "chalicelib/engines/[!_]*.py",  # the engines themselves (engines/__init__.py is shared)
 )
 # The front's side: routes, authentication, the ledger's debit, the OpenAPI document.
-FRONT_ONLY = ("app.py", "chalicelib/service.py", "chalicelib/auth.py", "chalicelib/openapi.py")
+FRONT_ONLY = (
+    "app.py",
+    "chalicelib/service.py",
+    "chalicelib/auth.py",
+    "chalicelib/openapi.py",
+    "chalicelib/console_assets.py",
+)
+# The researcher console's static files (chalicelib/console_assets.py serves them).
+CONSOLE_FILES = ("console/index.html", "console/console.js", "console/console.css")
 WORKER_ROOTS = ("chalicelib/worker.py",)
 # Each family's engine modules; a worker ships its own and none of the others' (the registry
 # in chalicelib/engines/__init__.py imports each engine lazily, in its factory).
@@ -180,7 +188,8 @@ FUNCTIONS: tuple[Package, ...] = (
         handler="app.app",
         exclude=WORKER_ONLY,
         chalice=True,
-        data_files=("openapi.json",),  # the OpenAPI document it serves
+        # the OpenAPI document and the console it serves
+        data_files=("openapi.json", *CONSOLE_FILES),
         heavy_allowed=False,
     ),
     # What the authorizer imports (app.py imports config and errors; the authorizer function

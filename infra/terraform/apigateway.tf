@@ -8,6 +8,8 @@ locals {
   routes = {
     "GET /health"                                = false
     "GET /v1/openapi.json"                       = false
+    "GET /console"                               = false
+    "GET /console/{asset}"                       = false
     "GET /v1/datasets"                           = true
     "GET /v1/datasets/{name}/metadata"           = true
     "GET /v1/datasets/{name}/dummy"              = true
@@ -22,6 +24,8 @@ locals {
   resource_ids = {
     "/health"                                = aws_api_gateway_resource.health.id
     "/v1/openapi.json"                       = aws_api_gateway_resource.openapi.id
+    "/console"                               = aws_api_gateway_resource.console.id
+    "/console/{asset}"                       = aws_api_gateway_resource.console_asset.id
     "/v1/datasets"                           = aws_api_gateway_resource.datasets.id
     "/v1/datasets/{name}/metadata"           = aws_api_gateway_resource.dataset_child["metadata"].id
     "/v1/datasets/{name}/dummy"              = aws_api_gateway_resource.dataset_child["dummy"].id
@@ -96,6 +100,20 @@ resource "aws_api_gateway_resource" "health" {
   path_part   = "health"
 }
 
+# The researcher console's static page (docs/console.md): public, like /health; the page
+# holds no data and every API call it makes carries the token through the authorizer.
+resource "aws_api_gateway_resource" "console" {
+  rest_api_id = aws_api_gateway_rest_api.neblina.id
+  parent_id   = aws_api_gateway_rest_api.neblina.root_resource_id
+  path_part   = "console"
+}
+
+resource "aws_api_gateway_resource" "console_asset" {
+  rest_api_id = aws_api_gateway_rest_api.neblina.id
+  parent_id   = aws_api_gateway_resource.console.id
+  path_part   = "{asset}"
+}
+
 resource "aws_api_gateway_resource" "v1" {
   rest_api_id = aws_api_gateway_rest_api.neblina.id
   parent_id   = aws_api_gateway_rest_api.neblina.root_resource_id
@@ -144,7 +162,7 @@ resource "aws_api_gateway_authorizer" "token" {
 }
 
 resource "aws_api_gateway_method" "route" {
-  # checkov:skip=CKV_AWS_59:GET /health and GET /v1/openapi.json are public by design (liveness and the API description); every /v1/datasets route uses the token authorizer.
+  # checkov:skip=CKV_AWS_59:GET /health, GET /v1/openapi.json and GET /console(/{asset}) are public by design (liveness, the API description, the console's static page); every /v1/datasets route uses the token authorizer.
   # checkov:skip=CKV2_AWS_53:Request validation is the app's (one error mapping point, Neblina's error codes); API Gateway models would duplicate it with other messages.
   for_each = local.route_methods
 
