@@ -613,6 +613,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     authenticated: bool = True
     accepted: type[BaseModel] | None = None  # the body of a 202 (the query runs as a job)
+    media: str = "application/json"  # the console's static assets: text/html, ...
 
 
 AUTH_ERRORS = (401, 403, 404, 429, 500)
@@ -622,6 +623,11 @@ OPERATIONS = (
               authenticated=False),
     Operation("get", "/v1/openapi.json", "openapi", "This document (no authentication)", None,
               authenticated=False),
+    Operation("get", "/console", "console", "The researcher console's page (no authentication)",
+              None, authenticated=False, media="text/html", errors=(404,)),
+    Operation("get", "/console/{asset}", "consoleAsset",
+              "The console's script or stylesheet (no authentication)", None,
+              authenticated=False, media="text/javascript", errors=(404,)),
     Operation("get", "/v1/datasets", "listDatasets", "Datasets the caller holds a grant on",
               DatasetList),
     Operation("get", f"{NAME}/metadata", "getMetadata", "Public metadata of a dataset",
@@ -652,7 +658,7 @@ WHEN = {
     401: "missing, malformed or unknown API token",
     403: "token revoked or expired, user disabled, no grant on the dataset, or the query "
     "costs more than one query may on this dataset",
-    404: "unknown dataset or query",
+    404: "unknown dataset, query or console asset",
     409: "budget exhausted, query_id conflict, query in progress or failed",
     413: "request body too large",
     422: "the engine refused the query, or its result is over NEBLINA_MAX_RESULT_BYTES and "
@@ -717,6 +723,8 @@ def _operation(operation: Operation, codes: dict[int, list[str]]) -> dict[str, A
     ok: dict[str, Any] = {"description": "OK"}
     if operation.response is not None:
         ok["content"] = _json({"$ref": REF.format(model=operation.response.__name__)})
+    elif operation.media != "application/json":
+        ok["content"] = {operation.media: {"schema": {"type": "string"}}}
     else:
         ok["content"] = _json({"type": "object"})
     responses: dict[str, Any] = {"200": ok}
@@ -734,7 +742,7 @@ def _operation(operation: Operation, codes: dict[int, list[str]]) -> dict[str, A
                 }
             },
         }
-    statuses = (*AUTH_ERRORS, *operation.errors) if operation.authenticated else ()
+    statuses = (*AUTH_ERRORS, *operation.errors) if operation.authenticated else operation.errors
     for status in sorted(statuses):
         listed = ", ".join(f"`{code}`" for code in codes.get(status, ()))
         response: dict[str, Any] = {
@@ -774,6 +782,9 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
     if "{query_id}" in path:
         schema = {"type": "string"}
         found.append({"name": "query_id", "in": "path", "required": True, "schema": schema})
+    if "{asset}" in path:
+        assets: dict[str, Any] = {"type": "string", "enum": ["console.js", "console.css"]}
+        found.append({"name": "asset", "in": "path", "required": True, "schema": assets})
     return found
 
 

@@ -267,7 +267,8 @@ function drawBurnDown(budget, records) {
   const grant = Number(budget.initial.epsilon);
   const cap = budget.cap && budget.cap.limit ? Number(budget.cap.limit.epsilon) : null;
   const now = Date.now();
-  const start = spends.length ? spends[0].time : now - 60_000;
+  const first = spends.length ? spends[0].time : now;
+  const start = first - Math.max(60_000, (now - first) * 0.05); // the first step shows
   const end = Math.max(now, start + 1);
   let total = 0;
   const points = [[start, 0]];

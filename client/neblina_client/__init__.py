@@ -36,7 +36,7 @@ from ._exceptions import (
 from ._jobs import Job
 from ._retry import Backoff
 from ._tables import decode_table, encode_table
-from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, JobStatus, QueryResult
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, JobStatus, QueryResult
 from ._version import __version__
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "DiffPrivLib",
     "EngineError",
     "FittedModel",
+    "History",
     "InvalidRequestError",
     "Job",
     "JobStatus",

@@ -37,7 +37,7 @@ from ._opendp import input_space, pipeline_nodes
 from ._polars import PolarsContext
 from ._retry import Backoff, is_retryable, parse_retry_after
 from ._tables import decode_table
-from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, QueryResult
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, QueryResult
 from ._version import __version__
 
 # What a caller may pass as ε or δ. A float goes out as a JSON number (its shortest repr,
@@ -144,8 +144,9 @@ class Client:
         body = self._request("GET", self._dataset_path("budget"))
         return _parse(parse_budget, body)
 
-    def history(self, limit: int | None = None) -> list[ArchivedQuery]:
-        """The caller's archived queries on the dataset, newest first (at most ``limit``)."""
+    def history(self, limit: int | None = None) -> History:
+        """The caller's archived queries on the dataset, newest first (at most ``limit``):
+        a list, with ``.plot(budget=...)`` for a burn-down chart."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         queries: list[ArchivedQuery] = []
@@ -164,7 +165,7 @@ class Client:
             if next_cursor == cursor:
                 raise NeblinaError("the server repeated a page cursor", code="invalid_response")
             cursor = str(next_cursor)
-        return queries[:limit]
+        return History(queries[:limit])
 
     def result(self, query_id: str) -> ArchivedQuery:
         """One archived query, with its released result."""

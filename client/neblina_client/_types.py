@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
@@ -80,6 +81,11 @@ class Budget:
         if self.available is None:
             object.__setattr__(self, "available", self.remaining)
 
+    def plot(self, ax: Any = None) -> Any:
+        """A bar of the grant's ε (spent, remaining) and the dataset cap as a line; returns
+        the matplotlib axes (needs ``neblina-client[plot]``)."""
+        return _plot_budget(self, ax)
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -124,6 +130,11 @@ class QueryResult:
     # (``reuse=True``; ``query_id`` and ``created_at`` are the earlier release's).
     reused: bool = False
 
+    def plot(self, ax: Any = None) -> Any:
+        """Bars of a table release per group, with the accuracy's intervals as error bars
+        when the release has them; returns the matplotlib axes (``neblina-client[plot]``)."""
+        return _plot_release(self, ax)
+
 
 @dataclass(frozen=True, eq=False)
 class ArchivedQuery:
@@ -143,6 +154,16 @@ class ArchivedQuery:
     finished_at: datetime | None
     result: Release
     error: dict[str, Any] | None
+
+
+class History(list[ArchivedQuery]):
+    """The caller's archived queries (a list, newest first), with a burn-down plot."""
+
+    def plot(self, budget: Budget | None = None, ax: Any = None) -> Any:
+        """Cumulative ε spent over time (refunded queries excluded), against the grant and
+        the dataset cap when ``budget`` is given (``client.budget()``); returns the
+        matplotlib axes (needs ``neblina-client[plot]``)."""
+        return _plot_history(self, budget, ax)
 
 
 @dataclass(frozen=True)
@@ -171,3 +192,131 @@ class JobStatus:
     def finished(self) -> bool:
         """True once the query is settled: ``done``, ``failed`` or ``refunded``."""
         return self.state != "running"
+
+
+# --- plots (the [plot] extra) ------------------------------------------------------------
+# matplotlib is imported only when a plot is drawn; without it, a plot raises ImportError
+# naming the extra. Each draws on ``ax`` (or a new figure's axes) and returns the axes.
+_PLOT_MISSING = "plots need matplotlib: pip install 'neblina-client[plot]'"
+
+
+def _plot_axes(ax: Any) -> Any:
+    if ax is not None:
+        return ax
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError(_PLOT_MISSING) from error
+    _, created = plt.subplots()
+    return created
+
+
+def _plot_budget(budget: Budget, ax: Any = None) -> Any:
+    """One bar for the grant's ε: spent, then what is left of it; the cap as a line."""
+    axes = _plot_axes(ax)
+    spent = float(budget.spent.epsilon)
+    remaining = float(budget.remaining.epsilon)
+    axes.barh(["ε"], [spent], color="tab:blue", label=f"spent ({budget.spent.epsilon})")
+    axes.barh(
+        ["ε"], [remaining], left=[spent], color="tab:gray", alpha=0.4,
+        label=f"remaining ({budget.remaining.epsilon})",
+    )  # fmt: skip
+    if budget.cap_limit is not None:
+        axes.axvline(
+            float(budget.cap_limit.epsilon), color="tab:red", linestyle=":",
+            label=f"dataset cap ({budget.cap_limit.epsilon})",
+        )  # fmt: skip
+    axes.set_xlabel("ε")
+    axes.set_title(f"grant ε {budget.initial.epsilon}, δ {budget.initial.delta}")
+    axes.legend()
+    return axes
+
+
+def _plot_history(
+    records: Sequence[ArchivedQuery], budget: Budget | None = None, ax: Any = None
+) -> Any:
+    """Burn-down: cumulative ε spent over time (refunded queries excluded), against the
+    grant and the dataset cap when ``budget`` is given."""
+    axes = _plot_axes(ax)
+    standing = sorted(
+        (r for r in records if r.state != "refunded"), key=lambda record: record.created_at
+    )
+    times = [record.created_at for record in standing]
+    totals = pd.Series([float(r.cost.epsilon) for r in standing], dtype="float64").cumsum()
+    if times:
+        axes.step(
+            [times[0], *times], [0.0, *totals.tolist()], where="post", color="tab:blue",
+            label="ε spent",
+        )  # fmt: skip
+    if budget is not None:
+        axes.axhline(
+            float(budget.initial.epsilon), color="tab:green", linestyle="--",
+            label=f"grant ({budget.initial.epsilon})",
+        )  # fmt: skip
+        if budget.cap_limit is not None:
+            axes.axhline(
+                float(budget.cap_limit.epsilon), color="tab:red", linestyle=":",
+                label=f"dataset cap ({budget.cap_limit.epsilon})",
+            )  # fmt: skip
+    axes.set_ylabel("ε spent")
+    axes.set_xlabel("time")
+    axes.legend()
+    return axes
+
+
+def _plot_half_widths(result: pd.DataFrame, accuracy: Any, column: str) -> list[float] | None:
+    """The CI half-width of each row of ``column``, from the release's accuracy, or None.
+
+    Two shapes are read: a summary with one row per released column (columns ``column``
+    and ``accuracy``: the same half-width for every row, or one per row when the summary
+    has a row for each), or a DataFrame aligned with the result (same length, a column of
+    the same name holding each row's half-width).
+    """
+    if not isinstance(accuracy, pd.DataFrame) or accuracy.empty:
+        return None
+    if {"column", "accuracy"} <= set(accuracy.columns):
+        rows = accuracy[accuracy["column"] == column]["accuracy"]
+        if len(rows) == 1:
+            return [float(rows.iloc[0])] * len(result)
+        if len(rows) == len(result):
+            return [float(value) for value in rows]
+        return None
+    if column in accuracy.columns and len(accuracy) == len(result):
+        return [float(value) for value in accuracy[column]]
+    return None
+
+
+def _plot_release(result: QueryResult, ax: Any = None) -> Any:
+    """Bars of each numeric column per group (the GROUP BY keys), with the intervals of the
+    release's accuracy as error bars where it has them."""
+    table = result.result
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError("plot() draws a table release (SQL, or a Polars group_by)")
+    numeric = [
+        c for c in table.columns
+        if pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
+    ]  # fmt: skip
+    keys = [c for c in table.columns if c not in numeric]
+    values = numeric if keys else numeric[1:] or numeric
+    if not values:
+        raise ValueError("the release has no numeric column to plot")
+    labels = (
+        table[keys].astype(str).agg(" / ".join, axis=1).tolist()
+        if keys
+        else [str(i) for i in range(len(table))]
+    )
+    axes = _plot_axes(ax)
+    width = 0.8 / len(values)
+    for position, column in enumerate(values):
+        xs = [i + position * width for i in range(len(table))]
+        errors = _plot_half_widths(table, result.accuracy, str(column))
+        axes.bar(
+            xs, table[column].astype("float64").fillna(0.0).tolist(), width=width,
+            yerr=errors, capsize=4 if errors else 0, label=str(column),
+        )  # fmt: skip
+    axes.set_xticks([i + width * (len(values) - 1) / 2 for i in range(len(table))])
+    axes.set_xticklabels(labels)
+    if keys:
+        axes.set_xlabel(" / ".join(map(str, keys)))
+    axes.legend()
+    return axes
