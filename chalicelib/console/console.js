@@ -173,30 +173,39 @@ function renderTable(container, table) {
   container.appendChild(node);
 }
 
-// Accuracy, when the server sends it: rendered generically (a list of objects as a table,
-// anything else as text), so the console follows the API's shape (docs/api.md).
+// Accuracy, when the server sends it (docs/api.md, "Accuracy"): per output column, the
+// half-width of a confidence interval at `level`, or a reason why there is none.
 function renderAccuracy(container, accuracy) {
   clear(container);
-  if (accuracy === undefined || accuracy === null) return;
-  container.appendChild(el("h4", "Accuracy"));
-  if (accuracy.type === "table" && Array.isArray(accuracy.records)) {
-    renderTable(container.appendChild(el("div")), accuracy);
+  if (!accuracy || typeof accuracy !== "object") return;
+  const level = Number(accuracy.level);
+  const percent = Number.isFinite(level) ? `${+(level * 100).toPrecision(6)}%` : "?";
+  container.appendChild(el("h4", `Accuracy (${percent} confidence intervals)`));
+  if (!Array.isArray(accuracy.columns)) {
+    container.appendChild(el("p", accuracy.reason || "no accuracy for this query"));
     return;
   }
-  const rows = Array.isArray(accuracy)
-    ? accuracy
-    : Array.isArray(accuracy.columns) && accuracy.columns.length && typeof accuracy.columns[0] === "object"
-      ? accuracy.columns
-      : null;
-  if (rows && rows.every((row) => row && typeof row === "object")) {
-    const columns = [...new Set(rows.flatMap((row) => Object.keys(row)))];
-    const records = rows.map((row) =>
-      Object.fromEntries(columns.map((c) => [c, typeof row[c] === "object" && row[c] !== null ? JSON.stringify(row[c]) : row[c]])),
-    );
-    renderTable(container.appendChild(el("div")), { type: "table", columns, records });
-    return;
+  const table = el("table");
+  table.className = "accuracy";
+  const head = el("tr");
+  for (const title of ["column", "aggregate", "noise", "scale", "± half-width", "note"]) {
+    head.appendChild(el("th", title));
   }
-  container.appendChild(el("code", JSON.stringify(accuracy)));
+  table.appendChild(head);
+  for (const entry of accuracy.columns) {
+    const row = el("tr");
+    const parts = Array.isArray(entry.components)
+      ? entry.components.map((c) => `${c.aggregate}: ±${c.accuracy}`).join("; ")
+      : "";
+    const cells = [
+      entry.column, entry.aggregate, entry.distribution, entry.scale,
+      entry.accuracy === null || entry.accuracy === undefined ? "" : `±${entry.accuracy}`,
+      [entry.reason, parts].filter(Boolean).join(" — "),
+    ];
+    for (const cell of cells) row.appendChild(el("td", cell === null || cell === undefined ? "" : cell));
+    table.appendChild(row);
+  }
+  container.appendChild(table);
 }
 
 function amount(cost) {

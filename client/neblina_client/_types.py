@@ -267,23 +267,24 @@ def _plot_history(
 def _plot_half_widths(result: pd.DataFrame, accuracy: Any, column: str) -> list[float] | None:
     """The CI half-width of each row of ``column``, from the release's accuracy, or None.
 
-    Two shapes are read: a summary with one row per released column (columns ``column``
-    and ``accuracy``: the same half-width for every row, or one per row when the summary
-    has a row for each), or a DataFrame aligned with the result (same length, a column of
-    the same name holding each row's half-width).
+    Two shapes are read: the stated accuracy (docs/api.md, "Accuracy": one row per released
+    column, with ``column`` and ``accuracy``; the same half-width for every row of the
+    result, or one per row when there is a row for each), or a DataFrame aligned with the
+    result (same length, a column of the same name holding each row's half-width). A
+    column without an analytic half-width (a key, an AVG: ``accuracy`` null) gets none.
     """
     if not isinstance(accuracy, pd.DataFrame) or accuracy.empty:
         return None
     if {"column", "accuracy"} <= set(accuracy.columns):
-        rows = accuracy[accuracy["column"] == column]["accuracy"]
-        if len(rows) == 1:
-            return [float(rows.iloc[0])] * len(result)
-        if len(rows) == len(result):
-            return [float(value) for value in rows]
+        found = accuracy[accuracy["column"] == column]["accuracy"].tolist()
+        values = found * len(result) if len(found) == 1 else found
+    elif column in accuracy.columns:
+        values = accuracy[column].tolist()
+    else:
         return None
-    if column in accuracy.columns and len(accuracy) == len(result):
-        return [float(value) for value in accuracy[column]]
-    return None
+    if len(values) != len(result) or any(v is None or pd.isna(v) for v in values):
+        return None
+    return [float(v) for v in values]
 
 
 def _plot_release(result: QueryResult, ax: Any = None) -> Any:

@@ -113,6 +113,8 @@ def test_a_researcher_sees_the_price_before_running_and_is_charged_exactly_that(
     assert shown is not None
     epsilon, delta = (part.split(" ")[1] for part in shown.split(", "))
     assert Decimal(epsilon) > 0
+    # The accuracy of the count comes with the price (docs/api.md, "Accuracy").
+    expect(page.locator("#accuracy table.accuracy tr", has_text="COUNT")).to_contain_text("±")
 
     page.click("#run-dummy")
     page.wait_for_selector("#result table tr td")
@@ -128,6 +130,7 @@ def test_a_researcher_sees_the_price_before_running_and_is_charged_exactly_that(
     page.click("#confirm-yes")
     expect(page.locator("#run-message")).to_have_text(re.compile("^Released"))
     assert shown in (page.text_content("#run-message") or "")
+    expect(page.locator("#result-accuracy table.accuracy")).to_contain_text("±")
     spent = budget(stack.api_url, researcher.token, "PENGUIN")["spent"]
     assert (Decimal(spent["epsilon"]), Decimal(spent["delta"])) == (
         Decimal(epsilon),

@@ -15,6 +15,7 @@ import pytest
 from fake_server import FakeServer
 
 from neblina_client import ArchivedQuery, Budget, Cost, History, QueryResult
+from neblina_client._decode import parse_stated_accuracy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -87,7 +88,16 @@ def test_a_group_by_release_plots_bars_per_key_with_its_intervals_as_error_bars(
     tmp_path: Path,
 ) -> None:
     table = pd.DataFrame({"species": ["Adelie", "Chinstrap", "Gentoo"], "n": [150.0, 70.0, 120.0]})
-    accuracy = pd.DataFrame({"column": ["n"], "aggregate": ["count"], "accuracy": [4.5]})
+    accuracy = parse_stated_accuracy(  # the shape of docs/api.md, "Accuracy"
+        {
+            "level": 0.95,
+            "reason": None,
+            "columns": [
+                {"column": "species", "accuracy": None, "reason": "a group key"},
+                {"column": "n", "aggregate": "COUNT(*)", "scale": 1.5, "accuracy": 4.5},
+            ],
+        }
+    )
     release = QueryResult(
         query_id="q", dataset="PENGUIN", engine="smartnoise_sql", cost=cost("1"),
         result=table, dummy=False, replayed=False, created_at=T0, accuracy=accuracy,
@@ -104,11 +114,27 @@ def test_a_group_by_release_plots_bars_per_key_with_its_intervals_as_error_bars(
     render(axes, tmp_path)
 
 
-def test_a_release_without_accuracy_plots_bars_without_error_bars(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "accuracy",
+    [
+        None,
+        # an AVG: no analytic half-width (its components have theirs), so no error bar
+        parse_stated_accuracy(
+            {
+                "level": 0.95,
+                "reason": None,
+                "columns": [{"column": "sex", "accuracy": None}, {"column": "n", "accuracy": None}],
+            }
+        ),
+    ],
+)
+def test_a_release_without_a_half_width_plots_bars_without_error_bars(
+    tmp_path: Path, accuracy: pd.DataFrame | None
+) -> None:
     table = pd.DataFrame({"sex": ["female", "male"], "n": [160, 170]})
     release = QueryResult(
         query_id="q", dataset="PENGUIN", engine="smartnoise_sql", cost=cost("1"),
-        result=table, dummy=False, replayed=False, created_at=T0,
+        result=table, dummy=False, replayed=False, created_at=T0, accuracy=accuracy,
     )  # fmt: skip
     axes = release.plot()
     (bars,) = [c for c in axes.containers if isinstance(c, BarContainer)]
