@@ -355,8 +355,8 @@ class _Empty:
         with self._lock:
             connection = self._connections.get(key)
             if connection is None:
-                if len(self._connections) >= 16:
-                    self._connections.pop(next(iter(self._connections))).close()
+                if len(self._connections) >= 16:  # dropped, not closed: a caller may hold it
+                    self._connections.pop(next(iter(self._connections)))
                 empty = pd.DataFrame({name: [] for name in metadata["columns"]})
                 connection = connect(empty, metadata, table_names)
                 self._connections[key] = connection
