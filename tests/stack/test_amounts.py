@@ -247,6 +247,11 @@ def test_a_dummy_run_that_fails_names_opendps_reason(monkeypatch: pytest.MonkeyP
 
     request = od.ENGINE.parse(body(laplace_count()))
     monkeypatch.setattr(od.OpenDPRequest, "measurement", lambda self: failing)
+    # the rest of the chain on the prepared column (docs/opendp.md, "Running") fails alike
+    monkeypatch.setattr(od, "_measure_raw", lambda _rest, _column: failing(""))
+    with pytest.raises(ValueError, match="FailedFunction: the noise could not be sampled"):
+        od.ENGINE.execute(loaded(), request)
+    monkeypatch.setattr(od, "prepared", lambda _request: None)  # the whole pipeline's path
     with pytest.raises(ValueError, match="FailedFunction: the noise could not be sampled"):
         od.ENGINE.execute(loaded(), request)
 
