@@ -260,6 +260,7 @@ def _plot_history(
             )  # fmt: skip
     axes.set_ylabel("ε spent")
     axes.set_xlabel("time")
+    axes.tick_params(axis="x", labelrotation=30)
     axes.legend()
     return axes
 

@@ -150,6 +150,30 @@ def test_a_researcher_sees_the_price_before_running_and_is_charged_exactly_that(
     assert not any(researcher.token in url for url in page.requests)  # type: ignore[attr-defined]
     assert page.context.cookies() == []
     assert page.dialogs == []  # type: ignore[attr-defined]
+    if os.environ.get("NEBLINA_CONSOLE_SCREENSHOTS") == "1":
+        client_plots(stack.api_url, researcher.token)
+
+
+def client_plots(api_url: str, token: str) -> None:
+    """docs/img/client-plots.png: the client's three plots on this researcher's session."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neblina_client import Client
+
+    with Client(url=api_url, token=token, dataset="PENGUIN") as client:
+        release = client.sql.query(
+            "SELECT sex, COUNT(*) AS n FROM df GROUP BY sex", epsilon=0.5, delta=0
+        )
+        figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
+        client.budget().plot(ax=left)
+        client.history().plot(budget=client.budget(), ax=middle)
+        release.plot(ax=right)
+        figure.tight_layout()
+        figure.savefig(SHOTS / "client-plots.png", dpi=80)
+        plt.close(figure)
 
 
 def test_a_category_named_like_markup_shows_as_text_and_runs_nothing(

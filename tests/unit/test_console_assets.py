@@ -83,7 +83,9 @@ def test_the_front_package_ships_the_console_and_terraform_routes_it_without_the
     import package_lambda
 
     front = next(p for p in package_lambda.FUNCTIONS if p.name == "api")
-    assert {f"console/{name}" for name in ASSETS} <= set(front.data_files)
+    shipped = set(package_lambda.source_files(front))
+    assert {f"chalicelib/console/{name}" for name in ASSETS} <= shipped
+    assert "chalicelib/console_assets.py" in shipped
     terraform = (ROOT / "infra/terraform/apigateway.tf").read_text()
     assert re.search(r'"GET /console"\s+= false', terraform)
     assert re.search(r'"GET /console/\{asset\}"\s+= false', terraform)
