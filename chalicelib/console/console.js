@@ -250,7 +250,25 @@ function renderHistory(records) {
     const result = el("div", null, "table");
     renderTable(result, record.result);
     item.appendChild(result);
-    if (record.accuracy !== undefined) renderAccuracy(item.appendChild(el("div")), record.accuracy);
+    const stated = item.appendChild(el("div", null, "table"));
+    if (record.accuracy !== undefined) renderAccuracy(stated, record.accuracy);
+    else if (record.state === "done" && record.request) {
+      // A record holds its request, not its accuracy; the accuracy is a function of the
+      // request and the metadata only, so /cost states it again (free, reads no data).
+      const button = el("button", "Show accuracy", "show-accuracy");
+      button.type = "button";
+      button.addEventListener("click", async () => {
+        const body = { ...record.request };
+        for (const key of ["query_id", "wait", "dummy", "dummy_rows", "dummy_seed", "reuse"]) delete body[key];
+        try {
+          const answer = await api(path("/cost"), { method: "POST", body });
+          renderAccuracy(stated, answer.accuracy);
+        } catch (error) {
+          stated.textContent = `${error.code}: ${error.message}`;
+        }
+      });
+      stated.appendChild(button);
+    }
     if (record.error) item.appendChild(el("p", `${record.error.error}: ${record.error.message}`, "error"));
     list.appendChild(item);
   }
