@@ -569,6 +569,10 @@ class QueryRecord(Response):
     finished_at: Timestamp | None
     result: Result | None
     error: Error | None
+    accuracy: StatedAccuracy | None = Field(
+        default=None,
+        description="the accuracy stated when the query was reserved (null on older records)",
+    )
     phase: QueryPhase | None = Field(
         description="where a running query's work is; null once settled"
     )

@@ -135,8 +135,9 @@ def effective_state(record: QueryRecord, now: datetime) -> QueryState:
 
 
 def record_json(record: QueryRecord, now: datetime) -> dict[str, Any]:
-    """A record as the API returns it (lease rule applied)."""
-    return record.as_seen(now).to_json()
+    """A record as the API returns it (lease rule applied), with the accuracy stated when
+    it was reserved (``extra["accuracy"]``; null on records from before it existed)."""
+    return {**record.as_seen(now).to_json(), "accuracy": record.extra.get("accuracy")}
 
 
 def _record_bytes(record: QueryRecord) -> int:
@@ -644,6 +645,7 @@ class Service:
                     answer = self._response(earlier, result, replayed=False)
                     return {**answer, "reused": True, "accuracy": stated}
                 record = replace(record, extra={**record.extra, "reuse_key": key})
+            record = replace(record, extra={**record.extra, "accuracy": stated})
             try:
                 # the store tells its own retried write from another request's record
                 self.store.reserve(record)

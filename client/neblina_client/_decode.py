@@ -155,6 +155,7 @@ def parse_archived_query(data: Mapping[str, Any]) -> ArchivedQuery:
         finished_at=None if finished_at is None else parse_datetime(finished_at),
         result=parse_release(data.get("result")),
         error=None if data.get("error") is None else dict(data["error"]),
+        accuracy=parse_stated_accuracy(data.get("accuracy")),
     )
 
 

@@ -154,6 +154,9 @@ class ArchivedQuery:
     finished_at: datetime | None
     result: Release
     error: dict[str, Any] | None
+    # The accuracy stated when the query was reserved (as ``QueryResult.accuracy``);
+    # None on records from before it existed.
+    accuracy: pd.DataFrame | None = None
 
 
 class History(list[ArchivedQuery]):

@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 import opendp.prelude as dp
+import opendp_pipelines as pipes
 import pandas as pd
 import pytest
+from test_service import COUNT, remaining
+from test_service import service as service
+from test_service import store as store
 
 from chalicelib import accuracy
 from chalicelib.errors import InvalidRequest
 from chalicelib.service import Service
-from tests.support import opendp_pipelines as pipes
-from tests.unit.test_service import COUNT, remaining
-from tests.unit.test_service import service as service
-from tests.unit.test_service import store as store
 
 LEVEL = 0.95
 FALSE_FAILURE = 1e-6
@@ -66,8 +66,9 @@ def covered(errors: np.ndarray, half_widths: np.ndarray) -> int:
 
 # --- SmartNoise SQL ---------------------------------------------------------------------------
 def test_stated_95_percent_intervals_of_smartnoise_counts_and_sums_cover_about_95_percent() -> None:
+    from test_smartnoise_engine import DATASET, FRAME, loaded, request
+
     from chalicelib.engines import smartnoise_engine as sn
-    from tests.unit.test_smartnoise_engine import DATASET, FRAME, loaded, request
 
     query = (
         "SELECT species, island, sex, COUNT(*) AS n, SUM(bill_length_mm) AS b "
@@ -109,8 +110,9 @@ def test_stated_95_percent_intervals_of_smartnoise_counts_and_sums_cover_about_9
 
 
 def test_an_average_states_its_sum_and_count_and_no_half_width() -> None:
+    from test_smartnoise_engine import DATASET, request
+
     from chalicelib.engines import smartnoise_engine as sn
-    from tests.unit.test_smartnoise_engine import DATASET, request
 
     req = request("SELECT AVG(bill_length_mm) AS m FROM df", epsilon=1.0, delta=0.0)
     (entry,) = sn.ENGINE.accuracy(DATASET, req, LEVEL)["columns"]
@@ -122,8 +124,9 @@ def test_an_average_states_its_sum_and_count_and_no_half_width() -> None:
 
 
 def test_a_gaussian_mechanism_states_opendps_gaussian_accuracy_at_the_level_asked() -> None:
+    from test_smartnoise_engine import DATASET, request
+
     from chalicelib.engines import smartnoise_engine as sn
-    from tests.unit.test_smartnoise_engine import DATASET, request
 
     req = request(
         "SELECT SUM(bill_length_mm) AS b FROM df",
@@ -239,11 +242,26 @@ def test_accuracy_levels_are_validated_at_the_edge() -> None:
 
 @pytest.fixture
 def exploding_engine(service: Service) -> Any:
+    from test_service import ExplodingEngine
+
     from chalicelib import engines
-    from tests.unit.test_service import ExplodingEngine
 
     engine = ExplodingEngine()
     factories = {**engines.FACTORIES, "exploding": lambda _settings: engine}
     service.engines = engines.Engines(service.settings, factories)
     service.engine_workers["exploding"] = "sql"
     return engine
+
+
+def test_a_job_and_the_history_carry_the_accuracy_stated_when_it_was_reserved(
+    service: Service,
+) -> None:
+    stated = service.cost("alice", "PENGUIN", {**COUNT, "level": 0.9})["accuracy"]
+    accepted = service.query(
+        "alice", "PENGUIN", {**COUNT, "level": 0.9, "query_id": "acc-job-01", "wait": False}
+    )
+    assert accepted.body["accuracy"] == stated  # type: ignore[union-attr]
+    service.query("alice", "PENGUIN", {**COUNT, "level": 0.9, "query_id": "acc-run-01"})
+    assert service.get_query("alice", "PENGUIN", "acc-run-01")["accuracy"] == stated
+    history = service.history("alice", "PENGUIN", None, None)["queries"]
+    assert {r["query_id"]: r["accuracy"] for r in history}["acc-run-01"] == stated

@@ -5,16 +5,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import opendp_pipelines as pipes
 import pytest
+from test_service import COUNT, remaining
+from test_service import service as service
+from test_service import store as store
 
 from chalicelib.errors import InvalidQuery, InvalidRequest
 from chalicelib.models import PrivacyCost
 from chalicelib.service import Service
 from chalicelib.storage.memory import MemoryStore
-from tests.support import opendp_pipelines as pipes
-from tests.unit.test_service import COUNT, remaining
-from tests.unit.test_service import service as service
-from tests.unit.test_service import store as store
 
 AVG = {
     "engine": "smartnoise_sql",

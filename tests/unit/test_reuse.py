@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_service import COUNT, META, ROOT, remaining
+from test_service import service as service
+from test_service import store as store
 
 from chalicelib import metadata
 from chalicelib.errors import InternalError
 from chalicelib.models import Dataset, PrivacyCost, QueryState, utcnow
 from chalicelib.service import Service
 from chalicelib.storage.memory import MemoryStore
-from tests.unit.test_service import COUNT, META, ROOT, remaining
-from tests.unit.test_service import service as service
-from tests.unit.test_service import store as store
 
 
 def ask(service: Service, query_id: str, user: str = "alice", **extra: Any) -> dict[str, Any]:
