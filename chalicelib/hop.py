@@ -227,8 +227,9 @@ class LambdaWorkers:
     def _entry(self, worker: str) -> dict[str, str]:
         entry = self.config.get(worker)
         if entry is None or not entry.get("function"):
+            # not deployed: nothing can have run (a job is refunded, a call is a 503)
             log.error("no worker %r in NEBLINA_WORKERS", worker)
-            raise InternalError()
+            raise HopFailed(f"no worker {worker!r} in NEBLINA_WORKERS", delivered=False)
         return entry
 
     def _client(self, worker: str, *, retries: bool) -> Any:

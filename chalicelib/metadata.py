@@ -44,7 +44,10 @@ _RESERVED_TEXT = """
 """
 RESERVED_WORDS = frozenset(_RESERVED_TEXT.split())
 
-_TOP_KEYS = {"max_ids", "rows", "row_privacy", "censor_dims", "columns", "description"}
+_TOP_KEYS = {"max_ids", "rows", "row_privacy", "censor_dims", "columns", "description", "executor"}
+# Where a dataset's SQL queries run: in the SQL worker (the default), or as a Spark job over
+# its Parquet (docs/spark.md). Public: it changes where the rows are aggregated, not the price.
+EXECUTORS = ("function", "spark")
 _COMMON_KEYS = {"type", "nullable", "private_id", "description"}
 _TYPE_KEYS: dict[str, set[str]] = {
     "string": {"categories", "cardinality"},
@@ -203,6 +206,10 @@ def validate(raw: object) -> dict[str, Any]:
     for key in ("row_privacy", "censor_dims"):
         if key in raw and not isinstance(raw[key], bool):
             problems.append(f"{key}: must be true or false")
+    if "executor" in raw and raw["executor"] not in EXECUTORS:
+        problems.append(
+            f"executor: must be one of {', '.join(EXECUTORS)} (got {raw['executor']!r})"
+        )
     columns = raw.get("columns")
     if not isinstance(columns, dict) or not columns:
         problems.append("columns: must be a non-empty mapping of column name to spec")
@@ -227,6 +234,8 @@ def validate(raw: object) -> dict[str, Any]:
     }
     if raw.get("description"):
         normalised["description"] = str(raw["description"])
+    if raw.get("executor") == "spark":  # absent otherwise: existing digests do not change
+        normalised["executor"] = "spark"
     for name, spec in columns.items():
         column = dict(spec)
         column.setdefault("nullable", False)

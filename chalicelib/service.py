@@ -89,7 +89,7 @@ from chalicelib.models import (
 )
 from chalicelib.result_overflow import ResultOverflow
 from chalicelib.storage import QueryIdTaken, Store
-from chalicelib.workers import DUMMY_WORKER, ENGINE_WORKERS
+from chalicelib.workers import DUMMY_WORKER, ENGINE_WORKERS, SPARK_ENGINES, SPARK_WORKER
 
 if TYPE_CHECKING:  # the worker's parts import pandas: only for an in-process worker
     from chalicelib.datasets import DatasetLoader
@@ -630,6 +630,13 @@ class Service:
             dataset, _ = self._granted_dataset(user_id, name)
             hardening.watch(dataset, generic=not is_dummy)
             wait = validation.boolean(document.get("wait"), "wait", True)
+            if dataset.metadata.get("executor") == "spark":
+                if engine not in SPARK_ENGINES:
+                    raise InvalidRequest(
+                        f"{dataset.name} runs on Spark: query it with engine "
+                        f"{' or '.join(sorted(SPARK_ENGINES))} (docs/spark.md)"
+                    )
+                wait = False  # a Spark job is always asynchronous: 202, then poll
             priced = self._price(engine, dataset, document, level)
             cost, canonical, stated = priced.cost, priced.canonical, priced.accuracy
             self._check_cap(dataset, cost)
@@ -709,8 +716,11 @@ class Service:
             "record": record_to_wire(record),
             "body": document,
         }
+        worker = self.engine_workers[record.engine]
+        if dataset.metadata.get("executor") == "spark":
+            worker = SPARK_WORKER  # docs/spark.md
         try:
-            self.workers.submit(self.engine_workers[record.engine], payload)
+            self.workers.submit(worker, payload)
         except HopFailed as failure:
             log.error("query %s: the job could not be handed over: %s", record.query_id, failure)
             if self.store.claim(record.query_id, self.clock()) is not None:

@@ -65,7 +65,7 @@ from chalicelib.models import (
     utcnow,
 )
 from chalicelib.result_overflow import ResultOverflow
-from chalicelib.workers import DUMMY_WORKER, ENGINE_WORKERS
+from chalicelib.workers import DUMMY_WORKER, ENGINE_WORKERS, SPARK_ENGINES, SPARK_WORKER
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -112,6 +112,7 @@ class Worker:
         self.engines = engines or Engines(settings)
         self.clock = clock
         self.family = family
+        self._spark: tuple[Any, Any] | None = None  # (loader, engine), built on first use
 
     # the handler ---------------------------------------------------------------------
     def handle(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +137,8 @@ class Worker:
             return hop.error_envelope(InternalError())
 
     def _engine(self, name: object) -> Engine[Any]:
+        if self.family == SPARK_WORKER and name in SPARK_ENGINES:
+            return self.engines.get(name)
         if self.family is not None and ENGINE_WORKERS.get(str(name)) != self.family:
             log.error("worker %s asked to run engine %r", self.family, name)
             raise InternalError()
@@ -189,7 +192,10 @@ class Worker:
             request = self._parse(engine, payload.get("body"))
             if _json({"engine": engine.name, **request.canonical()}) != _json(record.request):
                 raise RuntimeError("the body is not the request that was reserved")
-            loaded = self.loader.load(dataset)
+            loader: Any = self.loader
+            if dataset.metadata.get("executor") == "spark":
+                loader, engine = self._spark_parts(engine)
+            loaded = loader.load(dataset)
             if loaded.digest != metadata_digest(dataset.metadata):  # pragma: no cover - keyed
                 raise RuntimeError("the rows were loaded under other metadata than was priced")
             key = record.extra.get("reuse_key")
@@ -212,6 +218,21 @@ class Worker:
         if job:
             self._progress(record, QueryPhase.ARCHIVING, None)
         return {"result": self._archive(dataset, record, result)}
+
+    def _spark_parts(self, engine: Engine[Any]) -> tuple[Any, Engine[Any]]:
+        """The Spark loader and the SQL engine on Spark (docs/spark.md), for a Spark-backed
+        dataset's job; built on first use (pyspark is imported then, never before)."""
+        if engine.name not in SPARK_ENGINES:
+            raise RuntimeError(f"engine {engine.name} does not run on Spark")
+        if self._spark is None:
+            from chalicelib.engines.spark_sql import SparkLoader, SparkSqlEngine
+
+            s3 = getattr(self.loader, "_s3", None)
+            self._spark = (
+                SparkLoader(s3),
+                SparkSqlEngine(max_query_chars=self.settings.max_query_chars),
+            )
+        return self._spark
 
     def _execute(
         self,

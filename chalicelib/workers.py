@@ -17,6 +17,11 @@ ENGINE_WORKERS: Mapping[str, str] = {
     "opendp_polars": "polars",
     "diffprivlib": "diffprivlib",
 }
+# A dataset whose metadata says ``executor: spark`` has its SQL queries run as jobs by this
+# family (docs/spark.md): locally a worker process running Spark in local mode; on AWS the
+# job runs on EMR Serverless. Not a Lambda package of its own (not in families()).
+SPARK_WORKER = "spark"
+SPARK_ENGINES = frozenset({"smartnoise_sql"})
 # GET /dummy builds a table with pandas: a worker that has it does the work.
 DUMMY_WORKER = "sql"
 
@@ -24,3 +29,8 @@ DUMMY_WORKER = "sql"
 def families() -> frozenset[str]:
     """Every worker family a deployment runs."""
     return frozenset(ENGINE_WORKERS.values()) | {DUMMY_WORKER}
+
+
+def local_families() -> frozenset[str]:
+    """Every worker family the local stack runs as a process (the Spark one included)."""
+    return families() | {SPARK_WORKER}

@@ -107,12 +107,12 @@ def spawn(
 
 
 def worker_families() -> list[str]:
-    """The worker families a deployment runs (chalicelib/workers.py)."""
+    """The worker families the local stack runs, the Spark one included (chalicelib/workers.py)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from chalicelib.workers import families
+    from chalicelib.workers import local_families
 
-    return sorted(families())
+    return sorted(local_families())
 
 
 def workers_config(urls: dict[str, str]) -> str:

@@ -1,0 +1,258 @@
+"""SmartNoise SQL on Spark: the same engine, its rewritten SQL run by Spark (docs/spark.md).
+
+A dataset whose metadata says ``executor: spark`` is too large for one function: its
+Parquet is read by Spark (local mode in the worker process locally and in tests; on AWS the
+same code runs as an EMR Serverless job). Everything that decides what is released is the
+SQL engine's own (:mod:`chalicelib.engines.smartnoise_engine`): the price (the same
+``price`` operation, metadata only), the supported SQL, SmartNoise's rewriting, the GROUP
+BY public-domain completion (:class:`DomainKeysReader`) and the mechanisms. Only two things
+differ, and both are here:
+
+- the rows: :func:`coerce_columns` is :func:`chalicelib.datasets.coerce_types` in Spark
+  SQL (declared columns, their types, every value kept inside its declared domain, rows
+  without a ``private_id`` dropped), so both paths aggregate the same values;
+- the executor: :class:`SparkRowsReader` runs SmartNoise's exact per-key subquery on Spark
+  and hands back its (small) result as rows, header first, like the SQLite reader does.
+
+Spark runs with ANSI mode off, so no value in the data makes a query fail (an overflow or a
+bad cast gives NULL, as on the SQLite copy): success never depends on the data. The session
+binds to the loopback only (``SPARK_LOCAL_IP``, driver host and bind address).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from snsql.sql.reader.base import SqlReader
+from snsql.sql.reader.engine import Engine as SnEngine
+
+from chalicelib.engines.smartnoise_engine import (
+    DomainKeysReader,
+    SmartnoiseSqlEngine,
+    SqlRequest,
+    _keyed_frame,
+    _output_keys,
+    _table_names,
+    metadata_for,
+)
+from chalicelib.models import Dataset, metadata_digest
+from chalicelib.wire_tables import frame_to_table
+
+EXECUTOR_KEY = "executor"  # the metadata key that sends a dataset to Spark
+SPARK = "spark"
+
+_SESSION: list[Any] = []
+_SESSION_LOCK = threading.Lock()
+
+
+def is_spark_dataset(dataset: Dataset) -> bool:
+    """Whether the dataset's queries run on Spark (its metadata says ``executor: spark``)."""
+    return dataset.metadata.get(EXECUTOR_KEY) == SPARK
+
+
+def spark_session() -> Any:
+    """The process's Spark session (local mode unless ``NEBLINA_SPARK_MASTER`` says other),
+    built on first use (about 5 s) and then kept. Binds to 127.0.0.1 only."""
+    with _SESSION_LOCK:
+        if not _SESSION:
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            from pyspark.sql import SparkSession
+
+            builder = (
+                SparkSession.builder.appName("neblina-spark-job")
+                .master(os.environ.get("NEBLINA_SPARK_MASTER", "local[2]"))
+                .config("spark.driver.host", "127.0.0.1")
+                .config("spark.driver.bindAddress", "127.0.0.1")
+                .config("spark.ui.enabled", "false")
+                .config("spark.sql.ansi.enabled", "false")  # totality: NULL, never an error
+                .config("spark.sql.shuffle.partitions", "4")
+                .config("spark.sql.session.timeZone", "UTC")
+            )
+            _SESSION.append(builder.getOrCreate())
+        return _SESSION[0]
+
+
+def _f() -> Any:
+    from pyspark.sql import functions
+
+    return functions
+
+
+def _clamp(column: Any, lower: Any, upper: Any) -> Any:
+    """``column`` clamped into [lower, upper]; NULL stays NULL."""
+    f = _f()
+    return f.when(column.isNull(), column).otherwise(f.least(f.greatest(column, lower), upper))
+
+
+def coerce_columns(frame: Any, metadata: dict[str, Any]) -> Any:
+    """:func:`chalicelib.datasets.coerce_types` on a Spark DataFrame (same values)."""
+    f = _f()
+    from pyspark.sql import types as t
+
+    from chalicelib.datasets import DatasetUnavailable
+
+    columns = metadata["columns"]
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise DatasetUnavailable(f"source lacks declared columns: {', '.join(missing)}")
+    out = []
+    identifier = None
+    for name, spec in columns.items():
+        column = f.col(f"`{name}`")
+        kind = spec["type"]
+        if kind == "int":
+            float_column = column.cast(t.DoubleType())  # pandas: to_numeric, then to int
+            whole = f.when(f.isnan(float_column), None).otherwise(float_column)
+            column = whole.cast(t.IntegerType() if spec.get("precision") == 32 else t.LongType())
+        elif kind == "float":
+            column = column.cast(t.FloatType() if spec.get("precision") == 32 else t.DoubleType())
+            column = f.when(f.isnan(column), None).otherwise(column)
+        elif kind == "boolean":
+            column = column.cast(t.BooleanType())
+        elif kind == "datetime":
+            column = column.cast(t.TimestampType())
+        else:
+            column = column.cast(t.StringType())
+        if spec.get("private_id"):
+            identifier = name
+        elif "categories" in spec:
+            inside = column.isin(list(spec["categories"])) | column.isNull()
+            column = f.when(inside, column)
+        elif "lower" in spec and "upper" in spec and kind in ("int", "float"):
+            column = _clamp(column, f.lit(spec["lower"]), f.lit(spec["upper"]))
+        elif "lower" in spec and "upper" in spec and kind == "datetime":
+            bounds = [f.lit(spec[b]).cast(t.TimestampType()) for b in ("lower", "upper")]
+            column = _clamp(column, *bounds)
+        out.append(column.alias(name))
+    coerced = frame.select(*out)
+    if identifier is not None:
+        coerced = coerced.where(f.col(f"`{identifier}`").isNotNull())
+    return coerced
+
+
+@dataclass
+class SparkLoaded:
+    """A Spark-backed dataset ready for the engine: a session of its own with the coerced
+    rows as temp views ``df`` and the dataset's name (never read until a query runs)."""
+
+    name: str
+    metadata: dict[str, Any]
+    session: Any
+    frame: Any
+    digest: str = field(init=False)
+    is_dummy: bool = False
+
+    def __post_init__(self) -> None:
+        self.digest = metadata_digest(self.metadata)
+
+
+class SparkLoader:
+    """Opens a Spark-backed dataset's Parquet (the footer only: no row is read here).
+
+    A source in S3 is read by Spark itself on EMR (``NEBLINA_SPARK_DIRECT_S3=1``); in the
+    local stack and the tests the worker first copies the object to a temporary file (the
+    local Spark has no S3 connector), an S3 read as the in-function loader's.
+    """
+
+    def __init__(self, s3: Any | None = None) -> None:
+        self._s3 = s3
+        self._files: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, dataset: Dataset) -> str:
+        parsed = urlparse(dataset.source)
+        if parsed.scheme == "s3":
+            if os.environ.get("NEBLINA_SPARK_DIRECT_S3") == "1":
+                return dataset.source
+            if self._s3 is None:
+                raise RuntimeError("no S3 client to read the source")
+            from chalicelib.datasets import split_s3_uri
+
+            bucket, key = split_s3_uri(dataset.source)
+            head = self._s3().head_object(Bucket=bucket, Key=key)
+            tag = f"{dataset.source}:{head.get('ETag', '')}"
+            with self._lock:
+                if tag not in self._files or not os.path.exists(self._files[tag]):
+                    handle, path = tempfile.mkstemp(prefix="neblina-spark-", suffix=".parquet")
+                    os.close(handle)
+                    self._s3().download_file(bucket, key, path)
+                    self._files[tag] = path
+                return self._files[tag]
+        return parsed.path if parsed.scheme == "file" else dataset.source
+
+    def load(self, dataset: Dataset) -> SparkLoaded:
+        """The dataset as temp views of a new session (refund-safe: no row read yet)."""
+        from chalicelib.datasets import DatasetUnavailable, source_format
+
+        if source_format(dataset.source, dataset.source_format) != "parquet":
+            raise DatasetUnavailable("a Spark-backed dataset must be Parquet")
+        try:
+            path = self._path(dataset)
+            session = spark_session().newSession()
+            frame = coerce_columns(session.read.parquet(path), dataset.metadata)
+        except DatasetUnavailable:
+            raise
+        except Exception as exc:
+            raise DatasetUnavailable("dataset source unavailable") from exc
+        for view in _table_names(dataset.name):
+            frame.createOrReplaceTempView(view)
+        return SparkLoaded(dataset.name, dataset.metadata, session, frame)
+
+
+class SparkRowsReader(SqlReader):  # type: ignore[misc]
+    """SmartNoise's Spark reader, answering rows (header first) as the SQLite reader does.
+
+    The rewritten subquery is SmartNoise's exact per-key aggregate: its result has one row
+    per group, collected to the driver.
+    """
+
+    ENGINE = SnEngine.SPARK
+
+    def __init__(self, session: Any, metadata: Any) -> None:
+        SqlReader.__init__(self, self.ENGINE)
+        self.api = session
+        self.metadata = metadata
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> list[Any]:
+        frame = self.api.sql(query)
+        return [tuple(frame.columns), *(tuple(row) for row in frame.collect())]
+
+
+class SparkSqlEngine(SmartnoiseSqlEngine):
+    """The SmartNoise SQL engine with Spark as its executor (same name, same price)."""
+
+    def exact_rows(self, loaded: SparkLoaded, request: SqlRequest) -> list[Any]:
+        """The exact per-key aggregates before noise (the differential test's view)."""
+        reader = self._private(loaded, request)
+        subquery, _ = reader._rewrite(request.query)
+        inner = reader._get_reader(subquery)
+        return list(inner._execute_ast(subquery))
+
+    def _private(self, loaded: SparkLoaded, request: SqlRequest) -> DomainKeysReader:
+        metadata = metadata_for(loaded.name, loaded.metadata)
+        return DomainKeysReader(
+            SparkRowsReader(loaded.session, metadata),
+            metadata,
+            privacy=request.privacy(),
+            columns=loaded.metadata["columns"],
+            complete=not loaded.metadata["censor_dims"],
+        )
+
+    def execute(self, loaded: Any, request: SqlRequest) -> dict[str, Any]:
+        """The mechanism, once, over the Spark rows (see the module docstring)."""
+        reader = self._private(loaded, request)
+        columns = loaded.metadata["columns"]
+        if request.postprocess:
+            header, *rows = reader.execute(request.query)
+            keys = _output_keys(metadata_for(loaded.name, loaded.metadata), columns, request.query)
+        else:
+            rows = [list(row) for row in reader.execute(request.query, postprocess=False)]
+            width = len(rows[0]) if rows else 0
+            header = [f"res_{i}" for i in range(width)]
+            keys = reader.raw_keys
+        return frame_to_table(_keyed_frame(list(header), [list(r) for r in rows], keys))

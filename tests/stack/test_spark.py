@@ -1,0 +1,260 @@
+"""Spark-backed datasets (docs/spark.md): the job path, and the differential test against
+the in-function SQL engine. One local Spark session (loopback only) for the module."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+if shutil.which("java") is None:  # pragma: no cover - these machines have Java 17
+    pytest.skip(
+        "Spark needs a Java 17 runtime (README: 'Spark-backed datasets'); none on PATH",
+        allow_module_level=True,
+    )
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+from chalicelib import metadata as metadata_module
+from chalicelib.config import from_environ
+from chalicelib.datasets import DatasetLoader
+from chalicelib.engines.smartnoise_engine import (
+    DomainKeysReader,
+    SmartnoiseSqlEngine,
+    metadata_for,
+)
+from chalicelib.engines.spark_sql import SparkLoader, SparkSqlEngine, spark_session
+from chalicelib.errors import InvalidRequest
+from chalicelib.hop import InProcessWorkers
+from chalicelib.models import Dataset, PrivacyCost, QueryState, User, utcnow
+from chalicelib.service import Accepted, Service
+from chalicelib.storage.memory import MemoryStore
+
+META: dict[str, Any] = {
+    "max_ids": 1,
+    "rows": 400,
+    "row_privacy": True,
+    "censor_dims": False,
+    "columns": {
+        "grp": {"type": "string", "categories": ["a", "b", "c"], "nullable": True},
+        "flag": {"type": "boolean"},
+        "level": {"type": "int", "lower": 1, "upper": 4},
+        "x": {"type": "float", "lower": 0.0, "upper": 100.0, "nullable": True},
+        "n": {"type": "int", "lower": 0, "upper": 1000},
+    },
+}
+
+
+def frame(seed: int, rows: int = 400) -> pd.DataFrame:
+    """Rows with values outside every declared domain, NULLs and NaNs (clamping matters)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-50, 150, rows)
+    x[rng.random(rows) < 0.1] = np.nan
+    return pd.DataFrame(
+        {
+            "grp": rng.choice(np.array(["a", "b", "c", "d", None], dtype=object), rows),
+            "flag": rng.random(rows) < 0.3,
+            "level": rng.integers(-1, 7, rows),
+            "x": x,
+            "n": rng.integers(-100, 1200, rows),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def session() -> Any:
+    return spark_session()
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory, session: Any) -> list[tuple[Any, Any]]:
+    """(in-function loaded, Spark loaded) pairs over the same Parquet files."""
+    folder = tmp_path_factory.mktemp("spark")
+    pairs = []
+    for seed in (1, 2):
+        path = folder / f"data{seed}.parquet"
+        frame(seed).to_parquet(path, engine="fastparquet", index=False)
+        plain = Dataset("T", str(path), metadata_module.validate(META), utcnow(), "", "parquet")
+        spark = Dataset(
+            "T",
+            str(path),
+            metadata_module.validate({**META, "executor": "spark"}),
+            utcnow(),
+            "",
+            "parquet",
+        )
+        pairs.append((DatasetLoader(from_environ()).load(plain), SparkLoader().load(spark)))
+    return pairs
+
+
+KEYS = ["grp", "flag", "level"]
+AGGREGATES = ["COUNT(*)", "COUNT(x)", "SUM(n)", "SUM(x)", "AVG(n)", "AVG(x)", "SUM(level)"]
+FILTERS = ["", " WHERE n > 500", " WHERE x < 40.0", " WHERE level >= 2 AND n < 900"]
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> str:
+    aggregates = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=2, unique=True))
+    keys = draw(st.lists(st.sampled_from(KEYS), max_size=2, unique=True))
+    selected = ", ".join([*keys, *(f"{a} AS v{i}" for i, a in enumerate(aggregates))])
+    group = f" GROUP BY {', '.join(keys)}" if keys else ""
+    return f"SELECT {selected} FROM df{draw(st.sampled_from(FILTERS))}{group}"  # noqa: S608
+
+
+def exact_rows(reader: DomainKeysReader, query: str) -> list[list[Any]]:
+    """SmartNoise's exact per-key aggregates (before noise), with GROUP BY completion."""
+    subquery, _ = reader._rewrite(query)
+    header, *rows = reader._get_reader(subquery)._execute_ast(subquery)
+    return [list(header), *sorted((list(r) for r in rows), key=repr)]
+
+
+def same(left: Any, right: Any) -> bool:
+    if left is None or right is None:
+        return left is None and right is None
+    if isinstance(left, float) or isinstance(right, float):
+        return math.isclose(float(left), float(right), rel_tol=1e-9, abs_tol=1e-9)
+    return bool(left == right)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(query=queries(), which=st.integers(0, 1))
+def test_the_spark_path_aggregates_exactly_what_the_in_function_engine_does(
+    datasets: list[tuple[Any, Any]], query: str, which: int
+) -> None:
+    plain, spark = datasets[which]
+    sql_engine, spark_engine = SmartnoiseSqlEngine(executor="sqlite"), SparkSqlEngine()
+    request = sql_engine.parse({"query": query, "epsilon": 1, "delta": "1e-6"})
+    metadata = metadata_for("T", plain.metadata)
+    reference = DomainKeysReader(
+        sql_engine._reader(plain),
+        metadata,
+        privacy=request.privacy(),
+        columns=plain.metadata["columns"],
+        complete=True,
+    )
+    expected = exact_rows(reference, query)
+    found = exact_rows(spark_engine._private(spark, request), query)
+    assert len(found) == len(expected), (query, found, expected)
+    assert [c.lower() for c in found[0]] == [c.lower() for c in expected[0]]
+    for got, want in zip(found[1:], expected[1:], strict=True):
+        assert all(same(g, w) for g, w in zip(got, want, strict=True)), (query, got, want)
+
+
+def test_a_spark_dataset_is_priced_exactly_as_the_same_dataset_in_a_function(
+    datasets: list[tuple[Any, Any]],
+) -> None:
+    engine = SmartnoiseSqlEngine()
+    body = {"query": "SELECT grp, AVG(x) AS m, COUNT(*) AS c FROM df GROUP BY grp", "epsilon": 0.7}
+    request = engine.parse({**body, "delta": "1e-6"})
+    plain = Dataset("T", "x.parquet", metadata_module.validate(META), utcnow())
+    spark = Dataset(
+        "T", "x.parquet", metadata_module.validate({**META, "executor": "spark"}), utcnow()
+    )
+    assert engine.cost(spark, request) == engine.cost(plain, request)
+    assert engine.cost(spark, request).epsilon > 0
+
+
+# --- the job path through the service --------------------------------------------------
+@pytest.fixture
+def store(datasets: list[tuple[Any, Any]], tmp_path: Path) -> MemoryStore:
+    s = MemoryStore()
+    s.put_user(User(user_id="alice", created_at=utcnow()))
+    path = tmp_path / "people.parquet"
+    frame(7).to_parquet(path, engine="fastparquet", index=False)
+    spark_meta = metadata_module.validate({**META, "executor": "spark"})
+    s.put_dataset(Dataset("BIG", str(path), spark_meta, utcnow(), "", "parquet"))
+    missing = str(tmp_path / "missing.parquet")
+    s.put_dataset(Dataset("GONE", missing, spark_meta, utcnow(), "", "parquet"))
+    for name in ("BIG", "GONE"):
+        s.create_grant("alice", name, PrivacyCost(epsilon=10, delta="0.001"))
+    return s
+
+
+QUERY = {
+    "engine": "smartnoise_sql",
+    "query": "SELECT level, COUNT(*) AS c, SUM(n) AS s FROM df GROUP BY level",
+    "epsilon": 1,
+    "delta": "1e-6",
+}
+
+
+def remaining(store: MemoryStore, name: str) -> PrivacyCost:
+    grant = store.get_grant("alice", name)
+    assert grant is not None
+    return grant.remaining
+
+
+def test_a_query_on_a_spark_dataset_is_a_job_debited_at_submission_and_released_once(
+    store: MemoryStore,
+) -> None:
+    service = Service(store, from_environ(), DatasetLoader(from_environ()))
+    cost = service.cost("alice", "BIG", QUERY)["cost"]
+    before = remaining(store, "BIG")
+    answer = service.query("alice", "BIG", {**QUERY, "query_id": "spark-job-1"})  # no wait
+    assert isinstance(answer, Accepted)  # 202 although the request did not say wait: false
+    charged = PrivacyCost(epsilon=cost["epsilon"], delta=cost["delta"])
+    assert remaining(store, "BIG") == before - charged
+    assert isinstance(service.workers, InProcessWorkers)
+    service.workers.join(timeout=120)
+    record = service.get_query("alice", "BIG", "spark-job-1")
+    assert record["state"] == "done", record
+    table = record["result"]
+    # the public domain of level (1..4), every key answered, in declared values
+    assert table["type"] == "table"
+    assert sorted(row["level"] for row in table["records"]) == [1, 2, 3, 4]
+    assert remaining(store, "BIG") == before - charged
+
+
+def test_a_spark_job_delivered_twice_releases_once(store: MemoryStore) -> None:
+    events: list[dict[str, Any]] = []
+
+    class Queue(InProcessWorkers):
+        def submit(self, worker: str, payload: dict[str, Any]) -> None:
+            assert worker == "spark"
+            events.append(payload)
+
+    service = Service(store, from_environ(), DatasetLoader(from_environ()))
+    assert service.local is not None
+    worker = service.local
+    service.workers = Queue(worker)
+    service.query("alice", "BIG", {**QUERY, "query_id": "spark-twice-1"})
+    (event,) = events
+    first = worker.handle(json.loads(json.dumps(event)))
+    second = worker.handle(json.loads(json.dumps(event)))
+    assert first["ok"] is True and first["result"]["type"] == "table"
+    assert second == {"ok": True, "result": None, "claimed": False}
+    record = store.get_query("spark-twice-1")
+    assert record is not None and record.state is QueryState.DONE
+
+
+def test_a_spark_job_that_cannot_open_its_parquet_is_refunded(store: MemoryStore) -> None:
+    service = Service(store, from_environ(), DatasetLoader(from_environ()))
+    before = remaining(store, "GONE")
+    service.query("alice", "GONE", {**QUERY, "query_id": "spark-gone-1"})
+    assert isinstance(service.workers, InProcessWorkers)
+    service.workers.join(timeout=120)
+    record = store.get_query("spark-gone-1")
+    assert record is not None and record.state is QueryState.REFUNDED
+    assert remaining(store, "GONE") == before
+
+
+def test_a_spark_dataset_refuses_other_engines_before_any_debit(store: MemoryStore) -> None:
+    service = Service(store, from_environ(), DatasetLoader(from_environ()))
+    before = remaining(store, "BIG")
+    body = {"engine": "opendp", "query_id": "spark-odp-1"}
+    with pytest.raises(InvalidRequest, match="runs on Spark"):
+        service.query("alice", "BIG", body)
+    assert remaining(store, "BIG") == before
