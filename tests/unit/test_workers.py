@@ -365,3 +365,31 @@ def test_the_front_serves_every_route_with_pandas_and_the_dp_libraries_forbidden
         assert built.local is None
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
         assert leaked == []
+
+
+def test_a_spark_job_with_no_spark_worker_deployed_is_refunded_and_answered_503(
+    store: MemoryStore,
+) -> None:
+    """NEBLINA_WORKERS without the spark family: nothing ran, so the debit is given back
+    (before, the front raised a 500 and the job stayed queued until its lease ran out)."""
+    from chalicelib import metadata
+
+    spark_meta = metadata.validate({**META, "executor": "spark"})
+    store.put_dataset(Dataset("BIG", "s3://data/big.parquet", spark_meta, utcnow(), "", "parquet"))
+    store.create_grant("alice", "BIG", PrivacyCost(epsilon=5, delta="0.001"))
+    service = Service(store, from_environ(), DatasetLoader(from_environ()))
+    assert service.local is not None
+    sql_only = LambdaWorkers({"sql": {"function": "neblina-worker-sql"}}, from_environ())
+
+    class PriceHere(InProcessWorkers):  # prices in this process; runs through Lambda config
+        def submit(self, worker: str, payload: dict[str, Any]) -> None:
+            sql_only.submit(worker, payload)
+
+    service.workers = PriceHere(service.local)
+    before = store.get_grant("alice", "BIG")
+    with pytest.raises(WorkerUnavailable):
+        service.query("alice", "BIG", {**COUNT, "query_id": "q-no-spark-1"})
+    record = store.get_query("q-no-spark-1")
+    assert record is not None and record.state is QueryState.REFUNDED
+    after = store.get_grant("alice", "BIG")
+    assert before is not None and after is not None and after.remaining == before.remaining
