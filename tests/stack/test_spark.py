@@ -169,7 +169,7 @@ def test_a_spark_dataset_is_priced_exactly_as_the_same_dataset_in_a_function(
 
 # --- the job path through the service --------------------------------------------------
 @pytest.fixture
-def store(datasets: list[tuple[Any, Any]], tmp_path: Path) -> MemoryStore:
+def spark_store(tmp_path: Path) -> MemoryStore:
     s = MemoryStore()
     s.put_user(User(user_id="alice", created_at=utcnow()))
     path = tmp_path / "people.parquet"
@@ -198,15 +198,15 @@ def remaining(store: MemoryStore, name: str) -> PrivacyCost:
 
 
 def test_a_query_on_a_spark_dataset_is_a_job_debited_at_submission_and_released_once(
-    store: MemoryStore,
+    spark_store: MemoryStore,
 ) -> None:
-    service = Service(store, from_environ(), DatasetLoader(from_environ()))
+    service = Service(spark_store, from_environ(), DatasetLoader(from_environ()))
     cost = service.cost("alice", "BIG", QUERY)["cost"]
-    before = remaining(store, "BIG")
+    before = remaining(spark_store, "BIG")
     answer = service.query("alice", "BIG", {**QUERY, "query_id": "spark-job-1"})  # no wait
     assert isinstance(answer, Accepted)  # 202 although the request did not say wait: false
     charged = PrivacyCost(epsilon=cost["epsilon"], delta=cost["delta"])
-    assert remaining(store, "BIG") == before - charged
+    assert remaining(spark_store, "BIG") == before - charged
     assert isinstance(service.workers, InProcessWorkers)
     service.workers.join(timeout=120)
     record = service.get_query("alice", "BIG", "spark-job-1")
@@ -215,10 +215,10 @@ def test_a_query_on_a_spark_dataset_is_a_job_debited_at_submission_and_released_
     # the public domain of level (1..4), every key answered, in declared values
     assert table["type"] == "table"
     assert sorted(row["level"] for row in table["records"]) == [1, 2, 3, 4]
-    assert remaining(store, "BIG") == before - charged
+    assert remaining(spark_store, "BIG") == before - charged
 
 
-def test_a_spark_job_delivered_twice_releases_once(store: MemoryStore) -> None:
+def test_a_spark_job_delivered_twice_releases_once(spark_store: MemoryStore) -> None:
     events: list[dict[str, Any]] = []
 
     class Queue(InProcessWorkers):
@@ -226,7 +226,7 @@ def test_a_spark_job_delivered_twice_releases_once(store: MemoryStore) -> None:
             assert worker == "spark"
             events.append(payload)
 
-    service = Service(store, from_environ(), DatasetLoader(from_environ()))
+    service = Service(spark_store, from_environ(), DatasetLoader(from_environ()))
     assert service.local is not None
     worker = service.local
     service.workers = Queue(worker)
@@ -236,25 +236,47 @@ def test_a_spark_job_delivered_twice_releases_once(store: MemoryStore) -> None:
     second = worker.handle(json.loads(json.dumps(event)))
     assert first["ok"] is True and first["result"]["type"] == "table"
     assert second == {"ok": True, "result": None, "claimed": False}
-    record = store.get_query("spark-twice-1")
+    record = spark_store.get_query("spark-twice-1")
     assert record is not None and record.state is QueryState.DONE
 
 
-def test_a_spark_job_that_cannot_open_its_parquet_is_refunded(store: MemoryStore) -> None:
-    service = Service(store, from_environ(), DatasetLoader(from_environ()))
-    before = remaining(store, "GONE")
+def test_a_spark_job_that_cannot_open_its_parquet_is_refunded(spark_store: MemoryStore) -> None:
+    service = Service(spark_store, from_environ(), DatasetLoader(from_environ()))
+    before = remaining(spark_store, "GONE")
     service.query("alice", "GONE", {**QUERY, "query_id": "spark-gone-1"})
     assert isinstance(service.workers, InProcessWorkers)
     service.workers.join(timeout=120)
-    record = store.get_query("spark-gone-1")
+    record = spark_store.get_query("spark-gone-1")
     assert record is not None and record.state is QueryState.REFUNDED
-    assert remaining(store, "GONE") == before
+    assert remaining(spark_store, "GONE") == before
 
 
-def test_a_spark_dataset_refuses_other_engines_before_any_debit(store: MemoryStore) -> None:
-    service = Service(store, from_environ(), DatasetLoader(from_environ()))
-    before = remaining(store, "BIG")
+def test_a_spark_dataset_refuses_other_engines_before_any_debit(spark_store: MemoryStore) -> None:
+    service = Service(spark_store, from_environ(), DatasetLoader(from_environ()))
+    before = remaining(spark_store, "BIG")
     body = {"engine": "opendp", "query_id": "spark-odp-1"}
     with pytest.raises(InvalidRequest, match="runs on Spark"):
         service.query("alice", "BIG", body)
-    assert remaining(store, "BIG") == before
+    assert remaining(spark_store, "BIG") == before
+
+
+# --- end to end on the local stack ------------------------------------------------------
+def test_a_spark_dataset_answers_a_dp_query_end_to_end_on_the_local_stack(
+    stack: Any, make_researcher: Any
+) -> None:
+    """Over HTTP: the front, the spark worker process (Spark local mode), the emulator's S3
+    and DynamoDB; the blocking client call waits for the job the server chose."""
+    from neblina_client import Client
+
+    sql = "SELECT sex, COUNT(*) AS n, AVG(income) AS income FROM df GROUP BY sex"
+    researcher = make_researcher({"SYNTHETIC_SPARK": ("10", "0.001"), "SYNTHETIC": ("10", "0.001")})
+    url, token = stack.api_url, researcher.token
+    with Client(url=url, token=token, dataset="SYNTHETIC_SPARK", timeout=300) as spark:
+        with Client(url=url, token=token, dataset="SYNTHETIC") as plain:
+            price = spark.sql.cost(sql, 0.5, "1e-6")
+            assert price == plain.sql.cost(sql, 0.5, "1e-6")
+        before = spark.budget().remaining
+        answer = spark.sql.query(sql, 0.5, "1e-6")
+        assert answer.cost == price
+        assert sorted(answer.result["sex"]) == ["female", "male"]  # the declared domain
+        assert spark.budget().remaining == before - price
