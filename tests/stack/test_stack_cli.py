@@ -42,9 +42,9 @@ def test_up_writes_the_env_file_and_down_stops_exactly_what_up_started(tmp_path:
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         pids = json.loads((state / "stack.json").read_text())["pids"]
-        from chalicelib.workers import families
+        from chalicelib.workers import local_families
 
-        workers = {f"worker-{family}" for family in families()}
+        workers = {f"worker-{family}" for family in local_families()}
         assert set(pids) == {"api", "emulator", *workers} and all(alive(p) for p in pids.values())
         env_file = state / "local.env"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
