@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,6 +48,11 @@ def test_up_writes_the_env_file_and_down_stops_exactly_what_up_started(tmp_path:
 
         workers = {f"worker-{family}" for family in local_families()}
         assert set(pids) == {"api", "emulator", *workers} and all(alive(p) for p in pids.values())
+        # the output names the researcher console's URL, and the stack serves it
+        (line,) = [x for x in up.stdout.splitlines() if "researcher console" in x]
+        console = next(word for word in line.split() if word.startswith("http://"))
+        page = httpx.get(console, timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         env_file = state / "local.env"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         assert run(["up", "--emulator-port", "0"], env).returncode == 1  # already up
