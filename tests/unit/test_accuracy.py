@@ -265,3 +265,21 @@ def test_a_job_and_the_history_carry_the_accuracy_stated_when_it_was_reserved(
     assert service.get_query("alice", "PENGUIN", "acc-run-01")["accuracy"] == stated
     history = service.history("alice", "PENGUIN", None, None)["queries"]
     assert {r["query_id"]: r["accuracy"] for r in history}["acc-run-01"] == stated
+
+
+# --- OpenDP Polars ------------------------------------------------------------------------------
+def test_a_polars_query_states_opendps_summary_at_the_level_asked() -> None:
+    from test_polars_engine import BILL, context
+
+    from chalicelib.engines.polars_engine import ENGINE as POLARS
+
+    query = context().query().group_by("species").agg(dp.len(), BILL.dp.sum((30.0, 65.0)))
+    request = POLARS.parse(query.body())
+    stated = POLARS.accuracy(pipes.DATASET, request, 0.9)
+    local = query.summarize(alpha=0.1)  # the client's own summary, from metadata only
+    by_aggregate = {c["aggregate"]: c for c in stated["columns"]}
+    assert stated["level"] == 0.9 and set(by_aggregate) == {"Frame Length", "Sum"}
+    for row in local.to_dicts():
+        entry = by_aggregate[row["aggregate"]]
+        assert entry["accuracy"] == pytest.approx(row["accuracy"], rel=1e-9)
+        assert entry["distribution"] == row["distribution"] and entry["reason"] is None
