@@ -32,7 +32,7 @@ from chalicelib.engines.smartnoise_engine import (
     metadata_for,
 )
 from chalicelib.engines.spark_sql import SparkLoader, SparkSqlEngine, spark_session
-from chalicelib.errors import InvalidRequest
+from chalicelib.errors import EngineFailed, InvalidRequest
 from chalicelib.hop import InProcessWorkers
 from chalicelib.models import Dataset, PrivacyCost, QueryState, User, utcnow
 from chalicelib.service import Accepted, Service
@@ -280,3 +280,24 @@ def test_a_spark_dataset_answers_a_dp_query_end_to_end_on_the_local_stack(
         assert answer.cost == price
         assert sorted(answer.result["sex"]) == ["female", "male"]  # the declared domain
         assert spark.budget().remaining == before - price
+
+
+def test_a_spark_job_that_fails_after_the_read_keeps_its_cost(
+    spark_store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib.engines import spark_sql
+
+    def broken(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("executor lost")
+
+    monkeypatch.setattr(spark_sql.SparkRowsReader, "execute", broken)
+    service = Service(spark_store, from_environ(), DatasetLoader(from_environ()))
+    before = remaining(spark_store, "BIG")
+    service.query("alice", "BIG", {**QUERY, "query_id": "spark-broken-1"})
+    assert isinstance(service.workers, InProcessWorkers)
+    service.workers.join(timeout=120)
+    record = spark_store.get_query("spark-broken-1")
+    assert record is not None and record.state is QueryState.FAILED
+    failure = EngineFailed()
+    assert record.error == {"error": failure.code, "message": failure.message}
+    assert remaining(spark_store, "BIG") == before - record.cost
