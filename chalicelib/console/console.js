@@ -251,10 +251,10 @@ function renderHistory(records) {
     renderTable(result, record.result);
     item.appendChild(result);
     const stated = item.appendChild(el("div", null, "table"));
-    if (record.accuracy !== undefined) renderAccuracy(stated, record.accuracy);
+    if (record.accuracy) renderAccuracy(stated, record.accuracy);
     else if (record.state === "done" && record.request) {
-      // A record holds its request, not its accuracy; the accuracy is a function of the
-      // request and the metadata only, so /cost states it again (free, reads no data).
+      // A record from before records carried their accuracy: the accuracy is a function of
+      // the request and the metadata only, so /cost states it again (free, reads no data).
       const button = el("button", "Show accuracy", "show-accuracy");
       button.type = "button";
       button.addEventListener("click", async () => {
