@@ -238,3 +238,18 @@ def test_the_reserved_words_are_exactly_the_keywords_of_smartnoise_sql() -> None
     unqueryable = Dataset("PENGUIN", "unused", keyword, utcnow())
     with pytest.raises(InvalidQuery, match="cannot be parsed"):
         ENGINE.cost(unqueryable, ENGINE.parse({**body, "query": query.format(c="month")}))
+
+
+def test_the_executor_key_sends_a_dataset_to_spark_and_plan_shows_the_change() -> None:
+    from neblina_admin import declarative
+
+    plain = M.validate(PENGUIN)
+    spark = M.validate({**PENGUIN, "executor": "spark"})
+    assert "executor" not in plain  # existing datasets keep their metadata (and digest)
+    assert spark == {**plain, "executor": "spark"}
+    assert "executor" not in M.validate({**PENGUIN, "executor": "function"})
+    with pytest.raises(M.MetadataError, match="executor: must be one of function, spark"):
+        M.validate({**PENGUIN, "executor": "gpu"})
+    # SmartNoise's metadata (hence the price) does not see it
+    assert M.to_smartnoise(spark, ["df"]) == M.to_smartnoise(plain, ["df"])
+    assert declarative._metadata_diff(plain, spark) == ["metadata.executor None -> 'spark'"]
