@@ -452,18 +452,18 @@ class SQL:
         dummy_seed: int = 42,
         wait: bool = True,
         level: float | None = None,
-        reuse: bool = True,
+        reuse: bool = False,
     ) -> QueryResult | Job:
         """Run ``query`` under DP and debit its cost (nothing with ``dummy=True``).
 
         ``result.accuracy`` gives each output column's CI half-width at ``level`` (default
         0.95), computed from the query and the metadata.
 
-        ``reuse`` (default **True**): if you already received a release of exactly this
-        request (same query, ε, δ, mechanisms, postprocess) on the dataset's current
-        version, made with ``reuse=True``, the server returns it again free
-        (``result.reused``; ``result.query_id`` is the earlier one). ``reuse=False`` always
-        runs (and pays for) a fresh draw.
+        ``reuse`` (default False: every call is a fresh, paid draw): with ``reuse=True``, if
+        you already received a release of exactly this request (same query, ε, δ,
+        mechanisms, postprocess) on the dataset's current version, made with
+        ``reuse=True``, the server returns it again free (``result.reused``;
+        ``result.query_id`` is the earlier one).
 
         The query is sent with ``query_id`` (a new UUID unless given). Sending the same id
         and payload again returns the stored answer without a second charge, which is how
@@ -635,15 +635,15 @@ class OpenDP:
         dummy_rows: int = 100,
         dummy_seed: int = 42,
         wait: bool = True,
-        reuse: bool = True,
+        reuse: bool = False,
     ) -> QueryResult | Job:
         """Run ``measurement`` on the dataset and debit its cost (nothing with ``dummy=True``).
 
         ``result`` is what the measurement released: a number or a list. Retries reuse the
         ``query_id`` (a new UUID unless given), so a release is never charged twice.
         ``wait=False`` returns a :class:`Job` at once, as for ``client.sql.query``.
-        ``reuse`` (default True): an identical earlier release comes back free, as for
-        ``client.sql.query``.
+        ``reuse=True``: an identical earlier release comes back free, as for
+        ``client.sql.query`` (default False).
         """
         body = _opendp_body(measurement, fixed_delta)
         if reuse and not dummy:

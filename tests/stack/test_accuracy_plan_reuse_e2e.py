@@ -32,7 +32,7 @@ def test_prices_and_releases_carry_their_accuracy_over_http(client: Client) -> N
         cost.accuracy.loc["b", "accuracy"]
     )
     assert len(cost.accuracy.loc["b", "components"]) == 2
-    res = client.sql.query(GROUP, epsilon=1.0, delta=0, level=0.99, reuse=False)
+    res = client.sql.query(GROUP, epsilon=1.0, delta=0, level=0.99)
     assert list(res.accuracy.index) == list(res.result.columns)
     assert res.accuracy.loc["n", "accuracy"] == n["accuracy"]
 
@@ -57,11 +57,11 @@ def test_a_plan_prices_a_workload_and_epsilon_for_finds_the_budget_for_a_target(
 
 
 def test_asking_again_returns_the_same_release_free(client: Client) -> None:
-    first = client.sql.query(COUNT, epsilon=0.5, delta=0)
+    first = client.sql.query(COUNT, epsilon=0.5, delta=0, reuse=True)
     spent = client.budget().remaining
-    again = client.sql.query(COUNT, epsilon=0.5, delta=0)
+    again = client.sql.query(COUNT, epsilon=0.5, delta=0, reuse=True)
     assert again.reused and not first.reused and again.query_id == first.query_id
     assert again.result.equals(first.result)
     assert client.budget().remaining == spent
-    fresh = client.sql.query(COUNT, epsilon=0.5, delta=0, reuse=False)
+    fresh = client.sql.query(COUNT, epsilon=0.5, delta=0)  # the default: a fresh draw
     assert not fresh.reused and client.budget().remaining.epsilon == spent.epsilon - Decimal("0.5")

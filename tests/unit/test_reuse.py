@@ -93,3 +93,11 @@ def test_reuse_must_be_a_boolean(service: Service, store: MemoryStore) -> None:
 
     with pytest.raises(InvalidRequest, match="reuse"):
         ask(service, "reuse-0051", reuse="yes")
+
+
+def test_a_retry_of_the_same_query_id_is_a_replay_not_a_reuse(
+    service: Service, store: MemoryStore
+) -> None:
+    first = ask(service, "reuse-0061")
+    again = ask(service, "reuse-0061")
+    assert again["replayed"] and not again["reused"] and again["result"] == first["result"]

@@ -137,10 +137,10 @@ def test_epsilon_for_says_when_no_epsilon_reaches_the_target() -> None:
         PlanningServer().client().sql.epsilon_for(SQL, accuracy=1e-9)
 
 
-def test_reuse_is_the_default_and_can_be_turned_off(server: FakeServer) -> None:
+def test_reuse_is_sent_only_when_asked_and_the_answer_says_reused(server: FakeServer) -> None:
     server.reply(200, query_response(reused=True))
-    answer: Any = server.client().sql.query(SQL, epsilon=1.0, delta=0)
+    answer: Any = server.client().sql.query(SQL, epsilon=1.0, delta=0, reuse=True)
     assert server.body()["reuse"] is True and answer.reused
     server.reply(200, query_response())
-    fresh: Any = server.client().sql.query(SQL, epsilon=1.0, delta=0, reuse=False)
+    fresh: Any = server.client().sql.query(SQL, epsilon=1.0, delta=0)
     assert "reuse" not in server.body() and not fresh.reused

@@ -248,7 +248,6 @@ def test_query_request_and_result(server: FakeServer) -> None:
         "delta": 1e-5,
         "postprocess": True,
         "dummy": False,
-        "reuse": True,  # the client's default: an identical earlier release comes back free
     }
     assert isinstance(answer, QueryResult)
     assert (answer.query_id, answer.dataset, answer.engine) == (
