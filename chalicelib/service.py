@@ -637,6 +637,7 @@ class Service:
                         f"{' or '.join(sorted(SPARK_ENGINES))} (docs/spark.md)"
                     )
                 wait = False  # a Spark job is always asynchronous: 202, then poll
+                reuse = False  # its source version is not the loader's: never reused
             priced = self._price(engine, dataset, document, level)
             cost, canonical, stated = priced.cost, priced.canonical, priced.accuracy
             self._check_cap(dataset, cost)
