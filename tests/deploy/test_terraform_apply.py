@@ -275,7 +275,8 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
             estimate = c.sql.cost(COUNT, 1.0, 0)
             before = c.budget()
             answer = c.sql.query(COUNT, 1.0, 0)
-            job = c.sql.query(COUNT, 1.0, 0, wait=False)
+            # the same query again, as a job: a new release (reuse=False: not the first one's)
+            job = c.sql.query(COUNT, 1.0, 0, wait=False, reuse=False)
             detached = job.wait(timeout=120)
             # An OpenDP Polars count through the worker deployed from an image, sent as the
             # client builds it (the answer read as JSON: the server's side is under test).
