@@ -152,6 +152,8 @@ ENGINE_MODULES = {
     "opendp": ("opendp_engine.py",),
     "polars": ("polars_engine.py", "polars_plan.py"),
     "diffprivlib": ("diffprivlib_engine.py", "diffprivlib_fit.py"),
+    # Spark-backed datasets: a Spark process (EMR Serverless on AWS), never a Lambda zip
+    "spark": ("spark_sql.py",),
 }
 
 

@@ -42,6 +42,9 @@ NOT_ON_LAMBDA = {
     "AWS_PROFILE": "neblina-admin only (the operator's profile names real AWS as target)",
     "AWS_ACCESS_KEY_ID": "neblina-admin only (checked, never set; the runtime's role signs)",
     "NEBLINA_STATE_DIR": "neblina-admin and the local stack only (where local.env is)",
+    # chalicelib/engines/spark_sql.py runs in the Spark process (docs/spark.md), not in a Lambda
+    "NEBLINA_SPARK_MASTER": "the Spark worker process only (EMR Serverless is not in this module)",
+    "NEBLINA_SPARK_DIRECT_S3": "the Spark worker process only (EMR Serverless is not in this module)",
 }
 
 
