@@ -215,9 +215,9 @@ def test_cost_and_release_carry_the_same_accuracy_at_the_level_asked(service: Se
 @pytest.mark.parametrize("level", [0, 1, 0.2, "0.9", True, 1.5])
 def test_a_bad_level_is_400_and_debits_nothing(service: Service, store: Any, level: Any) -> None:
     before = remaining(store)
-    with pytest.raises(InvalidRequest, match="level"):
+    with pytest.raises(InvalidRequest, match="level must be"):
         service.query("alice", "PENGUIN", {**COUNT, "level": level, "query_id": "acc-0002"})
-    with pytest.raises(InvalidRequest, match="level"):
+    with pytest.raises(InvalidRequest, match="level must be"):
         service.cost("alice", "PENGUIN", {**COUNT, "level": level})
     assert remaining(store) == before
 

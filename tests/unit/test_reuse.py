@@ -91,7 +91,7 @@ def test_a_source_that_changes_between_the_lookup_and_the_load_refunds(
 def test_reuse_must_be_a_boolean(service: Service, store: MemoryStore) -> None:
     from chalicelib.errors import InvalidRequest
 
-    with pytest.raises(InvalidRequest, match="reuse"):
+    with pytest.raises(InvalidRequest, match="reuse must be true or false"):
         ask(service, "reuse-0051", reuse="yes")
 
 
