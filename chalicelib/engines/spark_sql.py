@@ -144,6 +144,7 @@ class SparkLoaded:
     metadata: dict[str, Any]
     session: Any
     frame: Any
+    version: str = ""  # the source's version as the loader writes it (reuse keys)
     digest: str = field(init=False)
     is_dummy: bool = False
 
@@ -164,17 +165,19 @@ class SparkLoader:
         self._files: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def _path(self, dataset: Dataset) -> str:
+    def _path(self, dataset: Dataset) -> tuple[str, str]:
+        """Where Spark reads the source, and the source's version (as the loader's)."""
         parsed = urlparse(dataset.source)
         if parsed.scheme == "s3":
-            if os.environ.get("NEBLINA_SPARK_DIRECT_S3") == "1":
-                return dataset.source
             if self._s3 is None:
                 raise RuntimeError("no S3 client to read the source")
             from chalicelib.datasets import split_s3_uri
 
             bucket, key = split_s3_uri(dataset.source)
             head = self._s3().head_object(Bucket=bucket, Key=key)
+            version = f"{head.get('ETag', '')}:{head.get('VersionId', '')}"
+            if os.environ.get("NEBLINA_SPARK_DIRECT_S3") == "1":
+                return dataset.source, version
             tag = f"{dataset.source}:{head.get('ETag', '')}"
             with self._lock:
                 if tag not in self._files or not os.path.exists(self._files[tag]):
@@ -182,8 +185,10 @@ class SparkLoader:
                     os.close(handle)
                     self._s3().download_file(bucket, key, path)
                     self._files[tag] = path
-                return self._files[tag]
-        return parsed.path if parsed.scheme == "file" else dataset.source
+                return self._files[tag], version
+        path = parsed.path if parsed.scheme == "file" else dataset.source
+        stat = os.stat(path)
+        return path, f"{stat.st_mtime_ns}:{stat.st_size}"
 
     def load(self, dataset: Dataset) -> SparkLoaded:
         """The dataset as temp views of a new session (refund-safe: no row read yet)."""
@@ -192,7 +197,7 @@ class SparkLoader:
         if source_format(dataset.source, dataset.source_format) != "parquet":
             raise DatasetUnavailable("a Spark-backed dataset must be Parquet")
         try:
-            path = self._path(dataset)
+            path, version = self._path(dataset)
             session = spark_session().newSession()
             frame = coerce_columns(session.read.parquet(path), dataset.metadata)
         except DatasetUnavailable:
@@ -201,7 +206,7 @@ class SparkLoader:
             raise DatasetUnavailable("dataset source unavailable") from exc
         for view in _table_names(dataset.name):
             frame.createOrReplaceTempView(view)
-        return SparkLoaded(dataset.name, dataset.metadata, session, frame)
+        return SparkLoaded(dataset.name, dataset.metadata, session, frame, version)
 
 
 class SparkRowsReader(SqlReader):  # type: ignore[misc]

@@ -301,3 +301,12 @@ def test_a_spark_job_that_fails_after_the_read_keeps_its_cost(
     failure = EngineFailed()
     assert record.error == {"error": failure.code, "message": failure.message}
     assert remaining(spark_store, "BIG") == before - record.cost
+
+
+def test_a_spark_load_carries_the_source_version_the_function_loader_sees(
+    spark_store: MemoryStore,
+) -> None:
+    """So a reuse key (docs/api.md) is checked against the same version on both paths."""
+    dataset = spark_store.get_dataset("BIG")
+    assert dataset is not None
+    assert SparkLoader().load(dataset).version == DatasetLoader(from_environ()).version(dataset)
