@@ -102,6 +102,11 @@ def parse_dataset(data: Mapping[str, Any]) -> DatasetInfo:
 
 def parse_query_result(data: Mapping[str, Any]) -> QueryResult:
     """The body of ``POST .../queries``."""
+    # A Polars release carries OpenDP's own summary inside the result; other releases the
+    # stated accuracy beside it. (Never `a or b`: a DataFrame has no truth value.)
+    accuracy = parse_accuracy(data.get("result"))
+    if accuracy is None:
+        accuracy = parse_stated_accuracy(data.get("accuracy"))
     return QueryResult(
         query_id=str(data["query_id"]),
         dataset=str(data["dataset"]),
@@ -112,7 +117,7 @@ def parse_query_result(data: Mapping[str, Any]) -> QueryResult:
         replayed=bool(data.get("replayed", False)),
         reused=bool(data.get("reused", False)),
         created_at=parse_datetime(data["created_at"]),
-        accuracy=parse_accuracy(data.get("result")) or parse_stated_accuracy(data.get("accuracy")),
+        accuracy=accuracy,
     )
 
 

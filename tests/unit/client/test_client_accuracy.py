@@ -144,3 +144,30 @@ def test_reuse_is_sent_only_when_asked_and_the_answer_says_reused(server: FakeSe
     server.reply(200, query_response())
     fresh: Any = server.client().sql.query(SQL, epsilon=1.0, delta=0)
     assert "reuse" not in server.body() and not fresh.reused
+
+
+def test_a_polars_release_decodes_with_opendps_summary_as_its_accuracy() -> None:
+    """A Polars release carries OpenDP's summary inside ``result``; decoding it must not test
+    a DataFrame for truth (it raised ``ValueError``, so every Polars release failed)."""
+    from neblina_client._decode import parse_query_result
+
+    summary = {"alpha": 0.05, "columns": [{"column": "len", "scale": 2.0, "accuracy": 6.0}]}
+    body = {
+        "query_id": "q-1",
+        "dataset": "PENGUIN",
+        "engine": "opendp_polars",
+        "cost": COST,
+        "created_at": "2026-11-29T12:00:00+00:00",
+        "result": {
+            "type": "table",
+            "columns": ["len"],
+            "dtypes": {"len": "int64"},
+            "records": [{"len": 344}],
+            "accuracy": summary,
+        },
+        "accuracy": STATED,
+    }
+    result = parse_query_result(body)
+    assert result.accuracy is not None
+    assert list(result.accuracy["column"]) == ["len"]
+    assert result.accuracy.attrs["alpha"] == 0.05
