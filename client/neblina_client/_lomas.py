@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -146,6 +146,21 @@ class OpenDPQueryResult:
 
 
 @dataclass(frozen=True, eq=False)
+class DiffPrivLibQueryResult:
+    """``QueryResponse.result`` of a DiffPrivLib fit: ``model`` is the fitted ``Pipeline``.
+
+    Rebuilt on the client from the parameters the server released (JSON), never unpickled.
+    ``score`` is always None: Lomas returned the test split's exact score, an un-noised
+    statistic of the private data, which Neblina never releases (score the model on your own
+    rows or on ``get_dummy_dataset()``).
+    """
+
+    model: Any
+    score: float | None = None
+    res_type: str = "diffprivlib"
+
+
+@dataclass(frozen=True, eq=False)
 class QueryResponse:
     """What ``query()`` returns: the cost, who asked, and the result (Lomas's shape).
 
@@ -155,7 +170,7 @@ class QueryResponse:
     epsilon: float
     delta: float
     requested_by: str
-    result: SmartnoiseSQLQueryResult | OpenDPQueryResult
+    result: SmartnoiseSQLQueryResult | OpenDPQueryResult | DiffPrivLibQueryResult
     query_id: str | None = None
 
 
@@ -197,18 +212,10 @@ class Client:
         self.neblina = NeblinaClient(url, token, dataset_name, **options)
         self.smartnoise_sql = SmartnoiseSQLClient(self)
         self.opendp = OpenDPClient(self)
+        self.diffprivlib = DiffPrivLibClient(self)
 
     def __repr__(self) -> str:
         return f"lomas.Client(url={self.url!r}, dataset_name={self.dataset_name!r})"
-
-    @property
-    def diffprivlib(self) -> Any:
-        """Not in Neblina yet."""
-        raise NotSupportedInNeblina(
-            "DiffPrivLib is not served by Neblina yet (no diffprivlib engine on the server); "
-            "Neblina never returns pickled models: when it comes, a model comes back as its "
-            "parameters (JSON), and no exact test score is released"
-        )
 
     @property
     def smartnoise_synth(self) -> Any:
@@ -410,3 +417,75 @@ class OpenDPClient:
             pipeline, fixed_delta, dummy, dummy_rows=nb_rows, dummy_seed=seed
         )
         return _response(answer, self._client.user_name)
+
+
+class DiffPrivLibClient:
+    """``client.diffprivlib``: a scikit-learn ``Pipeline`` of diffprivlib objects, as in Lomas.
+
+    Lomas's ``target_columns`` list becomes Neblina's single ``target_column``. Lomas's
+    ``test_size`` and ``test_train_split_seed`` are accepted and not used: Neblina fits on the
+    dataset and releases no test score (a seeded split of private rows breaks the
+    neighbouring-datasets argument, and the exact score was not private), so
+    ``result.score`` is None and ``result.model`` the fitted pipeline (docs/diffprivlib.md).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @staticmethod
+    def _target(target_columns: Sequence[str] | None) -> str | None:
+        columns = [c for c in (target_columns or []) if c]
+        if len(columns) > 1:
+            raise NotSupportedInNeblina(
+                f"target_columns {columns}: Neblina fits one target column "
+                "(client.neblina.diffprivlib.fit(pipeline, features, target_column=...))"
+            )
+        return columns[0] if columns else None
+
+    @_translated("diffprivlib")
+    def cost(
+        self,
+        pipeline: Any,
+        feature_columns: Sequence[str] = ("",),
+        target_columns: Sequence[str] | None = ("",),
+        test_size: float = 0.2,
+        test_train_split_seed: int = 1,
+        imputer_strategy: str = "drop",
+    ) -> CostResponse:
+        """The price of fitting ``pipeline``, from the request and metadata only; free."""
+        cost = self._client.neblina.diffprivlib.cost(
+            pipeline, list(feature_columns), self._target(target_columns), imputer_strategy
+        )
+        return CostResponse(_float(cost.epsilon), _float(cost.delta))
+
+    @_translated("diffprivlib")
+    def query(
+        self,
+        pipeline: Any,
+        feature_columns: Sequence[str],
+        target_columns: Sequence[str] | None = None,
+        test_size: float = 0.2,
+        test_train_split_seed: int = 1,
+        imputer_strategy: str = "drop",
+        dummy: bool = False,
+        nb_rows: int = 100,
+        seed: int = 42,
+    ) -> QueryResponse:
+        """Fit ``pipeline``; debited once (free with ``dummy=True``). ``result.model``."""
+        fitted = self._client.neblina.diffprivlib.fit(
+            pipeline,
+            list(feature_columns),
+            self._target(target_columns),
+            imputer_strategy,
+            dummy=dummy,
+            dummy_rows=nb_rows,
+            dummy_seed=seed,
+        )
+        answer = fitted.answer
+        return QueryResponse(
+            epsilon=_float(answer.cost.epsilon),
+            delta=_float(answer.cost.delta),
+            requested_by=self._client.user_name,
+            result=DiffPrivLibQueryResult(model=fitted.model),
+            query_id=None if answer.dummy else answer.query_id,
+        )

@@ -14,7 +14,9 @@ What Lomas 0.4's ``lomas_client`` offers, with its names, defaults and return sh
 (``InitialBudgetResponse.initial_epsilon``, ``QueryResponse.result.df``, ...): the metadata,
 dummy dataset, budget and archive methods, ``smartnoise_sql`` and ``opendp`` (a
 ``dp.Measurement`` built the Lomas way: ``make_split_dataframe(separator=",",
-col_names=<the metadata's columns>)`` over the server's header-less CSV). Amounts come back as
+col_names=<the metadata's columns>)`` over the server's header-less CSV) and ``diffprivlib``
+(a scikit-learn ``Pipeline`` of diffprivlib objects; ``result.model`` is the fitted pipeline,
+rebuilt from JSON parameters, and ``result.score`` is None). Amounts come back as
 floats, as in Lomas (the nearest float; the server debits exact decimals, which
 ``client.neblina.budget()`` shows).
 
@@ -28,6 +30,7 @@ Neblina error as ``error`` and its ``__cause__``.
 from ._lomas import (
     Client,
     CostResponse,
+    DiffPrivLibQueryResult,
     ExternalLibraryException,
     InitialBudgetResponse,
     InternalServerException,
@@ -45,6 +48,7 @@ from ._lomas import (
 __all__ = [
     "Client",
     "CostResponse",
+    "DiffPrivLibQueryResult",
     "ExternalLibraryException",
     "InitialBudgetResponse",
     "InternalServerException",

@@ -488,3 +488,50 @@ def test_a_process_without_the_libraries_refuses_before_the_debit(
         service.query("alice", "PENGUIN", body(steps, target, query_id="q-dpl-missing"))
     assert refused.value.status_code == 422
     assert CountingLoader.reads == 0 and remaining(store) == GRANT
+
+
+def test_lomas_notebook_code_fits_through_the_shim_with_a_model_and_no_score(
+    service: Service, store: MemoryStore
+) -> None:
+    """neblina_client.lomas's diffprivlib, wired to the service in-process: Lomas's call and
+    shapes (``result.model``; ``result.score`` None: no un-noised score is ever released)."""
+    import json
+
+    import httpx
+    from diffprivlib.models import GaussianNB, StandardScaler
+    from sklearn.pipeline import Pipeline
+
+    from neblina_client import lomas
+
+    def route(request: httpx.Request) -> httpx.Response:
+        document = json.loads(request.read())
+        if request.url.path.endswith("/cost"):
+            return httpx.Response(200, json=service.cost("alice", "PENGUIN", document))
+        return httpx.Response(200, json=service.query("alice", "PENGUIN", document))
+
+    client = lomas.Client(
+        "http://neblina.test",
+        "Dr. Antartica",
+        "PENGUIN",
+        token="nbl_" + "a" * 43,
+        transport=httpx.MockTransport(route),
+        max_retries=0,
+    )
+    pipeline = Pipeline(
+        [
+            ("scale", StandardScaler(epsilon=0.5)),
+            ("nb", GaussianNB(epsilon=0.5, bounds=([-4.0] * 4, [4.0] * 4))),
+        ]
+    )
+    cost = client.diffprivlib.cost(pipeline, FEATURES, ["species"])
+    assert (cost.epsilon, cost.delta) == (1.0, 0.0)
+    dummy = client.diffprivlib.query(pipeline, FEATURES, ["species"], dummy=True, nb_rows=50)
+    assert dummy.query_id is None and remaining(store) == GRANT
+    response = client.diffprivlib.query(
+        pipeline, FEATURES, ["species"], test_size=0.2, test_train_split_seed=1
+    )
+    assert (response.epsilon, response.requested_by) == (1.0, "Dr. Antartica")
+    assert response.result.res_type == "diffprivlib" and response.result.score is None
+    assert remaining(store).epsilon == GRANT.epsilon - 1
+    rows = FRAME.dropna(subset=FEATURES)
+    assert set(response.result.model.predict(rows[FEATURES])) <= {"Adelie", "Chinstrap", "Gentoo"}

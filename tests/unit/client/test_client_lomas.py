@@ -93,8 +93,8 @@ def test_neblina_errors_become_lomas_exceptions_carrying_the_neblina_error(
 
 def test_what_neblina_lacks_is_a_clear_error_naming_the_neblina_way(server: FakeServer) -> None:
     client = lomas_client(server)
-    with pytest.raises(lomas.NotSupportedInNeblina, match="never returns pickled models"):
-        client.diffprivlib.query(None, ["bill_length_mm"])
+    with pytest.raises(lomas.NotSupportedInNeblina, match="one target column"):
+        client.diffprivlib.query(None, ["bill_length_mm"], ["species", "island"])
     with pytest.raises(lomas.NotSupportedInNeblina, match="return_model=True gives"):
         client.smartnoise_synth.query("mwem", 1.0)
 
