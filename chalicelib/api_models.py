@@ -617,7 +617,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     authenticated: bool = True
     accepted: type[BaseModel] | None = None  # the body of a 202 (the query runs as a job)
-    media: str = "application/json"  # the console's static assets: text/html, ...
+    # the console's static assets: text/html, ... (an asset route names every type it serves)
+    media: tuple[str, ...] = ("application/json",)
 
 
 AUTH_ERRORS = (401, 403, 404, 429, 500)
@@ -628,10 +629,10 @@ OPERATIONS = (
     Operation("get", "/v1/openapi.json", "openapi", "This document (no authentication)", None,
               authenticated=False),
     Operation("get", "/console", "console", "The researcher console's page (no authentication)",
-              None, authenticated=False, media="text/html", errors=(404,)),
+              None, authenticated=False, media=("text/html",), errors=(404,)),
     Operation("get", "/console/{asset}", "consoleAsset",
               "The console's script or stylesheet (no authentication)", None,
-              authenticated=False, media="text/javascript", errors=(404,)),
+              authenticated=False, media=("text/javascript", "text/css"), errors=(404,)),
     Operation("get", "/v1/datasets", "listDatasets", "Datasets the caller holds a grant on",
               DatasetList),
     Operation("get", f"{NAME}/metadata", "getMetadata", "Public metadata of a dataset",
@@ -727,8 +728,8 @@ def _operation(operation: Operation, codes: dict[int, list[str]]) -> dict[str, A
     ok: dict[str, Any] = {"description": "OK"}
     if operation.response is not None:
         ok["content"] = _json({"$ref": REF.format(model=operation.response.__name__)})
-    elif operation.media != "application/json":
-        ok["content"] = {operation.media: {"schema": {"type": "string"}}}
+    elif operation.media != ("application/json",):
+        ok["content"] = {media: {"schema": {"type": "string"}} for media in operation.media}
     else:
         ok["content"] = _json({"type": "object"})
     responses: dict[str, Any] = {"200": ok}
