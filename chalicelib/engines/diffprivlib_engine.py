@@ -47,6 +47,7 @@ import hashlib
 import importlib.util
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -270,6 +271,8 @@ class DiffPrivLibEngine:
     """The DiffPrivLib engine (see the module docstring)."""
 
     name = NAME
+    # A job's fit reports the fraction of its steps fitted (chalicelib/worker.py writes it).
+    reports_progress = True
 
     def parse(self, body: dict[str, Any]) -> DiffPrivLibBody:
         if not installed():
@@ -331,11 +334,16 @@ class DiffPrivLibEngine:
             delta=Decimal(0),
         )
 
-    def execute(self, loaded: LoadedDataset, request: DiffPrivLibBody) -> dict[str, Any]:
+    def execute(
+        self,
+        loaded: LoadedDataset,
+        request: DiffPrivLibBody,
+        progress: Callable[[float], None] | None = None,
+    ) -> dict[str, Any]:
         from chalicelib.engines.diffprivlib_fit import fit
 
         checked = request.check(loaded.metadata)
-        return fit(loaded.frame, loaded.metadata, checked)
+        return fit(loaded.frame, loaded.metadata, checked, progress=progress)
 
 
 @dataclass(frozen=True)

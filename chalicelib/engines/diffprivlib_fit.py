@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -318,8 +319,13 @@ def fit(
     metadata: dict[str, Any],
     request: DiffPrivLibRequest,
     accountant: BudgetAccountant | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Fit the pipeline once on ``frame``; the release (parameters only, no score)."""
+    """Fit the pipeline once on ``frame``; the release (parameters only, no score).
+
+    ``progress`` (a job's) is told the fraction of the steps fitted after each step: a
+    public number (it counts steps of the request, whatever the rows).
+    """
     rng = np.random.default_rng(secrets.randbits(128))
     X, y = prepare(frame, metadata, request, rng)
     accountant = accountant if accountant is not None else BudgetAccountant()
@@ -342,6 +348,8 @@ def fit(
             else:
                 model.fit(X)
             released.append({"step": name, "params": params, "fitted": export(name, model, rows)})
+            if progress is not None:
+                progress((index + 1) / len(steps))
     epsilon, delta = spent(accountant)
     if epsilon != steps_epsilon(request.epsilons()) or delta != 0:
         raise RuntimeError(f"the fit spent ({epsilon}, {delta}), not its price")

@@ -14,7 +14,7 @@ Quickstart (URL and token from ``NEBLINA_URL``/``NEBLINA_TOKEN`` or ``.neblina/l
         print(job.wait().result)  # a progress bar on a terminal
 """
 
-from ._client import SQL, Client, DiffPrivLib, FittedModel, OpenDP
+from ._client import SQL, Client, DiffPrivLib, FitJob, FittedModel, OpenDP
 from ._exceptions import (
     AuthenticationError,
     BudgetExhaustedError,
@@ -53,6 +53,7 @@ __all__ = [
     "DatasetUnavailableError",
     "DiffPrivLib",
     "EngineError",
+    "FitJob",
     "FittedModel",
     "History",
     "InvalidRequestError",

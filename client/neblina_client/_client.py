@@ -37,7 +37,7 @@ from ._opendp import input_space, pipeline_nodes
 from ._polars import PolarsContext
 from ._retry import Backoff, is_retryable, parse_retry_after
 from ._tables import decode_table
-from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, QueryResult
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, JobStatus, QueryResult
 from ._version import __version__
 
 # What a caller may pass as ε or δ. A float goes out as a JSON number (its shortest repr,
@@ -683,6 +683,36 @@ class DiffPrivLib:
         body = _diffprivlib_body(pipeline, feature_columns, target_column, imputer_strategy)
         return self._client._price(body)
 
+    @overload
+    def fit(
+        self,
+        pipeline: Any,
+        feature_columns: list[str],
+        target_column: str | None = ...,
+        imputer_strategy: str = ...,
+        dummy: bool = ...,
+        query_id: str | None = ...,
+        *,
+        dummy_rows: int = ...,
+        dummy_seed: int = ...,
+        wait: Literal[True] = ...,
+    ) -> FittedModel: ...
+
+    @overload
+    def fit(
+        self,
+        pipeline: Any,
+        feature_columns: list[str],
+        target_column: str | None = ...,
+        imputer_strategy: str = ...,
+        dummy: bool = ...,
+        query_id: str | None = ...,
+        *,
+        dummy_rows: int = ...,
+        dummy_seed: int = ...,
+        wait: Literal[False],
+    ) -> FitJob: ...
+
     def fit(
         self,
         pipeline: Any,
@@ -694,11 +724,16 @@ class DiffPrivLib:
         *,
         dummy_rows: int = 100,
         dummy_seed: int = 42,
-    ) -> FittedModel:
+        wait: bool = True,
+    ) -> FittedModel | FitJob:
         """Fit ``pipeline`` on the dataset and debit its cost (nothing with ``dummy=True``).
 
         ``.model`` is the fitted ``Pipeline``; ``.release`` the parameters as the server sent
         them. Retries reuse the ``query_id``, so a fit is never charged twice.
+
+        With ``wait=False`` the server fits it as a job (debited at submission) and a
+        :class:`FitJob` is returned at once: ``job.wait()`` gives the :class:`FittedModel`,
+        ``job.status()`` the phase and the fraction of the steps fitted.
         """
         body = _diffprivlib_body(pipeline, feature_columns, target_column, imputer_strategy)
         answer = self._client._submit(
@@ -707,18 +742,56 @@ class DiffPrivLib:
             dummy=dummy,
             dummy_rows=dummy_rows,
             dummy_seed=dummy_seed,
-            wait=True,
+            wait=wait,
         )
-        if not isinstance(answer, QueryResult):  # pragma: no cover - wait=True waits on jobs
-            answer = answer.wait()
-        release = answer.result
-        if not isinstance(release, dict):
-            raise NeblinaError(
-                "unexpected response from the server: no model", code="invalid_response"
-            )
-        return FittedModel(
-            model=rebuild(release, step_names(pipeline)), release=release, answer=answer
-        )
+        names = step_names(pipeline)
+        if isinstance(answer, Job):  # wait=False (with wait=True, _submit waits on a job)
+            return FitJob(answer, names)
+        return _fitted(answer, names)
+
+    def job(self, query_id: str, dataset: str | None = None) -> FitJob:
+        """A handle on a fit submitted earlier with ``wait=False`` (steps named by class)."""
+        return FitJob(self._client.job(query_id, dataset))
+
+
+def _fitted(answer: QueryResult, names: list[str]) -> FittedModel:
+    release = answer.result
+    if not isinstance(release, dict):
+        raise NeblinaError("unexpected response from the server: no model", code="invalid_response")
+    return FittedModel(model=rebuild(release, names), release=release, answer=answer)
+
+
+class FitJob:
+    """A DiffPrivLib fit submitted with ``wait=False``: it runs on the server whether or not
+    anyone waits (its cost was debited at submission).
+
+    ``status()`` is the job's :class:`JobStatus` (phase, fraction of the steps fitted);
+    ``wait()`` polls as :meth:`Job.wait` does and returns the :class:`FittedModel`. A lost
+    handle is rebuilt from the id: ``client.diffprivlib.job(query_id)``.
+    """
+
+    def __init__(self, job: Job, names: list[str] | None = None) -> None:
+        self.job = job
+        self._names = names
+
+    def __repr__(self) -> str:
+        return f"FitJob(query_id={self.query_id!r}, dataset={self.dataset!r})"
+
+    @property
+    def query_id(self) -> str:
+        return self.job.query_id
+
+    @property
+    def dataset(self) -> str:
+        return self.job.dataset
+
+    def status(self) -> JobStatus:
+        """Where the fit stands now (one request)."""
+        return self.job.status()
+
+    def wait(self, timeout: float | None = None, progress: bool | None = None) -> FittedModel:
+        """Poll until the fit ends; the fitted model, or the error a blocking fit raises."""
+        return _fitted(self.job.wait(timeout=timeout, progress=progress), self._names or [])
 
 
 @dataclass(frozen=True, eq=False)

@@ -535,3 +535,56 @@ def test_lomas_notebook_code_fits_through_the_shim_with_a_model_and_no_score(
     assert remaining(store).epsilon == GRANT.epsilon - 1
     rows = FRAME.dropna(subset=FEATURES)
     assert set(response.result.model.predict(rows[FEATURES])) <= {"Adelie", "Chinstrap", "Gentoo"}
+
+
+def test_a_fit_with_wait_false_is_a_job_debited_once_that_reports_its_steps(
+    service: Service, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"wait": false``: 202 with the record (queued), the cost debited once at submission;
+    the worker claims the job, fits it (the fraction of steps fitted is its progress) and
+    the record ends done with the model; a resend of the submission is not a second debit."""
+    from chalicelib.hop import InProcessWorkers
+    from chalicelib.service import Accepted
+
+    phases: list[tuple[str, float | None]] = []
+    real = store.set_progress
+
+    def noted(query_id: str, phase: str, progress: float | None) -> None:
+        phases.append((phase, progress))
+        real(query_id, phase, progress)
+
+    monkeypatch.setattr(store, "set_progress", noted)
+    target, steps = MODELS["LogisticRegression"]
+    request = body(steps, target, query_id="q-dpl-job-1", wait=False)
+    accepted = service.query("alice", "PENGUIN", request)
+    assert isinstance(accepted, Accepted)
+    assert (accepted.body["state"], accepted.body["phase"]) == ("running", "queued")
+    charged = PrivacyCost(epsilon=Decimal("1.5"), delta=0)
+    assert accepted.body["cost"] == charged.to_json()
+    assert remaining(store) == GRANT - charged  # debited at submission
+    assert isinstance(service.workers, InProcessWorkers)
+    service.workers.join(timeout=60)
+    record = service.get_query("alice", "PENGUIN", "q-dpl-job-1")
+    assert record["state"] == "done" and record["result"]["type"] == "model"
+    assert rebuild(record["result"]).predict(FRAME.dropna(subset=FEATURES)[FEATURES]).size
+    assert phases[0] == ("running", None) and phases[-1] == ("archiving", None)
+    fractions = [fraction for _, fraction in phases if fraction is not None]
+    assert fractions and set(fractions) <= {0.5, 1.0}  # 1 of 2 steps (writes: at most 1/s)
+    again = service.query("alice", "PENGUIN", request)  # the client's resend
+    assert not isinstance(again, Accepted) or again.body["state"] == "done"
+    assert remaining(store) == GRANT - charged and CountingLoader.reads == 1
+
+
+def test_the_fit_tells_its_progress_after_each_step() -> None:
+    steps = [
+        {"step": "StandardScaler", "params": {"epsilon": 0.5}},
+        {
+            "step": "PCA",
+            "params": {"epsilon": 0.5, "n_components": 2, "data_norm": 5.0, "bounds": [-5, 5]},
+        },
+        {"step": "KMeans", "params": {"epsilon": 0.5, "n_clusters": 2, "bounds": [-5, 5]}},
+    ]
+    request = ENGINE.parse(body(steps)).check(META)
+    told: list[float] = []
+    fit(FRAME, META, request, progress=told.append)
+    assert told == [1 / 3, 2 / 3, 1.0]
