@@ -76,6 +76,15 @@ def pipeline_steps(pipeline: Any) -> list[dict[str, Any]]:
     return steps
 
 
+# The allowlisted classes whose fit takes no target (a target column is refused for them).
+UNSUPERVISED = frozenset({"StandardScaler", "PCA", "KMeans"})
+
+
+def step_classes(pipeline: Any) -> list[str]:
+    """The class names of the pipeline's steps, in order."""
+    return [type(step).__name__ for _, step in _steps_of(pipeline)]
+
+
 def step_names(pipeline: Any) -> list[str]:
     """The names of the pipeline's steps (kept when the fitted pipeline is rebuilt)."""
     return [name for name, _ in _steps_of(pipeline)]

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from ._client import Client as NeblinaClient
+from ._diffprivlib import UNSUPERVISED, step_classes
 from ._exceptions import (
     AuthenticationError,
     BudgetExhaustedError,
@@ -433,7 +434,12 @@ class DiffPrivLibClient:
         self._client = client
 
     @staticmethod
-    def _target(target_columns: Sequence[str] | None) -> str | None:
+    def _target(target_columns: Sequence[str] | None, pipeline: Any) -> str | None:
+        """Neblina's ``target_column``: none for an unsupervised last step (Lomas sent its
+        ``target_columns`` with a KMeans or PCA too, and diffprivlib ignored it)."""
+        steps = step_classes(pipeline)
+        if steps and steps[-1] in UNSUPERVISED:
+            return None
         columns = [c for c in (target_columns or []) if c]
         if len(columns) > 1:
             raise NotSupportedInNeblina(
@@ -454,7 +460,10 @@ class DiffPrivLibClient:
     ) -> CostResponse:
         """The price of fitting ``pipeline``, from the request and metadata only; free."""
         cost = self._client.neblina.diffprivlib.cost(
-            pipeline, list(feature_columns), self._target(target_columns), imputer_strategy
+            pipeline,
+            list(feature_columns),
+            self._target(target_columns, pipeline),
+            imputer_strategy,
         )
         return CostResponse(_float(cost.epsilon), _float(cost.delta))
 
@@ -475,7 +484,7 @@ class DiffPrivLibClient:
         fitted = self._client.neblina.diffprivlib.fit(
             pipeline,
             list(feature_columns),
-            self._target(target_columns),
+            self._target(target_columns, pipeline),
             imputer_strategy,
             dummy=dummy,
             dummy_rows=nb_rows,

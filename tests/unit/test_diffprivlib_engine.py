@@ -588,3 +588,235 @@ def test_the_fit_tells_its_progress_after_each_step() -> None:
     told: list[float] = []
     fit(FRAME, META, request, progress=told.append)
     assert told == [1 / 3, 2 / 3, 1.0]
+
+
+# --- Lomas's test suite (server/lomas_server/tests/test_api_diffprivlib.py), translated ------
+# Its pipelines, as Lomas users write them, through neblina_client.lomas in-process. Where
+# Lomas's request is refused here, the case says why (docs/diffprivlib.md, "From Lomas").
+LOMAS_BOUNDS = ([30.0, 13.0, 150.0, 2000.0], [65.0, 23.0, 250.0, 7000.0])
+LOMAS_CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
+
+
+def lomas_pipeline(case: str) -> tuple[Any, list[str], list[str] | None, float]:
+    """Lomas's pipeline for ``case``: (pipeline, features, target_columns, its ε)."""
+    from diffprivlib import models
+    from sklearn.pipeline import Pipeline
+
+    b = LOMAS_BOUNDS
+    cases: dict[str, tuple[list[tuple[str, Any]], list[str], list[str] | None, float]] = {
+        "logistic_regression": (
+            [("scaler", models.StandardScaler(epsilon=0.5, bounds=b)),
+             ("classifier", models.LogisticRegression(epsilon=1.0, data_norm=83.69))],
+            FEATURES, ["species"], 1.5,
+        ),
+        # Lomas fits bill_length_mm from itself; here a target cannot be a feature too
+        "linear_regression": (
+            [("lr", models.LinearRegression(epsilon=2.0, bounds_X=(30.0, 65.0),
+                                             bounds_y=(13.0, 23.0)))],
+            ["bill_length_mm"], ["bill_depth_mm"], 2.0,
+        ),
+        "naive_bayes": (
+            [("scaler", models.StandardScaler(epsilon=0.5, bounds=b)),
+             ("gaussian", models.GaussianNB(epsilon=1.0, bounds=b, priors=(0.3, 0.3, 0.4)))],
+            FEATURES, ["species"], 1.5,
+        ),
+        "random_forest": (
+            [("rf", models.RandomForestClassifier(n_estimators=10, epsilon=2.0, bounds=b,
+                                                  classes=LOMAS_CLASSES))],
+            FEATURES, ["species"], 2.0,
+        ),
+        "decision_tree": (
+            [("dtc", models.DecisionTreeClassifier(epsilon=2.0, bounds=b,
+                                                   classes=LOMAS_CLASSES))],
+            FEATURES, ["species"], 2.0,
+        ),
+        "kmeans_with_target": (
+            [("kmeans", models.KMeans(n_clusters=8, epsilon=2.0, bounds=b))],
+            FEATURES, ["species"], 2.0,
+        ),
+        "kmeans": (
+            [("kmeans", models.KMeans(n_clusters=8, epsilon=2.0, bounds=b))],
+            FEATURES, None, 2.0,
+        ),
+        # Lomas asks for 8 components of 4 features; here at most 4 (400 otherwise, below)
+        "pca": (
+            [("pca", models.PCA(n_components=4, epsilon=2.0, bounds=b, data_norm=100))],
+            FEATURES, ["species"], 2.0,
+        ),
+    }  # fmt: skip
+    steps, features, target, epsilon = cases[case]
+    return Pipeline(steps), features, target, epsilon
+
+
+def lomas_client(service: Service, user: str = "alice", dataset: str = "PENGUIN") -> Any:
+    """neblina_client.lomas's Client, its HTTP calls answered by ``service`` in-process."""
+    import json
+
+    import httpx
+
+    from neblina_client import lomas
+
+    def route(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.split("/")[3]
+        document = json.loads(request.read())
+        try:
+            if request.url.path.endswith("/cost"):
+                return httpx.Response(200, json=service.cost(user, name, document))
+            return httpx.Response(200, json=service.query(user, name, document))
+        except NeblinaError as error:
+            return httpx.Response(
+                error.status_code, json={"error": error.code, "message": error.message}
+            )
+
+    return lomas.Client(
+        "http://neblina.test",
+        "Dr. Antartica",
+        dataset,
+        token="nbl_" + "a" * 43,
+        transport=httpx.MockTransport(route),
+        max_retries=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "logistic_regression",
+        "linear_regression",
+        "naive_bayes",
+        "random_forest",
+        "decision_tree",
+        "kmeans_with_target",
+        "kmeans",
+        "pca",
+    ],
+)
+def test_each_lomas_model_is_charged_its_exact_cost_and_comes_back_working(
+    service: Service, store: MemoryStore, case: str
+) -> None:
+    pipeline, features, target, epsilon = lomas_pipeline(case)
+    client = lomas_client(service)
+    cost = client.diffprivlib.cost(pipeline, features, target)
+    assert (cost.epsilon, cost.delta) == (epsilon, 0.0)
+    response = client.diffprivlib.query(pipeline, features, target)
+    assert (response.epsilon, response.delta) == (epsilon, 0.0)
+    assert response.result.score is None  # Lomas's un-noised score is never released
+    assert remaining(store) == GRANT - PrivacyCost(epsilon=Decimal(str(epsilon)), delta=0)
+    rows = FRAME.dropna(subset=features)[features]
+    model = response.result.model
+    if case == "pca":
+        assert model.transform(rows).shape == (len(rows), 4)
+    else:
+        predicted = model.predict(rows)
+        assert len(predicted) == len(rows)
+        if target == ["species"] and not case.startswith("kmeans"):
+            assert set(predicted) <= set(LOMAS_CLASSES)
+
+
+def test_lomas_imputation_strategies_run_and_an_unknown_one_is_refused(service: Service) -> None:
+    from neblina_client.lomas import InvalidQueryException
+
+    pipeline, features, target, _ = lomas_pipeline("logistic_regression")
+    client = lomas_client(service)
+    for strategy in ("mean", "median", "most_frequent"):
+        answer = client.diffprivlib.query(pipeline, features, target, imputer_strategy=strategy)
+        assert answer.result.model is not None
+    with pytest.raises(InvalidQueryException, match="i_do_not_exist' is not supported"):
+        client.diffprivlib.query(pipeline, features, target, imputer_strategy="i_do_not_exist")
+
+
+def test_lomas_privacy_leak_warning_case_is_a_400_before_any_read(
+    service: Service, store: MemoryStore
+) -> None:
+    """Lomas: StandardScaler(ε 0.5) + LogisticRegression(ε 1), no bounds, no data_norm: 422
+    ``PrivacyLeakWarning`` after loading the data. Here: the scaler's bounds come from the
+    metadata and the classifier's missing data_norm is a 400 before the read, nothing debited."""
+    from diffprivlib import models
+    from sklearn.pipeline import Pipeline
+
+    from neblina_client.lomas import InvalidQueryException
+
+    pipeline = Pipeline(
+        [
+            ("scaler", models.StandardScaler(epsilon=0.5)),
+            ("classifier", models.LogisticRegression(epsilon=1.0)),
+        ]
+    )
+    client = lomas_client(service, dataset="GHOST")  # its rows do not exist: a read is a 503
+    for call in (client.diffprivlib.cost, client.diffprivlib.query):
+        with pytest.raises(InvalidQueryException, match="PrivacyLeakWarning"):
+            call(pipeline, FEATURES, ["species"])
+    assert CountingLoader.reads == 0 and remaining(store, "GHOST") == GRANT
+
+
+def test_lomas_compatibility_warning_case_never_reaches_the_server(service: Service) -> None:
+    """Lomas: a parameter diffprivlib does not use (``svd_solver``) warns
+    ``DiffprivlibCompatibilityWarning`` and diffprivlib drops it. Here too the client sends
+    only the allowlisted parameters, and the server refuses any other one (400) if sent."""
+    from diffprivlib import models
+    from diffprivlib.utils import DiffprivlibCompatibilityWarning
+
+    with pytest.warns(DiffprivlibCompatibilityWarning):
+        classifier = models.LogisticRegression(epsilon=1.0, svd_solver="full")
+    assert "svd_solver" not in pipeline_steps(classifier)[0]["params"]
+    steps = [{"step": "LogisticRegression", "params": {"epsilon": 1.0, "svd_solver": "full"}}]
+    with pytest.raises(InvalidQuery, match="parameters not allowed: svd_solver"):
+        service.cost("alice", "PENGUIN", body(steps, "species"))
+
+
+def test_lomas_refusals_of_access_hold_for_cost_and_dummy_fits(
+    service: Service, store: MemoryStore
+) -> None:
+    """Lomas: a user without access to a dataset gets 403 ``UnauthorizedAccessException`` for
+    the cost and the dummy query (after fitting, in Lomas). Here before anything is read."""
+    from neblina_client.lomas import UnauthorizedAccessException
+
+    pipeline, features, target, _ = lomas_pipeline("logistic_regression")
+    client = lomas_client(service, user="mallory")
+    with pytest.raises(UnauthorizedAccessException):
+        client.diffprivlib.cost(pipeline, features, target)
+    with pytest.raises(UnauthorizedAccessException):
+        client.diffprivlib.query(pipeline, features, target, dummy=True)
+    assert CountingLoader.reads == 0
+
+
+def test_lomas_dummy_fit_is_free_and_returns_a_working_model(
+    service: Service, store: MemoryStore
+) -> None:
+    pipeline, features, target, _ = lomas_pipeline("naive_bayes")
+    response = lomas_client(service).diffprivlib.query(
+        pipeline, features, target, dummy=True, nb_rows=100, seed=42
+    )
+    assert response.query_id is None and response.result.score is None
+    rows = FRAME.dropna(subset=features)[features]
+    assert set(response.result.model.predict(rows)) <= set(LOMAS_CLASSES)
+    assert remaining(store) == GRANT and CountingLoader.reads == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("pca_eight_components", "n_components must be at most 4"),
+        ("target_is_a_feature", "target_column is also a feature column"),
+    ],
+)
+def test_lomas_requests_that_neblina_refuses_are_400s_naming_the_reason(
+    service: Service, change: str, message: str
+) -> None:
+    """Lomas's PCA test asks 8 components of 4 features, and its LinearRegression test fits
+    bill_length_mm from itself; both are refused here before any read (docs/diffprivlib.md)."""
+    from diffprivlib import models
+
+    from neblina_client.lomas import InvalidQueryException
+
+    client = lomas_client(service)
+    if change == "pca_eight_components":
+        pipeline: Any = models.PCA(n_components=8, epsilon=2.0, bounds=LOMAS_BOUNDS, data_norm=100)
+        features, target = FEATURES, None
+    else:
+        pipeline = models.LinearRegression(
+            epsilon=2.0, bounds_X=(30.0, 65.0), bounds_y=(13.0, 23.0)
+        )
+        features, target = ["bill_length_mm"], ["bill_length_mm"]
+    with pytest.raises(InvalidQueryException, match=message):
+        client.diffprivlib.cost(pipeline, features, target)
