@@ -64,6 +64,11 @@ def main() -> None:
     naive = GaussianNB(epsilon=1.0, priors=[0.44, 0.2, 0.36])
     model = client.diffprivlib.fit(naive, FEATURES, "species").model
     print("class means:", model.steps[-1][1].theta_.round(1).tolist())
+
+    section("a fit as an async job: debited at submission, collected when done")
+    job = client.diffprivlib.fit(naive, FEATURES, "species", wait=False)
+    print(job, job.status().state)  # "running" (with its phase) until the fit is done
+    print("class priors:", job.wait().model.steps[-1][1].class_prior_.round(2).tolist())
     print("remaining:", client.budget().remaining)
 
 
