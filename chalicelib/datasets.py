@@ -24,7 +24,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 from typing import Any, TypeVar
@@ -48,25 +47,52 @@ class DatasetUnavailable(Exception):
     """The source could not be read. Raised before any engine has seen the data."""
 
 
-@dataclass
 class LoadedDataset:
-    """A frame ready for the engines, plus their derived objects (memoized per entry).
+    """A dataset version ready for the engines, plus their derived objects (memoized).
 
     ``metadata`` is the one the frame was coerced with and the engines run with;
-    ``digest`` is its :func:`metadata_digest`.
+    ``digest`` is its :func:`metadata_digest`. Loaded from a Parquet copy, the entry holds
+    the copy's bytes (``parquet``: typed, not yet kept inside the declared domain) and
+    builds the pandas ``frame`` only when an engine first asks for it, so a DuckDB worker
+    that reads the Parquet directly never holds the frame as well (docs/sql.md).
     """
 
-    name: str
-    version: str
-    metadata: dict[str, Any]
-    frame: pd.DataFrame
-    is_dummy: bool = False
-    digest: str = field(init=False)
-    _derived: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        metadata: dict[str, Any],
+        frame: pd.DataFrame | None = None,
+        is_dummy: bool = False,
+        *,
+        parquet: bytes | None = None,
+    ) -> None:
+        if frame is None and parquet is None:
+            raise ValueError("a loaded dataset needs a frame or a Parquet copy")
+        self.name = name
+        self.version = version
+        self.metadata = metadata
+        self.is_dummy = is_dummy
+        self.parquet = parquet
+        self.digest = metadata_digest(metadata)
+        self._frame = frame
+        self._derived: dict[str, Any] = {}
+        self._lock = threading.Lock()  # guards _derived
+        self._frame_lock = threading.Lock()  # guards _frame (a derived object may read it)
 
-    def __post_init__(self) -> None:
-        self.digest = metadata_digest(self.metadata)
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The rows as the engines see them (:func:`coerce_types`), built once."""
+        with self._frame_lock:
+            if self._frame is None:
+                assert self.parquet is not None
+                self._frame = coerce_types(read_parquet(self.parquet), self.metadata)
+            return self._frame
+
+    @property
+    def has_frame(self) -> bool:
+        """Whether the pandas frame is held (tests and benchmarks: memory)."""
+        return self._frame is not None
 
     def derived(self, key: str, build: Callable[[LoadedDataset], T]) -> T:
         """The engine object ``key`` built on this frame, built once."""
@@ -98,18 +124,17 @@ def _local_path(source: str) -> str:
     return parsed.path if parsed.scheme == "file" else source
 
 
-def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
-    """Keep the declared columns, in declared order, with dtypes that match the metadata.
+def typed_frame(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
+    """The declared columns, in declared order, with dtypes that match the metadata.
 
-    Every value is then kept inside its column's declared domain (:func:`_within_public_domain`),
-    except the ``private_id``'s, and rows without a ``private_id`` are dropped.
+    Values are only parsed (text that is not of the column's type becomes missing), never
+    clamped or dropped: what a Parquet copy holds (:func:`to_parquet`).
     """
     columns = metadata["columns"]
     missing = [name for name in columns if name not in frame.columns]
     if missing:
         raise DatasetUnavailable(f"source lacks declared columns: {', '.join(missing)}")
     out = {}
-    identifier = None
     for name, spec in columns.items():
         series = frame[name]
         kind = spec["type"]
@@ -127,11 +152,26 @@ def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
             series = _datetimes(series)
         else:
             series = series.astype(object).where(series.notna(), None)
+        out[name] = series
+    return pd.DataFrame(out)
+
+
+def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
+    """:func:`typed_frame`, then every value kept inside its column's declared domain.
+
+    Every value is kept inside its column's declared domain (:func:`_within_public_domain`),
+    except the ``private_id``'s, and rows without a ``private_id`` are dropped.
+    """
+    columns = metadata["columns"]
+    typed = typed_frame(frame, metadata)
+    out = {}
+    identifier = None
+    for name, spec in columns.items():
         if spec.get("private_id"):
             identifier = name
-            out[name] = series  # never clamped: ids outside a range stay distinct persons
+            out[name] = typed[name]  # never clamped: ids outside a range stay distinct persons
         else:
-            out[name] = _within_public_domain(series, spec)
+            out[name] = _within_public_domain(typed[name], spec)
     coerced = pd.DataFrame(out)
     if identifier is not None and coerced[identifier].isna().any():
         # A row nobody owns cannot be bounded per person (SmartNoise would pool all of them
@@ -140,6 +180,29 @@ def coerce_types(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
         if columns[identifier]["type"] == "int":  # no missing id left: a plain int dtype
             coerced[identifier] = coerced[identifier].astype(str(coerced[identifier].dtype).lower())
     return coerced
+
+
+def to_parquet(frame: pd.DataFrame, metadata: dict[str, Any]) -> bytes:
+    """The source's rows as a Parquet file, typed from the metadata (:func:`typed_frame`).
+
+    Nothing is clamped or dropped (the engines keep values inside the declared domain when
+    they load it); missing values stay missing (NULL in Parquet, NaN included).
+    """
+    buffer = io.BytesIO()
+    typed_frame(frame, metadata).to_parquet(buffer, engine="fastparquet", index=False)
+    return buffer.getvalue()
+
+
+def read_parquet(data: bytes, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file's rows (only ``columns``, if given)."""
+    return pd.read_parquet(io.BytesIO(data), engine="fastparquet", columns=columns)
+
+
+def read_csv(data: bytes, metadata: dict[str, Any]) -> pd.DataFrame:
+    """A CSV file's rows; declared text columns are read as text (``"1"`` stays ``"1"``)."""
+    text = [name for name, spec in metadata.get("columns", {}).items() if spec["type"] == "string"]
+    header = pd.read_csv(io.BytesIO(data), nrows=0).columns
+    return pd.read_csv(io.BytesIO(data), dtype={name: str for name in text if name in header})
 
 
 # ISO 8601 text with a time and a UTC offset (no "+"/"-" in the time, so no backtracking)
@@ -285,8 +348,8 @@ class DatasetLoader:
         self.reads += 1
         log.info("dataset %s: read %d bytes from its source", dataset.name, len(raw))
         if source_format(dataset.source, dataset.source_format) == "parquet":
-            return pd.read_parquet(io.BytesIO(raw), engine="fastparquet")
-        return pd.read_csv(io.BytesIO(raw))
+            return read_parquet(raw)
+        return read_csv(raw, dataset.metadata)
 
     def _read_frame(self, dataset: Dataset, metadata: dict[str, Any]) -> pd.DataFrame:
         started = time.perf_counter()
@@ -298,6 +361,43 @@ class DatasetLoader:
             time.perf_counter() - started,
         )
         return frame
+
+    def _read_copy(self, dataset: Dataset, version: str) -> bytes | None:
+        """The Parquet copy's bytes, if it was converted from this very source version.
+
+        None (the source is read instead, as for a dataset registered before copies
+        existed) when there is no copy, the source or the metadata changed since it was
+        converted, or the copy is not the object recorded (its ETag), unreadable or lacks a
+        declared column.
+        """
+        copy_record = dataset.columnar
+        if (
+            not copy_record
+            or copy_record.get("source_version") != version
+            or copy_record.get("metadata_digest") != metadata_digest(dataset.metadata)
+        ):
+            return None
+        try:
+            import fastparquet
+
+            bucket, key = split_s3_uri(copy_record["uri"])
+            response = self._s3().get_object(Bucket=bucket, Key=key, IfMatch=copy_record["etag"])
+            data: bytes = response["Body"].read()
+            schema = fastparquet.ParquetFile(io.BytesIO(data)).columns
+        except Exception as exc:
+            log.warning(
+                "dataset %s: Parquet copy not used (%s); reading the source", dataset.name, exc
+            )
+            return None
+        missing = [name for name in dataset.metadata["columns"] if name not in schema]
+        if missing:
+            log.warning(
+                "dataset %s: Parquet copy lacks %s; reading the source", dataset.name, missing
+            )
+            return None
+        self.reads += 1
+        log.info("dataset %s: read %d bytes from its Parquet copy", dataset.name, len(data))
+        return data
 
     def load(self, dataset: Dataset) -> LoadedDataset:
         """The dataset's frame under its current metadata, cached while neither changes."""
@@ -314,14 +414,18 @@ class DatasetLoader:
             entry = self._cache.get(key)
             if entry is not None:
                 return entry
-            try:
-                frame = self._read_frame(dataset, metadata)
-            except DatasetUnavailable:
-                raise
-            except Exception as exc:
-                log.warning("dataset %s: cannot load source: %s", dataset.name, exc)
-                raise DatasetUnavailable("dataset source unavailable") from exc
-            entry = LoadedDataset(dataset.name, version, metadata, frame)
+            copy_bytes = self._read_copy(dataset, version)
+            if copy_bytes is not None:
+                entry = LoadedDataset(dataset.name, version, metadata, parquet=copy_bytes)
+            else:
+                try:
+                    frame = self._read_frame(dataset, metadata)
+                except DatasetUnavailable:
+                    raise
+                except Exception as exc:
+                    log.warning("dataset %s: cannot load source: %s", dataset.name, exc)
+                    raise DatasetUnavailable("dataset source unavailable") from exc
+                entry = LoadedDataset(dataset.name, version, metadata, frame)
             # an older version (or metadata) of the same dataset goes
             self._cache.discard(lambda k: k[0] != dataset.name)
             self._cache.put(key, entry)

@@ -231,6 +231,8 @@ class Dataset:
     ``NEBLINA_MAX_EPSILON_PER_QUERY`` / ``NEBLINA_MAX_DELTA_PER_QUERY``). ``hardened``: query
     and cost answers are released at multiples of ``latency_bucket_ms`` (default
     :data:`DEFAULT_LATENCY_BUCKET_MS`) and data-dependent failures get fixed bodies.
+    ``columnar``: the Parquet copy written at registration (:data:`COLUMNAR_FIELDS`), or
+    None (the workers read the source itself).
     """
 
     name: str
@@ -242,11 +244,20 @@ class Dataset:
     per_query_cap: PrivacyCost | None = None
     hardened: bool = False
     latency_bucket_ms: int | None = None
+    columnar: dict[str, str] | None = None
 
     @property
     def bucket_seconds(self) -> float:
         """The hardened-mode latency bucket, in seconds."""
         return (self.latency_bucket_ms or DEFAULT_LATENCY_BUCKET_MS) / 1000
+
+
+# A dataset's Parquet copy (docs/admin.md, "Columnar copy"): ``uri`` (s3://, beside the
+# source), ``etag`` (of the copy as written), ``source_version`` (the source's version,
+# :meth:`chalicelib.datasets.DatasetLoader.version`, the copy was converted from) and
+# ``metadata_digest`` (of the metadata that typed it). A worker reads the copy only while the
+# source still has that version, the metadata that digest and the copy that ETag.
+COLUMNAR_FIELDS = ("uri", "etag", "source_version", "metadata_digest")
 
 
 @dataclass(frozen=True)

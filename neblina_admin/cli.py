@@ -500,13 +500,46 @@ def datasets_add(
     if upload:
         key = f"{name}/{Path(location).name}"
         location = admin.upload(settings, settings.bucket, key, Path(location).read_bytes())
+    columnar = _columnar_copy(settings, name, location, validated, fmt)
     dataset, created = admin.add_dataset(
-        store, name, location, validated, description=description, source_format=fmt
+        store,
+        name,
+        location,
+        validated,
+        description=description,
+        source_format=fmt,
+        columnar=columnar,
     )
     if not created:
         err.print(f"error: dataset {name} already exists (use datasets update)", markup=False)
         raise typer.Exit(EXIT_REFUSED)
     out.print(f"created dataset {dataset.name} <- {dataset.source} ({dataset.source_format})")
+    if dataset.columnar:
+        out.print(f"  Parquet copy: {dataset.columnar['uri']}")
+
+
+def _columnar_copy(
+    settings: Settings, name: str, source: str, metadata: dict[str, Any], fmt: str | None
+) -> dict[str, str] | None:
+    """The source converted to its Parquet copy (None: not an S3 CSV, or it failed: the
+    workers then read the source itself, as before)."""
+    from chalicelib.datasets import source_format
+
+    dataset = Dataset(
+        name=name,
+        source=source,
+        metadata=metadata,
+        created_at=utcnow(),
+        source_format=source_format(source, fmt),
+    )
+    try:
+        return admin.columnar_copy(settings, dataset)
+    except Exception as exc:
+        err.print(
+            f"warning: no Parquet copy of {source} ({exc}); workers will read the source",
+            markup=False,
+        )
+        return None
 
 
 @datasets.command("list")
@@ -655,12 +688,12 @@ def datasets_update(
         admin.check_source(settings, location)
     if validated is not None or location is not None:
         current = admin.require_dataset(_store(), name)
+        new_format = None if location is not None else current.source_format
         admin.check_data(
-            settings,
-            name,
-            location or current.source,
-            validated or current.metadata,
-            None if location is not None else current.source_format,
+            settings, name, location or current.source, validated or current.metadata, new_format
+        )
+        policy["columnar"] = _columnar_copy(
+            settings, name, location or current.source, validated or current.metadata, new_format
         )
     dataset = admin.update_dataset(
         _store(), name, metadata=validated, source=location, description=description, **policy

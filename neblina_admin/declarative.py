@@ -35,8 +35,9 @@ read it and checked against its metadata) and writes only when all of it is vali
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ from chalicelib.models import (
 )
 from chalicelib.storage import Store
 from neblina_admin import operations as admin
+
+log = logging.getLogger(__name__)
 
 _TOP_KEYS = {"users", "datasets", "grants"}
 _USER_KEYS = {"id", "description", "disabled"}
@@ -387,7 +390,7 @@ def _plan_datasets(
             if spec.hardened:
                 details.append(f"hardened, bucket {spec.latency_bucket_ms or 'default'} ms")
             changes.append(
-                Change("create", "dataset", name, tuple(details), _put(store, spec, None))
+                Change("create", "dataset", name, tuple(details), _put(store, spec, None, settings))
             )
         else:
             details = []
@@ -404,7 +407,13 @@ def _plan_datasets(
             details += _metadata_diff(stored.metadata, spec.metadata)
             if details:
                 changes.append(
-                    Change("update", "dataset", name, tuple(details), _put(store, spec, stored))
+                    Change(
+                        "update",
+                        "dataset",
+                        name,
+                        tuple(details),
+                        _put(store, spec, stored, settings),
+                    )
                 )
         cap = store.get_cap(name) if stored is not None else None
         cap_change = _cap_change(store, name, cap, spec.cap, problems)
@@ -511,7 +520,9 @@ def _put_user(store: Store, user: User, create: bool) -> Callable[[], None]:
     return _later(store.put_user, user, create_only=create)
 
 
-def _put(store: Store, spec: DesiredDataset, stored: Dataset | None) -> Callable[[], None]:
+def _put(
+    store: Store, spec: DesiredDataset, stored: Dataset | None, settings: Settings | None
+) -> Callable[[], None]:
     dataset = Dataset(
         name=spec.name,
         source=spec.source,
@@ -523,7 +534,24 @@ def _put(store: Store, spec: DesiredDataset, stored: Dataset | None) -> Callable
         hardened=spec.hardened,
         latency_bucket_ms=spec.latency_bucket_ms,
     )
-    return _later(store.put_dataset, dataset, create_only=stored is None)
+
+    def run() -> None:
+        columnar = None
+        same_data = stored is not None and (
+            stored.source,
+            stored.metadata,
+            stored.source_format,
+        ) == (dataset.source, dataset.metadata, dataset.source_format)
+        if same_data and stored is not None:
+            columnar = stored.columnar  # the copy of this very source and metadata
+        elif settings is not None:  # a new or changed source: converted once, here
+            try:
+                columnar = admin.columnar_copy(settings, dataset)
+            except Exception as exc:  # the workers read the source, as before copies
+                log.warning("dataset %s: no Parquet copy (%s)", dataset.name, exc)
+        store.put_dataset(replace(dataset, columnar=columnar), create_only=stored is None)
+
+    return run
 
 
 def _cap(store: Store, name: str, limit: PrivacyCost | None) -> Callable[[], None]:

@@ -34,6 +34,7 @@ from chalicelib.models import (
     QueryState,
     Token,
     User,
+    metadata_digest,
     on_grid,
     to_decimal,
     utcnow,
@@ -166,6 +167,33 @@ def check_data(
     found = sourcecheck.problems(frame, metadata, resolved)
     if found:
         raise InvalidRequest(f"source {source} does not match its metadata: " + "; ".join(found))
+
+
+def columnar_copy(settings: Settings, dataset: Dataset) -> dict[str, str] | None:
+    """Convert a CSV source in S3 to its Parquet copy, beside it; the record to store.
+
+    The copy (``<source key>.parquet``) holds the source's rows typed from the metadata
+    (:func:`chalicelib.datasets.to_parquet`: nothing clamped or dropped, NULLs kept). The
+    record names the copy, its ETag and the source version it was converted from, read
+    *before* the source: if the source is replaced meanwhile, the record names the older
+    version and workers read the source instead of a copy of other rows. None (workers
+    read the source) for other sources: a local path or http(s) URL, or a Parquet source.
+    """
+    from chalicelib.datasets import DatasetLoader, split_s3_uri, to_parquet
+
+    if dataset.source_format != "csv" or urlparse(dataset.source).scheme != "s3":
+        return None
+    loader = DatasetLoader(settings)
+    version = loader.version(dataset)
+    data = to_parquet(loader.read_source(dataset), dataset.metadata)
+    bucket, key = split_s3_uri(dataset.source)
+    written = s3_client(settings).put_object(Bucket=bucket, Key=f"{key}.parquet", Body=data)
+    return {
+        "uri": f"s3://{bucket}/{key}.parquet",
+        "etag": str(written["ETag"]),
+        "source_version": version,
+        "metadata_digest": metadata_digest(dataset.metadata),
+    }
 
 
 # S3 -------------------------------------------------------------------------------------
@@ -381,6 +409,7 @@ def add_dataset(
     description: str = "",
     source_format: str | None = None,
     replace: bool = False,
+    columnar: dict[str, str] | None = None,
 ) -> tuple[Dataset, bool]:
     """Register a dataset after validating its metadata; returns (dataset, created)."""
     dataset_name(name)
@@ -396,6 +425,7 @@ def add_dataset(
         created_at=utcnow(),
         description=description or str(validated.get("description", "")),
         source_format=infer_format(source, source_format),
+        columnar=columnar,
     )
     try:
         store.put_dataset(dataset, create_only=not replace)
@@ -435,10 +465,13 @@ def update_dataset(
     query_cap: PrivacyCost | None = _KEEP,
     hardened: bool | None = None,
     bucket_ms: int | None = _KEEP,
+    columnar: dict[str, str] | None = _KEEP,
 ) -> Dataset:
     """Change a dataset's metadata, source, description or policy (validated first).
 
     ``query_cap`` and ``bucket_ms`` are left as they are unless given (None removes them).
+    ``columnar`` (the Parquet copy, :func:`columnar_copy`) is kept unless the source or the
+    metadata changes, which drops it unless a new one is given.
     """
     current = require_dataset(store, name)
     if query_cap is _KEEP:
@@ -462,6 +495,14 @@ def update_dataset(
         hardened=current.hardened if hardened is None else hardened,
         latency_bucket_ms=bucket_ms,
     )
+    if columnar is _KEEP:
+        same_data = (changed.source, changed.metadata, changed.source_format) == (
+            current.source,
+            current.metadata,
+            current.source_format,
+        )
+        columnar = current.columnar if same_data else None
+    changed = replace(changed, columnar=columnar)
     store.put_dataset(changed, create_only=False)
     return changed
 

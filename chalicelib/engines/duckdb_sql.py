@@ -128,6 +128,98 @@ def connect(
     return connection
 
 
+def _literal(value: Any) -> str:
+    """A declared category or bound as a DuckDB literal (public: from the metadata)."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"CAST('{value!r}' AS DOUBLE)"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _within_domain(name: str, spec: dict[str, Any]) -> str:
+    """SQL for one column of a Parquet copy kept inside its declared domain.
+
+    The same rule as :func:`chalicelib.datasets._within_public_domain` (the pandas path),
+    row by row: a value outside ``categories`` becomes NULL; an int, float or datetime
+    outside ``lower``..``upper`` is clamped (float bounds rounded inwards to the column's
+    precision); NaN is NULL, as pandas' NaN is when a frame is copied into DuckDB; NULL
+    stays NULL. ``tests/unit/test_parquet_copy.py`` holds the two paths to the same rows.
+    """
+    column = _quote(name)
+    kind = spec["type"]
+    nan = f"WHEN isnan({column}) THEN NULL " if kind == "float" else ""
+    if spec.get("private_id"):
+        return column  # never clamped: ids outside a range stay distinct persons
+    if "categories" in spec:
+        values = ", ".join(_literal(value) for value in spec["categories"]) or "NULL"
+        return f"CASE {nan}WHEN {column} IN ({values}) THEN {column} END"
+    if "lower" in spec and "upper" in spec and kind in ("int", "float", "datetime"):
+        if kind == "float":
+            import numpy as np
+
+            from chalicelib.datasets import _float_bounds
+
+            dtype = np.float32 if spec.get("precision") == 32 else np.float64
+            low, high = _float_bounds(spec, dtype)
+            sql = "FLOAT" if dtype is np.float32 else "DOUBLE"
+            lower = f"CAST('{float(low)!r}' AS {sql})"
+            upper = f"CAST('{float(high)!r}' AS {sql})"
+        elif kind == "datetime":
+            from chalicelib.datasets import _timestamp
+
+            lower = f"TIMESTAMP_NS '{_timestamp(spec['lower']).isoformat()}'"
+            upper = f"TIMESTAMP_NS '{_timestamp(spec['upper']).isoformat()}'"
+        else:
+            lower, upper = _literal(spec["lower"]), _literal(spec["upper"])
+        return (
+            f"CASE {nan}WHEN {column} < {lower} THEN {lower} "
+            f"WHEN {column} > {upper} THEN {upper} ELSE {column} END"
+        )
+    return f"CASE {nan}WHEN TRUE THEN {column} END" if nan else column
+
+
+def connect_parquet(
+    data: bytes, metadata: dict[str, Any], table_names: list[str]
+) -> duckdb.DuckDBPyConnection:
+    """A hardened in-memory DuckDB holding a Parquet copy's rows as table ``df``.
+
+    DuckDB reads the Parquet itself, column by column (no pandas frame in between), keeping
+    each value inside the declared domain (:func:`_within_domain`) and leaving out rows
+    without a ``private_id``: the rows :func:`connect` would hold for the same source. The
+    file is read before external access is switched off; then the same settings as
+    :func:`connect` are locked, so no query can read a file (this one included).
+    """
+    import os
+    import tempfile
+
+    config = dict(HARDENING)
+    config.pop("enable_external_access")
+    connection = duckdb.connect(":memory:", config=config)
+    columns = metadata["columns"]
+    ddl = ", ".join(f"{_quote(name)} {sql_type(spec)}" for name, spec in columns.items())
+    connection.execute(f"CREATE TABLE df ({ddl})")
+    select = ", ".join(_within_domain(name, spec) for name, spec in columns.items())
+    ids = [name for name, spec in columns.items() if spec.get("private_id")]
+    where = " WHERE " + " AND ".join(f"{_quote(n)} IS NOT NULL" for n in ids) if ids else ""
+    handle, path = tempfile.mkstemp(suffix=".parquet", prefix="neblina-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        source = "read_parquet('" + path.replace("'", "''") + "')"
+        connection.execute(f"INSERT INTO df SELECT {select} FROM {source}{where}")  # noqa: S608
+    finally:
+        os.unlink(path)
+    connection.execute("SET enable_external_access = false")
+    for alias in table_names:
+        if alias != "df":
+            connection.execute(f"CREATE VIEW {_quote(alias)} AS SELECT * FROM df")  # noqa: S608
+    connection.execute("SET lock_configuration = true")
+    return connection
+
+
 class ReadOnlyViolation(Exception):
     """A statement that is not exactly one SELECT reached the private copy."""
 

@@ -601,10 +601,15 @@ class RoutingReader(SqlReader):  # type: ignore[misc]
         self.name = loaded.name
         self.columns_metadata = loaded.metadata
         self.table_names = _table_names(loaded.name)
-        self._frame = loaded.frame
+        self._loaded = loaded
         self.duckdb: Any = None
         try:
-            self.duckdb = duckdb_sql.connect(loaded.frame, loaded.metadata, self.table_names)
+            if loaded.parquet is not None:  # DuckDB reads the Parquet copy: no pandas frame
+                self.duckdb = duckdb_sql.connect_parquet(
+                    loaded.parquet, loaded.metadata, self.table_names
+                )
+            else:
+                self.duckdb = duckdb_sql.connect(loaded.frame, loaded.metadata, self.table_names)
         except Exception as exc:  # rows DuckDB would not take: SQLite answers everything
             log.warning("dataset %s: no DuckDB copy (%s); SQL runs on SQLite", loaded.name, exc)
         self._sqlite: CachedSqliteReader | None = None
@@ -612,8 +617,10 @@ class RoutingReader(SqlReader):  # type: ignore[misc]
 
     def sqlite(self) -> CachedSqliteReader:
         with self._lock:
-            if self._sqlite is None:
-                self._sqlite = CachedSqliteReader(self._frame, self.metadata, self.table_names)
+            if self._sqlite is None:  # the frame is built here if it was not yet
+                self._sqlite = CachedSqliteReader(
+                    self._loaded.frame, self.metadata, self.table_names
+                )
             return self._sqlite
 
     def _execute_ast(self, query: Any, *args: Any, **kwargs: Any) -> Any:

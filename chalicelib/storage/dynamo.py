@@ -151,6 +151,7 @@ def _dataset(item: DatasetModel) -> Dataset:
         per_query_cap=per_query_cap,
         hardened=bool(item.hardened),
         latency_bucket_ms=int(item.latency_bucket_ms) if item.latency_bucket_ms else None,
+        columnar=item.columnar or None,
     )
 
 
@@ -385,6 +386,7 @@ class DynamoStore(StoreBase):
             per_query_delta=cap.delta if cap is not None else None,
             hardened=True if dataset.hardened else None,
             latency_bucket_ms=dataset.latency_bucket_ms,
+            columnar=dataset.columnar,
         )
         self._save(item, self.models.dataset.name.does_not_exist() if create_only else None)
 

@@ -91,6 +91,7 @@ class DatasetModel(Model):
     per_query_delta = DecimalAttribute(null=True)
     hardened = BooleanAttribute(null=True)  # fixed latency buckets, generic failures
     latency_bucket_ms = NumberAttribute(null=True)
+    columnar = JSONAttribute(null=True)  # the Parquet copy (Dataset.columnar)
 
 
 class GrantModel(Model):

@@ -168,6 +168,7 @@ def _dataset(doc: Doc) -> Dataset:
         per_query_cap=per_query_cap,
         hardened=bool(doc.get("hardened", False)),
         latency_bucket_ms=doc.get("latency_bucket_ms"),
+        columnar=doc.get("columnar"),
     )
 
 
@@ -396,6 +397,7 @@ class MongoStore(StoreBase):
             "per_query_delta": _d128(cap.delta) if cap is not None else None,
             "hardened": dataset.hardened,
             "latency_bucket_ms": dataset.latency_bucket_ms,
+            "columnar": dataset.columnar,
         }
         if create_only:
             try:
