@@ -596,6 +596,7 @@ def datasets_show(name: str, as_json: JsonOpt = False) -> None:
                 "metadata": dataset.metadata,
                 "cap": _cap_json(cap),
                 "grants": [_grant_json(g) for g in dataset_grants],
+                "columnar": dataset.columnar,
                 **_policy_json(dataset),
             }
         )

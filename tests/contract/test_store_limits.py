@@ -121,6 +121,20 @@ def test_dataset_policy_round_trips(backend: Any) -> None:
     assert backend.get_dataset(plain.name) == plain  # and back
 
 
+def test_a_datasets_parquet_copy_record_round_trips(backend: Any) -> None:
+    plain = Dataset(new_id("D"), "s3://b/k.csv", META, now())
+    copy = {
+        "uri": "s3://b/k.csv.parquet",
+        "etag": '"9b2cf535f27731c974343645a3985328"',
+        "source_version": '"0f343b0931126a20f133d67c2b018a3b":3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY',
+        "metadata_digest": "ab" * 32,
+    }
+    backend.put_dataset(dataclasses.replace(plain, columnar=copy))
+    assert backend.get_dataset(plain.name).columnar == copy
+    backend.put_dataset(plain, create_only=False)
+    assert backend.get_dataset(plain.name).columnar is None
+
+
 # the lease rule -----------------------------------------------------------------------------
 def test_expire_query_settles_only_running_records_past_their_lease(backend: Any) -> None:
     user, dataset = granted(backend, "3")

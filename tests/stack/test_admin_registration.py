@@ -5,6 +5,7 @@ sample row. Runs the installed `neblina-admin` executable on the session's emula
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -216,3 +217,60 @@ def test_the_demo_data_passes_the_strict_check() -> None:
     meta = metadata.validate(yaml.safe_load((root / "localstack/data/penguin.yaml").read_text()))
     frame = pd.read_csv(root / "localstack/data/penguins.csv")
     assert sourcecheck.problems(frame, meta, "csv") == []
+
+
+def test_registration_converts_an_s3_csv_once_to_a_parquet_copy_beside_it(
+    admin_env: Any,  # noqa: F811
+    survey: Path,
+) -> None:
+    """add --upload, update and apply write the typed copy and record it; workers read it."""
+    from chalicelib.config import get_settings
+    from chalicelib.datasets import DatasetLoader, read_csv, read_parquet, typed_frame
+    from neblina_admin import operations as admin
+
+    settings = get_settings()
+    s3 = admin.s3_client(settings)
+    added = cli(
+        "datasets", "add", "SURVEY", "--source", "good.csv", "--metadata", "survey.yaml", "--upload"
+    )
+    assert added.exit_code == 0, added.output
+    stored = admin_env.get_dataset("SURVEY")
+    copy = stored.columnar
+    assert copy is not None and copy["uri"] == stored.source + ".parquet"
+    bucket, key = copy["uri"][5:].split("/", 1)
+    written = s3.get_object(Bucket=bucket, Key=key)
+    assert written["ETag"] == copy["etag"]
+    meta = stored.metadata
+    pd.testing.assert_frame_equal(
+        read_parquet(written["Body"].read()), typed_frame(read_csv(GOOD_CSV.encode(), meta), meta)
+    )
+    loaded = DatasetLoader(settings).load(stored)
+    assert loaded.parquet is not None and not loaded.has_frame
+    shown = cli("datasets", "show", "SURVEY", "--json")
+    assert json.loads(shown.stdout)["columnar"] == copy
+
+    # a policy change keeps the copy; a metadata change converts again
+    assert cli("datasets", "update", "SURVEY", "--description", "d").exit_code == 0
+    assert admin_env.get_dataset("SURVEY").columnar == copy
+    wider = {**SURVEY_META, "columns": {**SURVEY_META["columns"]}}
+    wider["columns"]["age"] = {"type": "float", "lower": 0.0, "upper": 120.0}
+    write(survey / "wider.yaml", wider)
+    updated = cli("datasets", "update", "SURVEY", "--metadata", "wider.yaml")
+    assert updated.exit_code == 0, updated.output
+    again = admin_env.get_dataset("SURVEY").columnar
+    assert again is not None and again["metadata_digest"] != copy["metadata_digest"]
+    again_bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert str(read_parquet(again_bytes)["age"].dtype) == "float64"
+
+    # the declarative file: a new S3 CSV source is converted when applied
+    other = admin.upload(settings, settings.bucket, "SURVEY/other.csv", GOOD_CSV.encode())
+    document = {
+        "users": [],
+        "datasets": [{"name": "SURVEY", "source": other, "metadata": "wider.yaml"}],
+        "grants": [],
+    }
+    applied = cli("apply", str(write(survey / "neblina.yaml", document)), "--yes")
+    assert applied.exit_code == 0, applied.output
+    last = admin_env.get_dataset("SURVEY")
+    assert last.columnar is not None and last.columnar["uri"] == other + ".parquet"
+    assert DatasetLoader(settings).load(last).parquet is not None

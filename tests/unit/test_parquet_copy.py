@@ -145,10 +145,10 @@ class FakeS3:
         self.objects[(bucket, key)] = (data, etag)
         return etag
 
-    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:
         return {"ETag": self.objects[(Bucket, Key)][1], "VersionId": "null"}
 
-    def get_object(self, Bucket: str, Key: str, IfMatch: str | None = None) -> dict[str, Any]:  # noqa: N803
+    def get_object(self, Bucket: str, Key: str, IfMatch: str | None = None) -> dict[str, Any]:
         data, etag = self.objects[(Bucket, Key)]
         if IfMatch is not None and IfMatch != etag:
             raise RuntimeError("PreconditionFailed")
@@ -221,3 +221,25 @@ def test_a_copy_that_is_not_of_this_source_version_and_metadata_is_not_read(chan
     loaded = DatasetLoader(_settings(), s3=lambda: s3).load(dataset)
     assert loaded.parquet is None and loaded.has_frame
     assert s3.gets[-1] == "people.csv"  # the source itself, as for a dataset without a copy
+
+
+def test_a_nan_stored_as_a_value_in_a_copy_is_missing_as_on_the_csv_path() -> None:
+    """fastparquet writes NaN as NULL; a copy written otherwise (NaN as a value) reads alike."""
+    pyarrow = pytest.importorskip("pyarrow")
+    parquet = pytest.importorskip("pyarrow.parquet")
+    typed = read_parquet(to_parquet(read_csv(CSV.encode(), META), META))
+    table = pyarrow.Table.from_pandas(typed, preserve_index=False)
+    nan = float("nan")
+    table = table.set_column(
+        table.schema.get_field_index("x"),
+        "x",
+        pyarrow.array([0.5, nan, nan, None, 1.0, nan], type=pyarrow.float64(), from_pandas=False),
+    )
+    buffer = io.BytesIO()
+    parquet.write_table(table, buffer)
+    assert pd.read_parquet(io.BytesIO(buffer.getvalue()))["x"].isna().sum() == 4
+    from_copy = duckdb_sql.connect_parquet(buffer.getvalue(), META, ["people"])
+    nan_free = _csv_frame().assign(x=[0.5, None, None, None, None])  # the orphan row left out
+    from_csv = duckdb_sql.connect(nan_free, META, ["people"])
+    assert _rows(from_copy) == _rows(from_csv)
+    assert from_copy.execute("SELECT COUNT(x) FROM df").fetchone() == (1,)
