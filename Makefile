@@ -8,13 +8,14 @@ PORT ?= 4566
 TYPED := app.py chalicelib neblina_admin client/neblina_client
 TIERS := unit contract stack deploy
 
-.PHONY: help venv demo test check up down status lint typecheck bench clean package checkov \
-	$(addprefix test-,$(TIERS))
+.PHONY: help venv demo test test-after-check check up down status lint typecheck bench clean \
+	package checkov $(addprefix test-,$(TIERS))
 
 help:
 	@echo "make demo       start the local stack, run a researcher's session, stop the stack"
 	@echo "make test       run the whole test suite (starts and stops its own stack)"
 	@echo "make check      fast: ruff, ruff format --check, mypy and the unit tier (no stack)"
+	@echo "make test-after-check  every tier but unit (CI runs it after make check)"
 	@echo "make test-unit  one tier: test-unit, test-contract, test-stack, test-deploy (tests/<tier>/)"
 	@echo "make up / down  keep the local stack running for notebooks (.neblina/local.env)"
 	@echo "                a second stack: NEBLINA_STATE_DIR=DIR make up PORT=4600 (docs/local-stack.md)"
@@ -34,6 +35,11 @@ test: venv
 
 check: lint typecheck
 	$(PY) -m pytest -q tests/unit
+
+# CI's second step (.ci/run): every tier but the unit tier, which `make check` has just run.
+# `make check` + `make test-after-check` run exactly the tests of `make test`, each once.
+test-after-check: venv
+	$(PY) -m pytest -q tests --ignore=tests/unit
 
 $(addprefix test-,$(TIERS)): test-%: venv
 	$(PY) -m pytest -q tests/$*

@@ -30,3 +30,32 @@ def test_the_makefile_has_a_target_for_each_tier() -> None:
     assert tuple(declared.group(1).split()) == TIERS
     assert TIERS == ("unit", "contract", "stack", "deploy")
     assert all((TESTS / tier).is_dir() for tier in TIERS)
+
+
+def tiers_run_by(target: str) -> list[str]:
+    """The tier folders the pytest commands of a Makefile target run (a tier per run)."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(rf"^{re.escape(target)}:[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.MULTILINE)
+    assert recipe is not None, f"no target {target} in the Makefile"
+    tiers: list[str] = []
+    for line in recipe.group(1).splitlines():
+        if "pytest" not in line:
+            continue
+        words = line.split("pytest", 1)[1].split()
+        ignored = {
+            w.removeprefix("--ignore=").rstrip("/") for w in words if w.startswith("--ignore=")
+        }
+        for path in (w.rstrip("/") for w in words if w.startswith("tests")):
+            named = TIERS if path == "tests" else (path.removeprefix("tests/"),)
+            tiers += [tier for tier in named if f"tests/{tier}" not in ignored]
+    return tiers
+
+
+def test_ci_runs_every_tier_of_make_test_exactly_once_after_the_fast_gate() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    targets = re.findall(r"^make ([\w-]+)$", ci, re.MULTILINE)
+    assert targets[0] == "check", "ruff and mypy (make check) come first"
+    assert re.search(r"^check: lint typecheck$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert sorted(tiers_run_by("test")) == sorted(TIERS), "make test runs every tier"
+    ran = [tier for target in targets for tier in tiers_run_by(target)]
+    assert sorted(ran) == sorted(TIERS), f"CI runs the tiers {ran}: each exactly once"
