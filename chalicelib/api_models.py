@@ -165,6 +165,10 @@ class Model(Response):
     steps: list[dict[str, Any]] = Field(
         description="each step: its class, its complete parameters and the fitted ones"
     )
+    score: dict[str, Any] | None = Field(
+        default=None,
+        description="a scored fit's DP accuracy: accuracy, test_rows, epsilon, mechanism",
+    )
 
 
 Result = Annotated[Table | Value | Model, Field(discriminator="type")]
@@ -463,6 +467,13 @@ class DiffPrivLibCostRequest(_CostFields):
     feature_columns: list[str] = Field(min_length=1, max_length=64)
     target_column: str | None = None
     imputer_strategy: Literal["drop", "mean", "median", "most_frequent"] = "drop"
+    score_epsilon: Epsilon | None = Field(
+        default=None,
+        description="a classifier's DP accuracy on held-out rows, at this ε, charged on top",
+    )
+    test_size: float | None = Field(
+        default=None, gt=0, lt=1, description="the held-out fraction (default 0.2)"
+    )
 
 
 class DiffPrivLibQueryRequest(_QueryFields, DiffPrivLibCostRequest):

@@ -32,6 +32,12 @@ Price
     spend equals that sum to the last digit (and fails the query otherwise); the tests do
     the same for each model.
 
+Score
+    None by default. With ``score_epsilon`` (a classifier only), ``test_size`` of the public
+    rows are held out, the steps fit on the others, and the count of correct predictions on
+    the held-out rows is released with geometric noise at that ε (sensitivity 1), charged on
+    top (docs/diffprivlib.md, "Score").
+
 Neighbouring
     diffprivlib's guarantees are for datasets that differ in one row replaced by another, at
     a known row count. Neblina's are for one individual added or removed. So the fit always
@@ -61,7 +67,16 @@ if TYPE_CHECKING:
     from chalicelib.datasets import LoadedDataset
 
 NAME = "diffprivlib"
-FIELDS = {"pipeline", "feature_columns", "target_column", "imputer_strategy"}
+FIELDS = {
+    "pipeline",
+    "feature_columns",
+    "target_column",
+    "imputer_strategy",
+    "score_epsilon",
+    "test_size",
+}
+DEFAULT_TEST_SIZE = 0.2
+MIN_TEST_ROWS = 10  # fewer: the score's noise (scale 1/(rows · ε)) swamps any accuracy
 IMPUTERS = ("drop", "mean", "median", "most_frequent")
 MAX_STEPS = 8
 MAX_FEATURES = 64
@@ -158,6 +173,8 @@ class DiffPrivLibRequest:
     steps_json: str  # [{"step": name, "params": {...complete...}}, ...], canonical JSON
     classes: tuple[Any, ...] | None  # the target's public categories (classifiers)
     target_bounds: tuple[float, float] | None  # regressors
+    score_epsilon: float | None = None  # the DP score's ε (classifiers; None: no score)
+    test_rows: int = 0  # the public size of the held-out part the score is computed on
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -174,11 +191,14 @@ class DiffPrivLibRequest:
             "target_column": self.target_column,
             "imputer_strategy": self.imputer_strategy,
             "pipeline": self.steps,
+            "score_epsilon": self.score_epsilon,
+            "test_rows": self.test_rows,
         }
 
     def epsilons(self) -> list[float]:
-        """The ε each step is built with, in order (what each spends)."""
-        return [float(step["params"]["epsilon"]) for step in self.steps]
+        """The ε each step is built with, in order, then the score's (what each spends)."""
+        steps = [float(step["params"]["epsilon"]) for step in self.steps]
+        return steps if self.score_epsilon is None else [*steps, self.score_epsilon]
 
 
 def steps_epsilon(epsilons: list[float]) -> Decimal:
@@ -295,6 +315,19 @@ class DiffPrivLibEngine:
                 f"imputer_strategy {str(imputer)[:40]!r} is not supported "
                 f"(expected one of: {', '.join(IMPUTERS)})"
             )
+        score_epsilon: float | None = None
+        if body.get("score_epsilon") is not None:
+            validation.epsilon(body["score_epsilon"], "score_epsilon")
+            score_epsilon = float(body["score_epsilon"])
+        test_size = body.get("test_size")
+        if test_size is not None and score_epsilon is None:
+            raise InvalidRequest("test_size is only for a scored fit (give score_epsilon)")
+        if test_size is None:
+            test_size = DEFAULT_TEST_SIZE
+        if isinstance(test_size, bool) or not isinstance(test_size, int | float):
+            raise InvalidRequest("test_size must be a number")
+        if not (math.isfinite(test_size) and 0 < test_size < 1):
+            raise InvalidRequest("test_size must be a fraction of the rows in (0, 1)")
         pipeline = body.get("pipeline")
         if not (isinstance(pipeline, list) and 1 <= len(pipeline) <= MAX_STEPS):
             raise InvalidRequest(f"pipeline must be a list of 1 to {MAX_STEPS} steps")
@@ -325,7 +358,7 @@ class DiffPrivLibEngine:
         for index, (name, _) in enumerate(steps[:-1]):
             if STEPS[name].role != "transformer":
                 raise InvalidQuery(f"pipeline[{index}]: {name} can only be the last step")
-        return DiffPrivLibBody(features, target, imputer, steps)
+        return DiffPrivLibBody(features, target, imputer, steps, score_epsilon, float(test_size))
 
     def cost(self, dataset: Dataset, request: DiffPrivLibBody) -> PrivacyCost:
         checked = request.check(dataset.metadata)
@@ -354,13 +387,19 @@ class DiffPrivLibBody:
     target: str | None
     imputer: str
     steps: list[tuple[str, dict[str, Any]]]
+    score_epsilon: float | None = None
+    test_size: float = DEFAULT_TEST_SIZE
 
     def canonical(self) -> dict[str, Any]:
+        scored = {} if self.score_epsilon is None else {
+            "score_epsilon": self.score_epsilon, "test_size": self.test_size
+        }  # fmt: skip
         return {
             "feature_columns": self.features,
             "target_column": self.target,
             "imputer_strategy": self.imputer,
             "pipeline": [{"step": name, "params": params} for name, params in self.steps],
+            **scored,
         }
 
     def check(self, metadata: dict[str, Any]) -> DiffPrivLibRequest:
@@ -393,6 +432,25 @@ class DiffPrivLibBody:
             raise InvalidQuery("target_column is only for a supervised last step")
         complete: list[dict[str, Any]] = []
         rows = int(metadata["rows"])
+        test_rows = 0
+        if self.score_epsilon is not None:
+            if final != "classifier":
+                raise InvalidQuery(
+                    "score_epsilon: a DP score (accuracy) is computed for a classifier as the "
+                    f"last step only, not {self.steps[-1][0]}"
+                )
+            test_rows = round(self.test_size * rows)
+            if test_rows < MIN_TEST_ROWS or rows - test_rows < MIN_TEST_ROWS:
+                raise InvalidQuery(
+                    f"test_size {self.test_size:g} of rows = {rows} leaves {test_rows} test "
+                    f"and {rows - test_rows} training rows: each needs at least {MIN_TEST_ROWS}"
+                )
+            if self.score_epsilon * test_rows < 1:
+                raise InvalidQuery(
+                    f"score_epsilon must be at least 1/test rows = {1 / test_rows:.3g} here "
+                    "(below that the noise exceeds the whole range of the accuracy)"
+                )
+            rows -= test_rows  # the steps are fitted on the training part
         for index, (name, given) in enumerate(self.steps):
             where, step = f"pipeline[{index}] ({name})", STEPS[name]
             if float(given["epsilon"]) * rows < 1:
@@ -470,6 +528,8 @@ class DiffPrivLibBody:
             steps_json=text,
             classes=classes,
             target_bounds=target_bounds,
+            score_epsilon=self.score_epsilon,
+            test_rows=test_rows,
         )
 
     @staticmethod

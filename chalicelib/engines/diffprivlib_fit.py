@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from diffprivlib.accountant import BudgetAccountant
-from diffprivlib.mechanisms import GeometricTruncated
+from diffprivlib.mechanisms import Geometric, GeometricTruncated
 from diffprivlib.models import (
     PCA,
     DecisionTreeClassifier,
@@ -328,10 +328,17 @@ def fit(
     """
     rng = np.random.default_rng(secrets.randbits(128))
     X, y = prepare(frame, metadata, request, rng)
+    X_test: np.ndarray[Any, Any] | None = None
+    y_test: np.ndarray[Any, Any] | None = None
+    if request.test_rows:  # the rows are in a random order: the last ones are held out
+        assert y is not None
+        X, X_test = X[: -request.test_rows], X[-request.test_rows :]
+        y, y_test = y[: -request.test_rows], y[-request.test_rows :]
     accountant = accountant if accountant is not None else BudgetAccountant()
     classes = len(request.classes) if request.classes is not None else 0
-    rows = int(metadata["rows"])
+    rows = len(X)  # the public rows (less the public test rows of a scored fit)
     released: list[dict[str, Any]] = []
+    fitted: list[Any] = []
     # One BLAS thread: L-BFGS on a few features is 10x slower with a thread pool on 2 cores.
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         # a leak diffprivlib would only warn about is an error here (parse prevents them)
@@ -341,6 +348,7 @@ def fit(
         for index, step in enumerate(steps):
             name, params = step["step"], step["params"]
             model = build(name, params, classes, accountant, _fresh_state())
+            fitted.append(model)
             if index < len(steps) - 1 or name in ("StandardScaler", "PCA"):
                 X = model.fit_transform(X)
             elif y is not None:
@@ -350,14 +358,55 @@ def fit(
             released.append({"step": name, "params": params, "fitted": export(name, model, rows)})
             if progress is not None:
                 progress((index + 1) / len(steps))
+        score = None
+        if X_test is not None and y_test is not None and request.score_epsilon is not None:
+            score = dp_accuracy(fitted, X_test, y_test, request.score_epsilon, accountant)
     epsilon, delta = spent(accountant)
     if epsilon != steps_epsilon(request.epsilons()) or delta != 0:
         raise RuntimeError(f"the fit spent ({epsilon}, {delta}), not its price")
-    return {
+    release: dict[str, Any] = {
         "type": "model",
         "library": "diffprivlib",
         "feature_columns": list(request.feature_columns),
         "target_column": request.target_column,
         "classes": None if request.classes is None else list(request.classes),
         "steps": released,
+    }
+    if score is not None:
+        release["score"] = score
+    return release
+
+
+def noisy_count(count: int, total: int, epsilon: float) -> int:
+    """``count`` (sensitivity 1) plus two-sided geometric noise at ``epsilon``, then clamped to
+    0..``total`` (post-processing)."""
+    mechanism = Geometric(epsilon=epsilon, sensitivity=1, random_state=_fresh_state())
+    return int(min(max(mechanism.randomise(int(count)), 0), total))
+
+
+def dp_accuracy(
+    models: list[Any],
+    X_test: np.ndarray[Any, Any],
+    y_test: np.ndarray[Any, Any],
+    epsilon: float,
+    accountant: BudgetAccountant,
+) -> dict[str, Any]:
+    """The fitted pipeline's accuracy on the held-out rows, as a DP release.
+
+    The number of correct predictions changes by at most 1 when one held-out row is replaced
+    (the model does not depend on the held-out rows), so it gets geometric noise at
+    ``epsilon`` (sensitivity 1); divided by the public number of held-out rows.
+    """
+    X = X_test
+    for model in models[:-1]:
+        X = model.transform(X)
+    correct = int((models[-1].predict(X) == y_test).sum())
+    total = len(y_test)
+    released = noisy_count(correct, total, epsilon)
+    accountant.spend(epsilon, 0)
+    return {
+        "accuracy": released / total,
+        "test_rows": total,
+        "epsilon": epsilon,
+        "mechanism": "geometric noise of scale 1/epsilon on the count of correct predictions",
     }

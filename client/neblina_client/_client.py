@@ -665,8 +665,8 @@ class DiffPrivLib:
     scikit-learn ``Pipeline`` of diffprivlib objects as usual (each with its ``epsilon``;
     bounds and ``data_norm`` may be left out where the metadata gives them, see
     docs/diffprivlib.md); the server fits it once and returns its parameters, rebuilt here
-    into a fitted ``Pipeline`` of the same classes. No score is returned: score the model on
-    your own rows or on dummy rows (``client.dummy()``).
+    into a fitted ``Pipeline`` of the same classes. No score is returned unless a fit asks
+    for a DP one (``score_epsilon``, charged): score the model on your own rows.
     """
 
     def __init__(self, client: Client) -> None:
@@ -678,9 +678,15 @@ class DiffPrivLib:
         feature_columns: list[str],
         target_column: str | None = None,
         imputer_strategy: str = "drop",
+        *,
+        score_epsilon: Amount | None = None,
+        test_size: float | None = None,
     ) -> Cost:
-        """The price of fitting ``pipeline``: ``max_ids`` × the sum of its steps' ε; free."""
-        body = _diffprivlib_body(pipeline, feature_columns, target_column, imputer_strategy)
+        """The price of fitting ``pipeline``: ``max_ids`` × (the sum of its steps' ε, plus
+        ``score_epsilon`` for a DP score); free."""
+        body = _diffprivlib_body(
+            pipeline, feature_columns, target_column, imputer_strategy, score_epsilon, test_size
+        )
         return self._client._price(body)
 
     @overload
@@ -696,6 +702,8 @@ class DiffPrivLib:
         dummy_rows: int = ...,
         dummy_seed: int = ...,
         wait: Literal[True] = ...,
+        score_epsilon: Amount | None = ...,
+        test_size: float | None = ...,
     ) -> FittedModel: ...
 
     @overload
@@ -711,6 +719,8 @@ class DiffPrivLib:
         dummy_rows: int = ...,
         dummy_seed: int = ...,
         wait: Literal[False],
+        score_epsilon: Amount | None = ...,
+        test_size: float | None = ...,
     ) -> FitJob: ...
 
     def fit(
@@ -725,6 +735,8 @@ class DiffPrivLib:
         dummy_rows: int = 100,
         dummy_seed: int = 42,
         wait: bool = True,
+        score_epsilon: Amount | None = None,
+        test_size: float | None = None,
     ) -> FittedModel | FitJob:
         """Fit ``pipeline`` on the dataset and debit its cost (nothing with ``dummy=True``).
 
@@ -734,8 +746,15 @@ class DiffPrivLib:
         With ``wait=False`` the server fits it as a job (debited at submission) and a
         :class:`FitJob` is returned at once: ``job.wait()`` gives the :class:`FittedModel`,
         ``job.status()`` the phase and the fraction of the steps fitted.
+
+        ``score_epsilon`` (a classifier only) holds out ``test_size`` of the rows (default
+        0.2), fits on the others and releases the accuracy on the held-out rows with noise
+        at that ε, charged on top (``.score``; docs/diffprivlib.md). Without it no score
+        is released (``.score`` is None).
         """
-        body = _diffprivlib_body(pipeline, feature_columns, target_column, imputer_strategy)
+        body = _diffprivlib_body(
+            pipeline, feature_columns, target_column, imputer_strategy, score_epsilon, test_size
+        )
         answer = self._client._submit(
             body,
             query_id=query_id,
@@ -810,17 +829,33 @@ class FittedModel:
     def query_id(self) -> str:
         return self.answer.query_id
 
+    @property
+    def score(self) -> float | None:
+        """The DP accuracy on the held-out rows (a fit with ``score_epsilon``), else None."""
+        score = self.release.get("score")
+        return None if not isinstance(score, dict) else float(score["accuracy"])
+
 
 def _diffprivlib_body(
-    pipeline: Any, feature_columns: list[str], target_column: str | None, imputer_strategy: str
+    pipeline: Any,
+    feature_columns: list[str],
+    target_column: str | None,
+    imputer_strategy: str,
+    score_epsilon: Amount | None = None,
+    test_size: float | None = None,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "engine": DIFFPRIVLIB,
         "pipeline": pipeline_steps(pipeline),
         "feature_columns": list(feature_columns),
         "target_column": target_column,
         "imputer_strategy": imputer_strategy,
     }
+    if score_epsilon is not None:
+        body["score_epsilon"] = _amount("score_epsilon", score_epsilon)
+    if test_size is not None:
+        body["test_size"] = test_size
+    return body
 
 
 def _opendp_body(measurement: Any, fixed_delta: Amount | None) -> dict[str, Any]:

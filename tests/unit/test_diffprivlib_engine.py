@@ -9,6 +9,7 @@ are 400s before any row is read, with nothing debited.
 
 from __future__ import annotations
 
+import math
 import warnings
 from decimal import Decimal
 from pathlib import Path
@@ -843,3 +844,152 @@ def test_lomas_requests_that_neblina_refuses_are_400s_naming_the_reason(
         features, target = ["bill_length_mm"], ["bill_length_mm"]
     with pytest.raises(InvalidQueryException, match=message):
         client.diffprivlib.cost(pipeline, features, target)
+
+
+# --- the optional DP score (docs/diffprivlib.md, "Score") -------------------------------------
+def test_a_scored_fit_is_charged_its_score_epsilon_on_top_and_spends_exactly_that(
+    service: Service, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chalicelib.engines.diffprivlib_fit as fitting
+
+    target, steps = MODELS["LogisticRegression"]  # ε 0.5 + 1.0
+    scored = body(steps, target, score_epsilon=0.25, test_size=0.2)
+    assert service.cost("alice", "PENGUIN", scored)["cost"] == {"epsilon": "1.75", "delta": "0"}
+    # the accountant of a real fit spends the price to the digit, the score included
+    request = ENGINE.parse(scored)
+    price = ENGINE.cost(Dataset("PENGUIN", str(CSV), META, utcnow()), request)
+    accountant = BudgetAccountant()
+    told: list[tuple[int, int, float]] = []
+    real = fitting.noisy_count
+
+    def noted(count: int, total: int, epsilon: float) -> int:
+        told.append((count, total, epsilon))
+        return real(count, total, epsilon)
+
+    monkeypatch.setattr(fitting, "noisy_count", noted)
+    release = fit(FRAME, META, request.check(META), accountant)
+    epsilon, delta = spent(accountant)
+    assert PrivacyCost(epsilon=epsilon, delta=delta) == price  # to the digit
+    assert len(accountant.spent_budget) == 3  # two steps and the score
+    test_rows = round(0.2 * META["rows"])
+    assert [(total, epsilon) for _, total, epsilon in told] == [(test_rows, 0.25)]
+    score = release["score"]
+    assert score["test_rows"] == test_rows and score["epsilon"] == 0.25
+    correct = score["accuracy"] * test_rows  # a count of the held-out rows, over their number
+    assert 0 <= score["accuracy"] <= 1 and abs(correct - round(correct)) < 1e-9
+    fitted_on = release["steps"][0]["fitted"]["n_samples_seen_"]
+    assert fitted_on == META["rows"] - test_rows  # the steps never see the held-out rows
+    answer = service.query("alice", "PENGUIN", {**scored, "query_id": "q-dpl-scored"})
+    assert answer["cost"] == {"epsilon": "1.75", "delta": "0"} and "score" in answer["result"]
+    assert remaining(store) == GRANT - PrivacyCost(epsilon=Decimal("1.75"), delta=0)
+
+
+class ConstantClassifier:
+    """Predicts class 0 for every row: its correct count on a test set is known exactly."""
+
+    def predict(self, X: Any) -> Any:
+        return np.zeros(len(X), dtype=int)
+
+
+def accuracy_errors(epsilon: float, draws: int = 1000) -> list[int]:
+    """Released correct counts minus the true 50 (of 100 held-out rows), ``draws`` times,
+    through the score's own code path (:func:`dp_accuracy`)."""
+    from chalicelib.engines.diffprivlib_fit import dp_accuracy
+
+    X, y = np.zeros((100, 1)), np.array([0] * 50 + [1] * 50)
+    accountant = BudgetAccountant()
+    released = [
+        dp_accuracy([ConstantClassifier()], X, y, epsilon, accountant) for _ in range(draws)
+    ]
+    assert {r["test_rows"] for r in released} == {100}
+    return [round(r["accuracy"] * 100) - 50 for r in released]
+
+
+def geometric_noise_of_scale(errors: list[int], epsilon: float) -> bool:
+    """Two-sided geometric noise at ε has E|X| = 2α / (1 − α²), α = e^−ε. Over 1000 draws at
+    ε = 0.5 the mean |X| is in [0.8, 1.25] × that with probability 1 − 1.2e-10 (the exact
+    distribution of the sum, by convolution); half the noise (2ε) lands inside with
+    probability 7e-69, twice the noise (ε/2) 1e-46."""
+    alpha = math.exp(-epsilon)
+    expected = 2 * alpha / (1 - alpha**2)
+    spread = float(np.mean(np.abs(errors)))
+    return 0.8 * expected <= spread <= 1.25 * expected
+
+
+def test_the_released_accuracy_carries_geometric_noise_of_the_charged_scale() -> None:
+    errors = accuracy_errors(0.5)
+    assert geometric_noise_of_scale(errors, 0.5), np.mean(np.abs(errors))
+
+
+def test_the_score_noise_check_fails_half_or_twice_the_noise() -> None:
+    """Power: accuracies released at 2ε (half the noise) or ε/2 where ε was charged fail."""
+    for spent_epsilon in (1.0, 0.25):
+        errors = accuracy_errors(spent_epsilon)
+        assert not geometric_noise_of_scale(errors, 0.5), (spent_epsilon, np.mean(np.abs(errors)))
+
+
+SCORE_REFUSALS = {
+    "a clusterer": (None, "KMeans", {"score_epsilon": 0.5}, "for a classifier as the last step"),
+    "a regressor": (
+        "body_mass_g", "LinearRegression", {"score_epsilon": 0.5}, "not LinearRegression"
+    ),
+    "test_size alone": ("species", "GaussianNB", {"test_size": 0.2}, "only for a scored fit"),
+    "test_size 1": (
+        "species", "GaussianNB", {"score_epsilon": 0.5, "test_size": 1}, "fraction of the rows"
+    ),
+    "test_size a string": (
+        "species", "GaussianNB", {"score_epsilon": 0.5, "test_size": "0.2"}, "must be a number"
+    ),
+    "too few test rows": (
+        "species", "GaussianNB", {"score_epsilon": 0.5, "test_size": 0.01}, "at least 10"
+    ),
+    "a score epsilon below 1/test rows": (
+        "species", "GaussianNB", {"score_epsilon": 0.01}, "score_epsilon must be at least"
+    ),
+    "a score epsilon of 0": ("species", "GaussianNB", {"score_epsilon": 0}, "score_epsilon"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(SCORE_REFUSALS))
+def test_a_bad_score_request_is_a_400_before_any_read(
+    service: Service, store: MemoryStore, case: str
+) -> None:
+    target, step, extra, message = SCORE_REFUSALS[case]
+    steps = [{"step": step, "params": {"epsilon": 1.0}}]
+    request = body(steps, target, query_id="q-score-bad", **extra)
+    for call in (service.cost, service.query):
+        with pytest.raises((InvalidQuery, InvalidRequest)) as refused:
+            call("alice", "GHOST", request)
+        assert refused.value.status_code == 400 and message in refused.value.message
+    assert CountingLoader.reads == 0 and remaining(store, "GHOST") == GRANT
+
+
+def test_the_client_asks_for_a_score_and_reads_it(service: Service, store: MemoryStore) -> None:
+    import json
+
+    import httpx
+    from diffprivlib.models import GaussianNB
+
+    from neblina_client import Client
+
+    def route(request: httpx.Request) -> httpx.Response:
+        document = json.loads(request.read())
+        if request.url.path.endswith("/cost"):
+            return httpx.Response(200, json=service.cost("alice", "PENGUIN", document))
+        return httpx.Response(200, json=service.query("alice", "PENGUIN", document))
+
+    client = Client(
+        url="http://neblina.test",
+        token="nbl_" + "a" * 43,
+        dataset="PENGUIN",
+        transport=httpx.MockTransport(route),
+        max_retries=0,
+    )
+    model = GaussianNB(epsilon=0.5)
+    cost = client.diffprivlib.cost(model, FEATURES, "species", score_epsilon=0.25)
+    assert cost.epsilon == Decimal("0.75")
+    fitted = client.diffprivlib.fit(model, FEATURES, "species", score_epsilon=0.25, test_size=0.3)
+    assert fitted.score is not None and 0 <= fitted.score <= 1
+    assert fitted.release["score"]["test_rows"] == round(0.3 * META["rows"])
+    assert client.diffprivlib.fit(model, FEATURES, "species").score is None
+    assert remaining(store).epsilon == GRANT.epsilon - Decimal("1.25")
