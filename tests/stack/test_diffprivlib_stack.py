@@ -6,6 +6,7 @@ emulator's ledger. The engine itself is tested in tests/unit/test_diffprivlib_en
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,15 @@ def test_a_fit_over_http_is_priced_debited_exactly_once_and_the_rebuilt_model_pr
         predicted = fitted.model.predict(ROWS[FEATURES])
         assert len(predicted) == len(ROWS) and set(predicted) <= SPECIES
         assert fitted.model.predict_proba(ROWS[FEATURES]).shape == (len(ROWS), 3)
-        assert "score" not in json.dumps(fitted.release)  # no score is released
+        assert "score" not in json.dumps(fitted.release)  # no score unless asked for
         [record] = [q for q in client.history() if q.query_id == fitted.query_id]
         assert (record.engine, record.state, record.cost) == ("diffprivlib", "done", cost)
+        # a DP score on held-out rows, asked for: charged on top of the steps' ε
+        scored = client.diffprivlib.fit(pipeline(), FEATURES, "species", score_epsilon=0.25)
+        assert scored.cost.epsilon == Decimal("1") and scored.score is not None
+        assert 0 <= scored.score <= 1 and scored.release["score"]["test_rows"] == 69
+        cost = replace(cost, epsilon=cost.epsilon + 1)  # both fits
+        assert client.budget().remaining == before - cost
         # a step that would leak (no data_norm after a scaler): 400 before any read, free
         from diffprivlib.models import LogisticRegression, StandardScaler
 
