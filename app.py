@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from chalice.app import AuthResponse, Chalice, Request, Response
 
 from chalicelib import VERSION
-from chalicelib.config import get_settings
+from chalicelib.config import AUTHORIZER_TTL_SECONDS, get_settings
 from chalicelib.errors import InternalError, InvalidRequest, NeblinaError, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -82,9 +82,14 @@ def handle(view: Callable[[], Any]) -> Response:
 
 
 # --- authentication ------------------------------------------------------------------
-@app.authorizer(ttl_seconds=0)
+@app.authorizer(ttl_seconds=AUTHORIZER_TTL_SECONDS)
 def token_authorizer(auth_request: Any) -> Any:
     """API Gateway TOKEN authorizer: the token's user becomes the principal.
+
+    API Gateway reuses its answer for a token for ``AUTHORIZER_TTL_SECONDS`` (the local API
+    server does the same): a warm request makes no store call here, and a revoked or expired
+    token or a disabled user is refused at most that long after the change
+    (docs/threat-model.md).
 
     Unknown or malformed tokens raise ``Unauthorized`` (API Gateway answers 401); revoked
     or expired tokens and disabled users get an explicit Deny (403) whose context carries

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
+AUTHORIZER_TTL_SECONDS = 60
+"""API Gateway's authorizer result TTL (app.py's ``@app.authorizer``, Terraform's
+``authorizer_result_ttl_in_seconds``; the local API server's default): the longest a revoked
+or expired token, or a disabled user, is still let in (docs/threat-model.md)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -39,6 +44,9 @@ class Settings:
     # The lease of a query run as a job ("wait": false): at least the longest the queue may
     # hold it (Lambda's async maximum event age we configure) plus the worker's timeout.
     job_lease_seconds: int = 3600
+    # How long the front reuses a dataset record and the fact that a caller holds a grant,
+    # and a worker a source's version (docs/threat-model.md, "Cached lookups"); 0: never.
+    lookup_cache_seconds: float = 5.0
 
     def table_name(self, kind: str) -> str:
         """Physical name of one of the tables (users, tokens, datasets, grants, queries)."""
@@ -48,6 +56,11 @@ class Settings:
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return default if raw in (None, "") else int(raw)
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
 
 
 def from_environ() -> Settings:
@@ -73,6 +86,7 @@ def from_environ() -> Settings:
         inline_result_bytes=_int("NEBLINA_INLINE_RESULT_BYTES", 300_000),
         max_result_bytes=_int("NEBLINA_MAX_RESULT_BYTES", 3_000_000),
         job_lease_seconds=_int("NEBLINA_JOB_LEASE_SECONDS", 3600),
+        lookup_cache_seconds=_float("NEBLINA_LOOKUP_CACHE_SECONDS", 5.0),
     )
 
 

@@ -3,8 +3,10 @@
 A loaded frame is cached under ``(dataset name, source version, metadata digest)``, where
 the version is the S3 ETag and VersionId, the HTTP ETag/Last-Modified, or the file's mtime
 and size, and the digest is :func:`metadata_digest` of the metadata the frame was coerced
-with. Each request asks the source for its version (one cheap HEAD/stat), so a replaced
-object is reloaded, while an unchanged one is never read twice. Engines hang their own
+with. The source is asked for its version (one cheap HEAD/stat) at most once per
+``NEBLINA_LOOKUP_CACHE_SECONDS`` per dataset (default 5 s; docs/threat-model.md, "Cached
+lookups"), so a replaced object is reloaded within that bound, while an unchanged one is
+never read twice. Engines hang their own
 derived objects (SmartNoise readers, ...) on the cached entry, so those are reused and
 evicted with it.
 
@@ -294,9 +296,18 @@ def _within_public_domain(series: pd.Series, spec: dict[str, Any]) -> pd.Series:
 class DatasetLoader:
     """Reads datasets from their sources, with a small LRU cache of loaded frames."""
 
-    def __init__(self, settings: Settings, s3: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        s3: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
         self._s3 = s3 or partial(s3_client, settings)
+        self._clock = clock
+        # (name, source) -> (deadline, version): the source's version, asked again after
+        # settings.lookup_cache_seconds
+        self._versions: LruCache[tuple[str, str], tuple[float, str]] = LruCache(256)
         self._cache: LruCache[tuple[str, str, str], LoadedDataset] = LruCache(
             settings.dataset_cache_entries
         )
@@ -307,7 +318,20 @@ class DatasetLoader:
 
     # versions ---------------------------------------------------------------------
     def version(self, dataset: Dataset) -> str:
-        """A string that changes whenever the source's content changes."""
+        """A string that changes whenever the source's content changes, as the source gave
+        it at most ``lookup_cache_seconds`` ago."""
+        key = (dataset.name, dataset.source)
+        now = self._clock()
+        kept = self._versions.get(key)
+        if kept is not None and now < kept[0]:
+            return kept[1]
+        version = self._source_version(dataset)
+        if self._settings.lookup_cache_seconds > 0:
+            self._versions.put(key, (now + self._settings.lookup_cache_seconds, version))
+        return version
+
+    def _source_version(self, dataset: Dataset) -> str:
+        """The source's version, asked now (one HEAD or stat)."""
         source = dataset.source
         scheme = urlparse(source).scheme
         try:

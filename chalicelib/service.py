@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -106,6 +107,13 @@ def payload_digest(dataset: str, engine: str, canonical: dict[str, Any]) -> str:
 
 
 MAX_PLAN_QUERIES = 100  # queries priced by one POST .../plan
+RATE_BLOCK_MAX = 10
+
+
+def rate_block(limit: int) -> int:
+    """How many requests the service counts in the store at once under ``limit``."""
+    return max(1, min(RATE_BLOCK_MAX, limit // 60))
+
 
 HARDENED_ENGINE_MESSAGE = (
     "the query could not be answered; on this dataset failure details are withheld "
@@ -246,6 +254,13 @@ class Service:
             workers = InProcessWorkers(self.local)
         self.workers = workers
         self._costs: LruCache[str, Priced] = LruCache(1024)
+        # Cached lookups (docs/threat-model.md, "Cached lookups"): a dataset record, and the
+        # fact that a user holds a grant, each kept until a monotonic deadline.
+        self._datasets: LruCache[str, tuple[float, Dataset]] = LruCache(256)
+        self._grants_seen: LruCache[tuple[str, str], float] = LruCache(4096)
+        # (user, window start) -> requests counted in the store and not served yet
+        self._allowance: dict[tuple[str, int], int] = {}
+        self._allowance_lock = threading.Lock()
 
     # the in-process worker's parts (tests reach them through the service) ---------------
     def _in_process(self) -> Worker:
@@ -271,21 +286,52 @@ class Service:
 
     # lookups -------------------------------------------------------------------------
     def _dataset(self, name: str) -> Dataset:
+        """The dataset's record, read at most once per ``lookup_cache_seconds`` (only a
+        record found is kept: a new dataset is seen at once)."""
         validation.dataset_name(name)
+        now = self.timer()
+        kept = self._datasets.get(name)
+        if kept is not None and now < kept[0]:
+            return kept[1]
         dataset = self.store.get_dataset(name)
         if dataset is None:
             raise DatasetNotFound(f"dataset {name} does not exist")
+        if self.settings.lookup_cache_seconds > 0:
+            self._datasets.put(name, (now + self.settings.lookup_cache_seconds, dataset))
         return dataset
 
     def _grant(self, user_id: str, dataset: Dataset) -> Grant:
+        """The caller's grant, read now (amounts are never cached)."""
         grant = self.store.get_grant(user_id, dataset.name)
         if grant is None:
+            self._grants_seen.discard(lambda key: key != (user_id, dataset.name))
             raise NoGrant(f"no grant on dataset {dataset.name}")
+        self._seen_grant(user_id, dataset.name)
         return grant
+
+    def _seen_grant(self, user_id: str, dataset: str) -> None:
+        """Remember (for ``lookup_cache_seconds``) that the user holds a grant on ``dataset``."""
+        if self.settings.lookup_cache_seconds > 0:
+            deadline = self.timer() + self.settings.lookup_cache_seconds
+            self._grants_seen.put((user_id, dataset), deadline)
 
     def _granted_dataset(self, user_id: str, name: str) -> tuple[Dataset, Grant]:
         dataset = self._dataset(name)
         return dataset, self._grant(user_id, dataset)
+
+    def _permitted_dataset(self, user_id: str, name: str) -> Dataset:
+        """The dataset, once the caller is known to hold a grant on it (403 otherwise).
+
+        Routes that need no amounts only need to know that the grant exists: a grant read
+        less than ``lookup_cache_seconds`` ago says so without a store call. The debit
+        itself never relies on this: ``reserve`` checks the grant inside its own
+        conditional write (a grant removed meanwhile is refused there, nothing debited).
+        """
+        dataset = self._dataset(name)
+        deadline = self._grants_seen.get((user_id, dataset.name))
+        if deadline is None or self.timer() >= deadline:
+            self._grant(user_id, dataset)
+        return dataset
 
     # read-only routes ----------------------------------------------------------------
     def list_datasets(self, user_id: str) -> dict[str, Any]:
@@ -305,14 +351,14 @@ class Service:
 
     def metadata(self, user_id: str, name: str) -> dict[str, Any]:
         """Public metadata of a dataset."""
-        dataset, _ = self._granted_dataset(user_id, name)
+        dataset = self._permitted_dataset(user_id, name)
         return {"dataset": dataset.name, "metadata": dataset.metadata}
 
     def dummy(self, user_id: str, name: str, rows: object, seed: object) -> dict[str, Any]:
         """Dummy rows from the metadata only."""
         n_rows = validation.integer(rows, "rows", 100, 1, self.settings.max_dummy_rows)
         n_seed = validation.integer(seed, "seed", 42, 0, 2**32 - 1)
-        dataset, _ = self._granted_dataset(user_id, name)
+        dataset = self._permitted_dataset(user_id, name)
         payload = {"op": "dummy_table", "dataset": dataset_to_wire(dataset)}
         answer = self._call(DUMMY_WORKER, {**payload, "rows": n_rows, "seed": n_seed})
         return {"dataset": dataset.name, "rows": n_rows, "seed": n_seed, "table": answer["table"]}
@@ -361,7 +407,7 @@ class Service:
         n = validation.integer(limit, "limit", 20, 1, 100)
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidRequest("invalid cursor")
-        dataset, _ = self._granted_dataset(user_id, name)
+        dataset = self._permitted_dataset(user_id, name)
         records, next_cursor = self.store.list_queries(user_id, dataset.name, n, cursor or None)
         fitting = self._fitting(records)
         while fitting < len(records):  # ask again for fewer, so the cursor follows the last
@@ -388,7 +434,7 @@ class Service:
 
     def get_query(self, user_id: str, name: str, query_id: str) -> dict[str, Any]:
         """One of the caller's archived queries."""
-        dataset, _ = self._granted_dataset(user_id, name)
+        dataset = self._permitted_dataset(user_id, name)
         if not validation.QUERY_ID.match(query_id):
             raise QueryNotFound("no such query")
         record = self.store.get_query(query_id)
@@ -480,19 +526,45 @@ class Service:
         return priced
 
     def _throttle(self, user_id: str) -> None:
-        """Count the request against the user's rate limit (fixed windows); 429 beyond it."""
+        """Count the request against the user's rate limit (fixed windows); 429 beyond it.
+
+        The process counts requests in the store a block at a time (:func:`rate_block`:
+        at most a 60th of the limit, at most 10) and serves the block's other requests
+        from its own allowance, so most requests make no store call. No window ever serves
+        more than the limit (each request served used one counted slot); slots one process
+        took and did not use are lost with the window, so a user whose requests are spread
+        over several processes may be refused up to ``block - 1`` requests per other
+        process early. Near the limit, when a block no longer fits, requests are counted
+        one by one.
+        """
         limit, window = self.settings.rate_limit, self.settings.rate_window_seconds
         if limit <= 0:
             return
         now = self.clock().timestamp()
         start = int(now) // window * window
-        if not self.store.take_request(user_id, datetime.fromtimestamp(start, UTC), window, limit):
-            retry_after = max(1, math.ceil(start + window - now))
-            raise RateLimited(
-                f"more than {limit} query and cost requests in {window} s; "
-                f"retry in {retry_after} s",
-                retry_after,
-            )
+        key = (user_id, start)
+        with self._allowance_lock:
+            left = self._allowance.get(key, 0)
+            if left > 0:
+                self._allowance[key] = left - 1
+                return
+        window_start = datetime.fromtimestamp(start, UTC)
+        block = rate_block(limit)
+        taken = self.store.take_request(user_id, window_start, window, limit, block)
+        if not taken and block > 1:
+            block = 1
+            taken = self.store.take_request(user_id, window_start, window, limit, 1)
+        if taken:
+            with self._allowance_lock:
+                for old in [k for k in self._allowance if k[1] != start]:
+                    del self._allowance[old]  # windows that ended
+                self._allowance[key] = self._allowance.get(key, 0) + block - 1
+            return
+        retry_after = max(1, math.ceil(start + window - now))
+        raise RateLimited(
+            f"more than {limit} query and cost requests in {window} s; retry in {retry_after} s",
+            retry_after,
+        )
 
     @contextmanager
     def _hardening(self, hardening: _Hardening) -> Iterator[None]:
@@ -536,7 +608,7 @@ class Service:
         with self._hardening(hardening):
             engine, document = self._parse(body)
             level = accuracy.level(document.get("level"))
-            dataset, _ = self._granted_dataset(user_id, name)
+            dataset = self._permitted_dataset(user_id, name)
             hardening.watch(dataset)
             priced = self._price(engine, dataset, document, level)
             return {
@@ -627,7 +699,7 @@ class Service:
             is_dummy = validation.boolean(document.get("dummy"), "dummy", False)
             reuse = validation.boolean(document.get("reuse"), "reuse", False)
             level = accuracy.level(document.get("level"))
-            dataset, _ = self._granted_dataset(user_id, name)
+            dataset = self._permitted_dataset(user_id, name)
             hardening.watch(dataset, generic=not is_dummy)
             wait = validation.boolean(document.get("wait"), "wait", True)
             if dataset.metadata.get("executor") == "spark":
@@ -657,10 +729,15 @@ class Service:
                 record = replace(record, extra={**record.extra, "reuse_key": key})
             record = replace(record, extra={**record.extra, "accuracy": stated})
             try:
-                # the store tells its own retried write from another request's record
+                # the store tells its own retried write from another request's record; the
+                # grant is checked inside the same conditional write (NoGrant if it is gone)
                 self.store.reserve(record)
             except QueryIdTaken as taken:
                 return {**self._replay(taken.existing, record), "accuracy": stated}
+            except NoGrant:
+                self._grants_seen.discard(lambda key: key != (user_id, dataset.name))
+                raise
+            self._seen_grant(user_id, dataset.name)  # the debit just found it
             if not wait:
                 return self._submit(dataset, document, record)
             return {**self._run(dataset, document, record), "accuracy": stated}

@@ -14,12 +14,20 @@ authorizer Deny             403     the authorizer's context ``error`` and ``mes
 unknown route               404     ``not_found``
 ==========================  ======  ==================================================
 
+Like API Gateway, it also keeps the authorizer's answer for a token (Allow or Deny) for the
+authorizer TTL (:data:`chalicelib.config.AUTHORIZER_TTL_SECONDS`, the value Terraform gives
+API Gateway; ``NEBLINA_AUTHORIZER_TTL_SECONDS`` overrides it locally, 0 turns it off): a
+warm request makes no store call to authenticate, and a revoked or expired token is refused
+at most that long after the change (:class:`AuthorizerCache`).
+
 Usage: ``python localstack/apiserver.py --port 8000`` (prints ``api ready on URL``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +35,8 @@ import signal
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +50,56 @@ def _body(document: dict[str, str]) -> bytes:
     return json.dumps(document).encode()
 
 
+def authorizer_ttl() -> float:
+    """The authorizer TTL of this server: ``NEBLINA_AUTHORIZER_TTL_SECONDS``, else the one
+    API Gateway is given (app.py, infra/terraform/apigateway.tf)."""
+    raw = os.environ.get("NEBLINA_AUTHORIZER_TTL_SECONDS")
+    if raw:
+        return float(raw)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from chalicelib.config import AUTHORIZER_TTL_SECONDS
+
+    return float(AUTHORIZER_TTL_SECONDS)
+
+
+class AuthorizerCache:
+    """API Gateway's authorizer result cache: the authorizer's answer for a token is reused
+    for ``ttl`` seconds after it was computed, then asked again.
+
+    Keyed by the SHA-256 of the ``Authorization`` value (no secret is kept). Answers
+    (Allow and Deny) are kept; a raised ``Unauthorized`` (unknown or malformed token) is not.
+    At most ``size`` tokens are kept (the least recently used goes first).
+    """
+
+    def __init__(
+        self, ttl: float, clock: Callable[[], float] = time.monotonic, size: int = 10_000
+    ) -> None:
+        from chalicelib.lru import LruCache
+
+        self.ttl = ttl
+        self.clock = clock
+        self._answers: LruCache[str, tuple[float, Any]] = LruCache(size)
+
+    def answer(self, func: Callable[[Any], Any], auth_request: Any) -> Any:
+        """``func(auth_request)``, or its answer for the same token less than ``ttl`` ago."""
+        if self.ttl <= 0:
+            return func(auth_request)
+        key = hashlib.sha256(str(auth_request.token).encode()).hexdigest()
+        now = self.clock()
+        kept = self._answers.get(key)
+        if kept is not None and now < kept[0]:
+            return kept[1]
+        result = func(auth_request)
+        self._answers.put(key, (now + self.ttl, result))
+        return result
+
+
 def build_server(host: str, port: int) -> Any:
     """A chalice LocalDevServer for ``app.py`` with Neblina's gateway responses."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    from chalice.app import ChaliceAuthorizer
     from chalice.config import Config
     from chalice.local import (
         ChaliceRequestHandler,
@@ -58,7 +114,25 @@ def build_server(host: str, port: int) -> Any:
 
     import app as app_module
 
+    cache = AuthorizerCache(authorizer_ttl())
+
+    class CachedAuthorizer(ChaliceAuthorizer):  # type: ignore[misc]
+        """A route's authorizer behind the server's :class:`AuthorizerCache`."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__(inner.name, lambda request: cache.answer(inner.func, request))
+            self.config = inner.config
+            self.scopes = inner.scopes
+
     class GatewayAuthorizer(LocalGatewayAuthorizer):  # type: ignore[misc]
+        def _route_for_event(self, lambda_event: Any) -> Any:
+            entry = super()._route_for_event(lambda_event)
+            if entry is None or not isinstance(entry.authorizer, ChaliceAuthorizer):
+                return entry
+            entry = copy.copy(entry)
+            entry.authorizer = CachedAuthorizer(entry.authorizer)
+            return entry
+
         def authorize(self, raw_path: str, lambda_event: Any, lambda_context: Any) -> Any:
             headers = {"x-amzn-ErrorType": "UnauthorizedException"}
             try:

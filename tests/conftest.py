@@ -32,6 +32,13 @@ for path in (ROOT, ROOT / "localstack", ROOT / "tests" / "support"):
 TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "contract", "stack", "deploy")
 
+# Most tests change a token, grant, dataset or source and expect the very next request to
+# see it: the suite runs with the authorizer's result cache and the cached lookups off (the
+# servers it starts inherit this). Their bounds are tested where they are turned on:
+# tests/unit/test_lookup_cache.py and tests/stack/test_warm_path.py.
+os.environ.setdefault("NEBLINA_AUTHORIZER_TTL_SECONDS", "0")
+os.environ.setdefault("NEBLINA_LOOKUP_CACHE_SECONDS", "0")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with the tier of its folder."""

@@ -247,13 +247,19 @@ class RateLimiter(Protocol):
     """Fixed-window request counters."""
 
     def take_request(
-        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+        self,
+        user_id: str,
+        window_start: datetime,
+        window_seconds: int,
+        limit: int,
+        count: int = 1,
     ) -> bool:
-        """Count one request of ``user_id`` in the fixed window starting at ``window_start``.
+        """Count ``count`` requests of ``user_id`` in the fixed window at ``window_start``.
 
         One atomic conditional write on a counter keyed by (user, window): the count goes up
-        only while it is below ``limit``; returns False (nothing counted) once the window
-        holds ``limit`` requests. Counters expire on their own after the window.
+        by ``count`` only if it stays within ``limit``; returns False (nothing counted)
+        otherwise. Counters expire on their own after the window. The service takes a few
+        requests at once and serves them from its process (``Service._throttle``).
         """
 
 

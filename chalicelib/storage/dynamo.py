@@ -900,16 +900,23 @@ class DynamoStore(StoreBase):
 
     # rate limits ---------------------------------------------------------------------
     def take_request(
-        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+        self,
+        user_id: str,
+        window_start: datetime,
+        window_seconds: int,
+        limit: int,
+        count: int = 1,
     ) -> bool:
         R = self.models.ratelimit
         start = int(window_start.timestamp())
+        if count > limit:
+            return False
         try:
             # UpdateItem creates the counter on the window's first request; the condition
             # and the increment are one step, so concurrent requests never exceed the limit.
             R(f"{user_id}#{start}").update(
-                actions=[R.hits.add(1), R.purge_at.set(start + window_seconds + 86400)],
-                condition=R.hits.does_not_exist() | (R.hits < limit),
+                actions=[R.hits.add(count), R.purge_at.set(start + window_seconds + 86400)],
+                condition=R.hits.does_not_exist() | (R.hits <= limit - count),
             )
         except UpdateError as exc:
             if _is_condition_failure(exc):

@@ -372,13 +372,18 @@ class MemoryStore(StoreBase):
 
     # rate limits ---------------------------------------------------------------------
     def take_request(
-        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+        self,
+        user_id: str,
+        window_start: datetime,
+        window_seconds: int,
+        limit: int,
+        count: int = 1,
     ) -> bool:
         with self.lock:
             key = f"{user_id}#{int(window_start.timestamp())}"
-            if self.windows.get(key, 0) >= limit:
+            if self.windows.get(key, 0) + count > limit:
                 return False
-            self.windows[key] = self.windows.get(key, 0) + 1
+            self.windows[key] = self.windows.get(key, 0) + count
             return True
 
 

@@ -985,17 +985,24 @@ class MongoStore(StoreBase):
 
     # rate limits ---------------------------------------------------------------------
     def take_request(
-        self, user_id: str, window_start: datetime, window_seconds: int, limit: int
+        self,
+        user_id: str,
+        window_start: datetime,
+        window_seconds: int,
+        limit: int,
+        count: int = 1,
     ) -> bool:
+        if count > limit:
+            return False
         key = {"_id": f"{user_id}#{int(window_start.timestamp())}"}
-        below = {**key, "hits": {"$lt": limit}}
+        below = {**key, "hits": {"$lte": limit - count}}
         try:
             # the window's first request creates the counter (upsert); later ones increment
-            # it while it is below the limit: one atomic single-document update each
+            # it while it stays within the limit: one atomic single-document update each
             self._ratelimits.update_one(
                 below,
                 {
-                    "$inc": {"hits": 1},
+                    "$inc": {"hits": count},
                     "$setOnInsert": {
                         "expires_at": window_start + timedelta(seconds=window_seconds, days=1)
                     },
@@ -1006,4 +1013,4 @@ class MongoStore(StoreBase):
         except DuplicateKeyError:
             # the counter exists and is at the limit (or was created by a concurrent
             # first request): try once more without upserting
-            return self._ratelimits.update_one(below, {"$inc": {"hits": 1}}).matched_count == 1
+            return self._ratelimits.update_one(below, {"$inc": {"hits": count}}).matched_count == 1

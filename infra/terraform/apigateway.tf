@@ -158,7 +158,7 @@ resource "aws_api_gateway_authorizer" "token" {
   type                             = "TOKEN"
   authorizer_uri                   = aws_lambda_function.authorizer.invoke_arn
   identity_source                  = "method.request.header.Authorization"
-  authorizer_result_ttl_in_seconds = 0 # as app.py's @app.authorizer(ttl_seconds=0): revocation is immediate
+  authorizer_result_ttl_in_seconds = 60 # as app.py's @app.authorizer (chalicelib/config.py AUTHORIZER_TTL_SECONDS): revocation and expiry take effect within 60 s
 }
 
 resource "aws_api_gateway_method" "route" {

@@ -39,6 +39,7 @@ locals {
     NEBLINA_RATE_WINDOW_SECONDS   = tostring(var.limits.rate_window_seconds)
     NEBLINA_INLINE_RESULT_BYTES   = tostring(var.limits.inline_result_bytes)
     NEBLINA_MAX_RESULT_BYTES      = tostring(var.limits.max_result_bytes)
+    NEBLINA_LOOKUP_CACHE_SECONDS  = tostring(var.limits.lookup_cache_seconds)
   }
 
   tags = merge({ application = "neblina" }, var.tags)

@@ -173,6 +173,7 @@ variable "limits" {
     rate_window_seconds   = optional(number, 60)
     inline_result_bytes   = optional(number, 300000)
     max_result_bytes      = optional(number, 3000000)
+    lookup_cache_seconds  = optional(number, 5) # dataset record, grant seen, source version (docs/threat-model.md)
   })
   default = {}
 }

@@ -80,6 +80,16 @@ def test_take_request_counts_each_user_and_window_up_to_the_limit(backend: Any) 
     assert not backend.take_request(alice, window, 60, 3)  # the old one stays full
 
 
+def test_take_request_counts_a_block_only_while_the_whole_block_fits(backend: Any) -> None:
+    user, window = new_id("u"), now().replace(second=0)
+    assert not backend.take_request(user, window, 60, 3, 4)  # never more than the limit
+    assert backend.take_request(user, window, 60, 5, 2)
+    assert backend.take_request(user, window, 60, 5, 2)
+    assert not backend.take_request(user, window, 60, 5, 2)  # 4 counted: 2 more would be 6
+    assert backend.take_request(user, window, 60, 5, 1)  # the last one still fits
+    assert not backend.take_request(user, window, 60, 5, 1)
+
+
 def test_concurrent_requests_never_exceed_the_rate_limit(
     backend: Any, request: pytest.FixtureRequest
 ) -> None:
