@@ -41,6 +41,13 @@ class InvalidQuery(NeblinaError):
     code = "invalid_query"
 
 
+class UnsupportedSynthesizer(InvalidQuery):
+    """A synthesizer the smartnoise_synth engine does not run (the message names those it
+    does: docs/synth.md)."""
+
+    code = "unsupported_synthesizer"
+
+
 class Unauthorized(NeblinaError):
     """No token, or a token that does not exist."""
 

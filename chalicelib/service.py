@@ -90,7 +90,13 @@ from chalicelib.models import (
 )
 from chalicelib.result_overflow import ResultOverflow
 from chalicelib.storage import QueryIdTaken, Store
-from chalicelib.workers import DUMMY_WORKER, ENGINE_WORKERS, SPARK_ENGINES, SPARK_WORKER
+from chalicelib.workers import (
+    ASYNC_ENGINES,
+    DUMMY_WORKER,
+    ENGINE_WORKERS,
+    SPARK_ENGINES,
+    SPARK_WORKER,
+)
 
 if TYPE_CHECKING:  # the worker's parts import pandas: only for an in-process worker
     from chalicelib.datasets import DatasetLoader
@@ -710,6 +716,8 @@ class Service:
                     )
                 wait = False  # a Spark job is always asynchronous: 202, then poll
                 reuse = False  # its source version is not the loader's: never reused
+            if engine in ASYNC_ENGINES:
+                wait = False  # a synthesizer's fit is always a job: 202, then poll
             priced = self._price(engine, dataset, document, level)
             cost, canonical, stated = priced.cost, priced.canonical, priced.accuracy
             self._check_cap(dataset, cost)

@@ -16,7 +16,11 @@ ENGINE_WORKERS: Mapping[str, str] = {
     "opendp": "opendp",
     "opendp_polars": "polars",
     "diffprivlib": "diffprivlib",
+    "smartnoise_synth": "synth",
 }
+# Engines whose queries always run as jobs (202, then poll): a synthesizer's fit takes
+# from seconds to minutes (docs/synth.md). Dummy runs are still answered at once.
+ASYNC_ENGINES = frozenset({"smartnoise_synth"})
 # A dataset whose metadata says ``executor: spark`` has its SQL queries run as jobs by this
 # family (docs/spark.md): locally a worker process running Spark in local mode; on AWS the
 # job runs on EMR Serverless. Not a Lambda package of its own (not in families()).

@@ -90,12 +90,20 @@ def _diffprivlib(settings: Settings) -> Engine[Any]:
     return engine
 
 
+def _smartnoise_synth(settings: Settings) -> Engine[Any]:
+    from chalicelib.engines.synth_engine import SynthBody, SynthEngine
+
+    engine: Engine[SynthBody] = SynthEngine()
+    return engine
+
+
 # The engines a request may name ("engine"), each with its factory.
 FACTORIES: Mapping[str, EngineFactory] = {
     "smartnoise_sql": _smartnoise_sql,
     "opendp": _opendp,
     "opendp_polars": _opendp_polars,
     "diffprivlib": _diffprivlib,
+    "smartnoise_synth": _smartnoise_synth,
 }
 
 
