@@ -480,24 +480,69 @@ class DiffPrivLibQueryRequest(_QueryFields, DiffPrivLibCostRequest):
     """A DiffPrivLib pipeline to fit."""
 
 
+class SynthCostRequest(_CostFields):
+    """A SmartNoise-Synth synthesis to price (docs/synth.md): the price is (epsilon, delta)."""
+
+    engine: Literal["smartnoise_synth"]
+    synth_name: Literal["mst", "aim", "mwem"] = Field(
+        description="the GAN synthesizers (dpctgan, patectgan, pategan, dpgan) and pacsynth "
+        "are refused: 400 unsupported_synthesizer"
+    )
+    epsilon: Epsilon
+    delta: PositiveDelta | None = Field(
+        default=None, description="mst, aim: default 1e-9 (snsynth's); mwem: null or 0"
+    )
+    select_cols: list[str] | None = Field(default=None, max_length=32)
+    synth_params: dict[str, int | float] = Field(
+        default_factory=dict, description="numbers from the synthesizer's allowlist"
+    )
+    nb_samples: int = Field(default=200, ge=1, le=100000)
+    condition: str | None = Field(default=None, max_length=500)
+    return_model: Literal[False] = False
+
+
+class SynthQueryRequest(_QueryFields, SynthCostRequest):
+    """A SmartNoise-Synth synthesis to run: always a job (202, then poll)."""
+
+
 class CostRequest(
-    RootModel[SqlCostRequest | OpenDPCostRequest | PolarsCostRequest | DiffPrivLibCostRequest]
+    RootModel[
+        SqlCostRequest
+        | OpenDPCostRequest
+        | PolarsCostRequest
+        | DiffPrivLibCostRequest
+        | SynthCostRequest
+    ]
 ):
     """A query to price, by engine."""
 
-    root: SqlCostRequest | OpenDPCostRequest | PolarsCostRequest | DiffPrivLibCostRequest = Field(
-        discriminator="engine"
-    )
+    root: (
+        SqlCostRequest
+        | OpenDPCostRequest
+        | PolarsCostRequest
+        | DiffPrivLibCostRequest
+        | SynthCostRequest
+    ) = Field(discriminator="engine")
 
 
 class QueryRequest(
-    RootModel[SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest | DiffPrivLibQueryRequest]
+    RootModel[
+        SqlQueryRequest
+        | OpenDPQueryRequest
+        | PolarsQueryRequest
+        | DiffPrivLibQueryRequest
+        | SynthQueryRequest
+    ]
 ):
     """A query to run, by engine."""
 
-    root: SqlQueryRequest | OpenDPQueryRequest | PolarsQueryRequest | DiffPrivLibQueryRequest = (
-        Field(discriminator="engine")
-    )
+    root: (
+        SqlQueryRequest
+        | OpenDPQueryRequest
+        | PolarsQueryRequest
+        | DiffPrivLibQueryRequest
+        | SynthQueryRequest
+    ) = Field(discriminator="engine")
 
 
 class CostEstimate(Response):

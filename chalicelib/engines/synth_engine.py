@@ -287,6 +287,11 @@ class SynthBody:
             params.setdefault("marginal_width", 3 if rows > 10_000 else 2)
             params.setdefault("q_count", 2 * params["iterations"])
             params.setdefault("split_factor", len(names))
+        if self.synth_name == "aim" and "rounds" in params and params["rounds"] < len(names):
+            raise InvalidQuery(
+                f"aim: synth_params.rounds must be at least the number of columns "
+                f"({len(names)}): its one-way measurements take one round each"
+            )
         codes = [column_code(name, columns[name], int(params["bins"])) for name in names]
         if self.synth_name == "mwem":
             factor = int(params["split_factor"])
@@ -311,18 +316,28 @@ class SynthBody:
         )
 
 
-def _check_condition(condition: str, names: list[str]) -> None:
-    """The condition parses as a SmartNoise SQL boolean expression over selected columns."""
-    from snsql._ast.tokens import Column
+def parse_condition(condition: str) -> Any:
+    """The condition as snsynth's ``sample_conditional`` reads it: the WHERE clause of
+    ``SELECT * FROM DUMMY WHERE <condition>`` (SmartNoise SQL's parser; nothing evaluated)."""
     from snsql.sql.parse import QueryParser
 
     try:
-        expression = QueryParser().parse_expression(condition)
+        query = QueryParser().query(f"SELECT * FROM DUMMY WHERE {condition}")  # noqa: S608
     except Exception:
+        query = None
+    if query is None or query.where is None or str(query.where.condition).strip() == "":
         raise InvalidQuery(
-            "condition must be a SQL boolean expression over the selected columns, "
+            "condition must be a SQL WHERE clause over the selected columns, "
             "e.g. \"island = 'Dream' AND body_mass_g > 4000\""
-        ) from None
+        )
+    return query.where.condition
+
+
+def _check_condition(condition: str, names: list[str]) -> None:
+    """The condition parses as a WHERE clause naming only selected columns."""
+    from snsql._ast.tokens import Column
+
+    expression = parse_condition(condition)
     used = {str(node.name) for node in expression.find_nodes(Column)}
     unknown = sorted(used - set(names))
     if unknown:

@@ -615,12 +615,65 @@ def run_diffprivlib(tally: Counter[str], examples: int) -> None:
         one()
 
 
+# --- SmartNoise-Synth ---------------------------------------------------------------------------
+def synth_bodies() -> st.SearchStrategy[dict[str, Any]]:
+    """MWEM bodies (a fit takes a tenth of a second here); MST and AIM share its encoding
+    from the metadata and are run on a few pairs by :func:`run_synth` (each fit pays jax)."""
+
+    def build(cols: list[str] | None, e: float, n: int, condition: str | None) -> dict[str, Any]:
+        return {
+            "engine": "smartnoise_synth",
+            "synth_name": "mwem",
+            "epsilon": e,
+            "select_cols": cols,
+            "synth_params": {"iterations": 5, "mult_weights_iterations": 5},
+            "nb_samples": n,
+            "condition": condition,
+        }
+
+    return st.builds(
+        build,
+        # None selects every column, "txt" among them: refused (no categories)
+        st.sampled_from(
+            [["cat", "n", "flag"], ["x", "seen", "big"], ["cat", "x", "seen", "flag"], None]
+        ),
+        st.sampled_from([0.1, 1.0, 1e-9]),
+        st.sampled_from([1, 20]),
+        st.sampled_from([None, "cat = 'a'", "n > 50 OR x < 0"]),
+    )
+
+
+SYNTH_MARGINAL = [  # MST (AIM fits the same codes): every column type, on the null row
+    {"synth_name": "mst", "synth_params": {"iters": 10, "select_iters": 10}},
+]
+
+
+def run_synth(tally: Counter[str], examples: int) -> None:
+    world = Neighbours(False)
+
+    @fixed(examples)
+    @given(body=synth_bodies())
+    def one(body: dict[str, Any]) -> None:
+        check_pairs("smartnoise_synth", body, world, tally)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one()
+        for extra in SYNTH_MARGINAL:
+            body = {
+                "engine": "smartnoise_synth", "epsilon": 1.0, "delta": 1e-6, "nb_samples": 5,
+                "select_cols": ["cat", "n", "x", "flag", "seen"], **extra,
+            }  # fmt: skip
+            check_pairs("smartnoise_synth", body, world, tally, ["all null"])
+
+
 # Every engine of the registry, with its corpus and how many examples it draws.
 COVERED: dict[str, tuple[Callable[[Counter[str], int], None], int]] = {
     "smartnoise_sql": (run_smartnoise, 100),
     "opendp": (run_opendp, 30),
     "opendp_polars": (run_polars, 40),
     "diffprivlib": (run_diffprivlib, 30),
+    "smartnoise_synth": (run_synth, 10),
 }
 
 
