@@ -152,6 +152,7 @@ ENGINE_MODULES = {
     "opendp": ("opendp_engine.py",),
     "polars": ("polars_engine.py", "polars_plan.py"),
     "diffprivlib": ("diffprivlib_engine.py", "diffprivlib_fit.py"),
+    "synth": ("synth_engine.py", "synth_fit.py"),
     # Spark-backed datasets: a Spark process (EMR Serverless on AWS), never a Lambda zip
     "spark": ("spark_sql.py",),
 }
@@ -175,9 +176,13 @@ WORKER_HANDLER = "chalicelib.worker.lambda_handler"
 # stripped), pyarrow, scikit-learn and SciPy, next to OpenDP's 134 MB and pandas/numpy.
 # diffprivlib: scikit-learn (51 MB installed), SciPy (144 MB with its libs), diffprivlib and
 # joblib (6 MB) on top of pandas and numpy (142 MB): 343 MB before OpenDP, over the zip's 250.
+# synth: jaxlib (330 MB installed), jax (32 MB), SciPy (144 MB), networkx, Faker and mbi
+# on top of pandas, numpy, OpenDP and SmartNoise SQL (snsynth imports snsql): BENCHMARKS.md.
+# Its smartnoise-synth goes in with --no-deps (requirements-synth-nodeps.txt).
 IMAGE_WORKERS = {
     "polars": "requirements-polars.txt",
     "diffprivlib": "requirements-diffprivlib.txt",
+    "synth": "requirements-synth.txt",
 }
 
 # The functions (Terraform: infra/terraform, one aws_lambda_function each). Workers are named
