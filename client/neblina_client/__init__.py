@@ -35,6 +35,7 @@ from ._exceptions import (
 )
 from ._jobs import Job
 from ._retry import Backoff
+from ._synth import Synth, SynthJob
 from ._tables import decode_table, encode_table
 from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, JobStatus, QueryResult
 from ._version import __version__
@@ -70,6 +71,8 @@ __all__ = [
     "QueryResult",
     "RateLimitedError",
     "ServerError",
+    "Synth",
+    "SynthJob",
     "WaitTimeoutError",
     "__version__",
     "decode_table",

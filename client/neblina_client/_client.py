@@ -36,6 +36,7 @@ from ._jobs import Job
 from ._opendp import input_space, pipeline_nodes
 from ._polars import PolarsContext
 from ._retry import Backoff, is_retryable, parse_retry_after
+from ._synth import Synth
 from ._tables import decode_table
 from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, JobStatus, QueryResult
 from ._version import __version__
@@ -89,6 +90,7 @@ class Client:
         self.sql = SQL(self)
         self.opendp = OpenDP(self)
         self.diffprivlib = DiffPrivLib(self)
+        self.synth = Synth(self)
         self._token = settings.token
         self._backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep

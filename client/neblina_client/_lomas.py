@@ -162,6 +162,14 @@ class DiffPrivLibQueryResult:
 
 
 @dataclass(frozen=True, eq=False)
+class SmartnoiseSynthSamples:
+    """``QueryResponse.result`` of a SmartNoise-Synth query: ``df_samples``, the rows."""
+
+    df_samples: pd.DataFrame
+    res_type: str = "sn_synth_samples"
+
+
+@dataclass(frozen=True, eq=False)
 class QueryResponse:
     """What ``query()`` returns: the cost, who asked, and the result (Lomas's shape).
 
@@ -171,7 +179,12 @@ class QueryResponse:
     epsilon: float
     delta: float
     requested_by: str
-    result: SmartnoiseSQLQueryResult | OpenDPQueryResult | DiffPrivLibQueryResult
+    result: (
+        SmartnoiseSQLQueryResult
+        | OpenDPQueryResult
+        | DiffPrivLibQueryResult
+        | SmartnoiseSynthSamples
+    )
     query_id: str | None = None
 
 
@@ -214,18 +227,10 @@ class Client:
         self.smartnoise_sql = SmartnoiseSQLClient(self)
         self.opendp = OpenDPClient(self)
         self.diffprivlib = DiffPrivLibClient(self)
+        self.smartnoise_synth = SmartnoiseSynthClient(self)
 
     def __repr__(self) -> str:
         return f"lomas.Client(url={self.url!r}, dataset_name={self.dataset_name!r})"
-
-    @property
-    def smartnoise_synth(self) -> Any:
-        """Not in Neblina yet."""
-        raise NotSupportedInNeblina(
-            "SmartNoise-Synth is not served by Neblina yet (no synthesizer engine on the "
-            "server); when it comes, it returns sampled rows as a DataFrame, and "
-            "return_model=True gives the synthesizer's parameters, never a pickled model"
-        )
 
     @_translated()
     def get_dataset_metadata(self) -> dict[str, Any]:
@@ -496,5 +501,94 @@ class DiffPrivLibClient:
             delta=_float(answer.cost.delta),
             requested_by=self._client.user_name,
             result=DiffPrivLibQueryResult(model=fitted.model),
+            query_id=None if answer.dummy else answer.query_id,
+        )
+
+
+class SmartnoiseSynthClient:
+    """``client.smartnoise_synth``: Lomas's calls over Neblina's ``client.synth``.
+
+    ``mst``, ``aim`` and ``mwem`` run (``pacsynth`` and the GAN synthesizers are refused:
+    ``unsupported_synthesizer``, docs/synth.md). The transformers come from the dataset's
+    metadata: ``nullable`` is accepted and not used (the metadata says which columns are
+    nullable), and ``constraints`` are not supported. ``return_model=True`` is refused: no
+    model object crosses the wire; ask for ``nb_samples`` rows instead. ``delta=None`` is
+    snsynth's default 1e-9 for MST and AIM, as Lomas charged it.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @staticmethod
+    def _check(constraints: Any, return_model: bool = False) -> None:
+        if constraints:
+            raise NotSupportedInNeblina(
+                "constraints: Neblina derives every column's transformer from the metadata "
+                "(bounds, categories); leave constraints out"
+            )
+        if return_model:
+            raise NotSupportedInNeblina(
+                "return_model=True: Neblina never sends a model object; the release is "
+                "nb_samples synthetic rows (ask for more rows instead)"
+            )
+
+    @_translated("smartnoise_synth")
+    def cost(
+        self,
+        synth_name: str,
+        epsilon: float,
+        delta: float | None = None,
+        select_cols: Sequence[str] = (),
+        synth_params: Mapping[str, Any] | None = None,
+        nullable: bool = True,
+        constraints: Any = None,
+    ) -> CostResponse:
+        """The price of a synthesis: (ε, δ) exactly, from the request alone; free."""
+        self._check(constraints)
+        cost = self._client.neblina.synth.cost(
+            synth_name, epsilon, delta, list(select_cols) or None, dict(synth_params or {})
+        )
+        return CostResponse(_float(cost.epsilon), _float(cost.delta))
+
+    @_translated("smartnoise_synth")
+    def query(
+        self,
+        synth_name: str,
+        epsilon: float,
+        delta: float | None = None,
+        select_cols: Sequence[str] = (),
+        synth_params: Mapping[str, Any] | None = None,
+        nullable: bool = True,
+        constraints: Any = None,
+        dummy: bool = False,
+        return_model: bool = False,
+        condition: str = "",
+        nb_samples: int = 200,
+        nb_rows: int = 100,
+        seed: int = 42,
+    ) -> QueryResponse:
+        """Fit and sample; debited once (free with ``dummy=True``). ``result.df_samples``."""
+        self._check(constraints, return_model)
+        job = self._client.neblina.synth.sample(
+            synth_name,
+            epsilon,
+            delta,
+            list(select_cols) or None,
+            dict(synth_params or {}),
+            nb_samples=nb_samples,
+            condition=condition or None,
+            dummy=dummy,
+            dummy_rows=nb_rows,
+            dummy_seed=seed,
+            wait=False,
+        )
+        rows = job.wait()
+        answer = job.answer
+        assert answer is not None
+        return QueryResponse(
+            epsilon=_float(answer.cost.epsilon),
+            delta=_float(answer.cost.delta),
+            requested_by=self._client.user_name,
+            result=SmartnoiseSynthSamples(df_samples=rows),
             query_id=None if answer.dummy else answer.query_id,
         )

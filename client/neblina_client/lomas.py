@@ -16,7 +16,9 @@ dummy dataset, budget and archive methods, ``smartnoise_sql`` and ``opendp`` (a
 ``dp.Measurement`` built the Lomas way: ``make_split_dataframe(separator=",",
 col_names=<the metadata's columns>)`` over the server's header-less CSV) and ``diffprivlib``
 (a scikit-learn ``Pipeline`` of diffprivlib objects; ``result.model`` is the fitted pipeline,
-rebuilt from JSON parameters, and ``result.score`` is None). Amounts come back as
+rebuilt from JSON parameters, and ``result.score`` is None) and ``smartnoise_synth``
+(``mst``, ``aim``, ``mwem``: ``result.df_samples`` holds the sampled rows; transformers come
+from the metadata, so ``constraints`` and ``return_model=True`` are refused). Amounts come back as
 floats, as in Lomas (the nearest float; the server debits exact decimals, which
 ``client.neblina.budget()`` shows).
 
@@ -41,6 +43,8 @@ from ._lomas import (
     QueryResponse,
     RemainingBudgetResponse,
     SmartnoiseSQLQueryResult,
+    SmartnoiseSynthClient,
+    SmartnoiseSynthSamples,
     SpentBudgetResponse,
     UnauthorizedAccessException,
 )
@@ -59,6 +63,8 @@ __all__ = [
     "QueryResponse",
     "RemainingBudgetResponse",
     "SmartnoiseSQLQueryResult",
+    "SmartnoiseSynthClient",
+    "SmartnoiseSynthSamples",
     "SpentBudgetResponse",
     "UnauthorizedAccessException",
 ]

@@ -95,8 +95,10 @@ def test_what_neblina_lacks_is_a_clear_error_naming_the_neblina_way(server: Fake
     client = lomas_client(server)
     with pytest.raises(lomas.NotSupportedInNeblina, match="one target column"):
         client.diffprivlib.query(None, ["bill_length_mm"], ["species", "island"])
-    with pytest.raises(lomas.NotSupportedInNeblina, match="return_model=True gives"):
-        client.smartnoise_synth.query("mwem", 1.0)
+    with pytest.raises(lomas.NotSupportedInNeblina, match="never sends a model object"):
+        client.smartnoise_synth.query("mwem", 1.0, return_model=True)
+    with pytest.raises(lomas.NotSupportedInNeblina, match="from the metadata"):
+        client.smartnoise_synth.cost("mst", 1.0, constraints={"age": "ordinal"})
 
     class LazyFrame:
         def collect(self) -> None: ...
@@ -151,3 +153,47 @@ def test_previous_queries_are_lomas_archive_documents_oldest_first(server: FakeS
     assert documents[1]["response"]["result"] == {"res_type": "opendp", "value": 12.5}
     assert documents[1]["response"]["epsilon"] == 1.0
     assert documents[0]["timestamp"] < documents[1]["timestamp"]
+
+
+SYNTH_ROWS = {
+    "type": "table",
+    "columns": ["species", "flipper_length_mm"],
+    "dtypes": {"species": "object", "flipper_length_mm": "float64"},
+    "records": [{"species": "Adelie", "flipper_length_mm": 181.5}] * 3,
+}
+
+
+def test_a_lomas_synth_query_is_a_job_whose_rows_come_back_in_df_samples(
+    server: FakeServer,
+) -> None:
+    record = {
+        "query_id": "q-synth-0001",
+        "dataset": "PENGUIN",
+        "engine": "smartnoise_synth",
+        "cost": {"epsilon": "2", "delta": "1E-9"},
+        "state": "running",
+        "phase": "queued",
+        "progress": None,
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
+    server.reply(status=202, json=record)
+    done = {**record, "state": "done", "phase": None, "result": SYNTH_ROWS, "dummy": False}
+    server.reply(json=done)
+    client = lomas_client(server)
+    answer = client.smartnoise_synth.query(
+        "mst", 2.0, select_cols=["species", "flipper_length_mm"], nb_samples=3
+    )
+    sent = server.requests[0]
+    body = sent.read()
+    import json
+
+    payload = json.loads(body)
+    assert payload["engine"] == "smartnoise_synth" and payload["synth_name"] == "mst"
+    assert payload["wait"] is False and payload["nb_samples"] == 3
+    assert payload["select_cols"] == ["species", "flipper_length_mm"]
+    assert "delta" not in payload  # Lomas's None: the server's snsynth default (1e-9)
+    assert isinstance(answer.result, lomas.SmartnoiseSynthSamples)
+    assert answer.result.res_type == "sn_synth_samples"
+    assert list(answer.result.df_samples.columns) == ["species", "flipper_length_mm"]
+    assert len(answer.result.df_samples) == 3
+    assert (answer.epsilon, answer.delta) == (2.0, 1e-9)
