@@ -91,6 +91,23 @@ class LoadedDataset:
                 self._frame = coerce_types(read_parquet(self.parquet), self.metadata)
             return self._frame
 
+    def column(self, name: str) -> pd.DataFrame:
+        """One declared column as :attr:`frame` holds it, as a one-column frame.
+
+        From a Parquet copy of a dataset without a ``private_id`` (no row is dropped, so
+        the rows line up with the frame's), only that column is read and the frame is not
+        built; otherwise it is the frame's column.
+        """
+        with self._frame_lock:
+            held = self._frame
+        if held is not None or self.parquet is None:
+            return self.frame[[name]]
+        columns = self.metadata["columns"]
+        if any(spec.get("private_id") for spec in columns.values()):
+            return self.frame[[name]]
+        only = {**self.metadata, "columns": {name: columns[name]}}
+        return coerce_types(read_parquet(self.parquet, [name]), only)
+
     @property
     def has_frame(self) -> bool:
         """Whether the pandas frame is held (tests and benchmarks: memory)."""

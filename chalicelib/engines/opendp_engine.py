@@ -816,13 +816,19 @@ def _measure_raw(measurement: Any, prepared_input: Any) -> Any:
 
 
 class PreparedColumn:
-    """One column of a dataset version as the standard prefix outputs it, kept in OpenDP."""
+    """One column of a dataset version as the standard prefix outputs it, kept in OpenDP.
 
-    def __init__(self, text: str, columns: list[str], column: str) -> None:
+    The prefix runs on the CSV text of that column alone: each line of :func:`csv_text` is
+    the row's cells joined by ``,`` and no cell holds a ``,`` or a line break, so field
+    ``i`` of the whole text is the one field of the column's text, line for line (empty
+    cells included): the same ``Vec<String>``, without the other columns' text or split.
+    """
+
+    def __init__(self, column_frame: pd.DataFrame, column: str) -> None:
         prefix = transformations.make_split_dataframe(
-            separator=SEPARATOR, col_names=columns
+            separator=SEPARATOR, col_names=[column]
         ) >> transformations.make_select_column(key=column, TOA="String")
-        self.value = _invoke_raw(prefix, text)
+        self.value = _invoke_raw(prefix, csv_text(column_frame[[column]]))
 
 
 # --- accuracy -------------------------------------------------------------------------------
@@ -979,12 +985,10 @@ class OpenDPEngine:
         metadata = loaded.metadata
         measurement = self._measurement(metadata, request)
         split = prepared(request) if metadata["row_privacy"] else None
-        if split is not None:
-            text = loaded.derived(NAME, lambda ld: csv_text(ld.frame))
-            columns = list(metadata["columns"])
+        if split is not None:  # only this column is read (from a Parquet copy: alone)
             column = loaded.derived(
                 f"{NAME}:column:{split.column}",
-                lambda ld: PreparedColumn(text, columns, split.column),
+                lambda ld: PreparedColumn(ld.column(split.column), split.column),
             )
             try:
                 released = _measure_raw(split.rest, column.value)

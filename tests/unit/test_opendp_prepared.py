@@ -12,10 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import opendp.prelude as dp
+import pandas as pd
 import pytest
 from opendp_pipelines import (
+    COLUMNS,
     FRAME,
     META,
+    ROOT,
     TRUE_COUNT,
     bill_length,
     body,
@@ -26,7 +29,7 @@ from opendp_pipelines import (
     species_histogram,
 )
 
-from chalicelib.datasets import LoadedDataset
+from chalicelib.datasets import LoadedDataset, to_parquet
 from chalicelib.engines import opendp_engine as oe
 from chalicelib.engines.opendp_engine import ENGINE
 
@@ -82,6 +85,26 @@ def test_the_rest_of_the_chain_on_the_prepared_column_releases_what_the_whole_pi
         assert ours == pytest.approx(whole, abs=1e-3)
     else:
         assert ours == whole
+
+
+@pytest.mark.parametrize("column", COLUMNS)
+def test_the_prepared_column_read_alone_is_the_column_the_whole_prefix_selects(
+    column: str,
+) -> None:
+    """Every PENGUIN column (text, ints, floats, NULLs): the one-column text splits alike."""
+    whole = dp.t.make_split_dataframe(",", COLUMNS) >> dp.t.make_select_column(column, str)
+    one = dp.t.make_split_dataframe(",", [column]) >> dp.t.make_select_column(column, str)
+    assert one(oe.csv_text(FRAME[[column]])) == whole(oe.csv_text(FRAME))
+
+
+def test_a_parquet_copy_feeds_the_prepared_column_without_building_the_frame() -> None:
+    raw = pd.read_csv(ROOT / "localstack/data/penguins.csv")
+    copy = LoadedDataset("PENGUIN", "v2", META, parquet=to_parquet(raw, META))
+    for make in (lambda: laplace_count(scale=TINY), lambda: species_histogram(scale=TINY)):
+        request = ENGINE.parse(body(make()))
+        assert ENGINE.execute(copy, request)["value"] == request.measurement()(oe.csv_text(FRAME))
+    assert not copy.has_frame  # two columns read from the Parquet, nothing else
+    pd.testing.assert_frame_equal(copy.column("bill_length_mm"), FRAME[["bill_length_mm"]])
 
 
 def test_other_shapes_run_the_whole_pipeline_on_the_text() -> None:
