@@ -75,6 +75,10 @@ HARDENING: dict[str, Any] = {
     "python_enable_replacements": False,
 }
 
+# Not hardening: DuckDB's allocator returns freed memory to the OS from a background thread
+# (measured on PEOPLE_1M: RSS 133 -> 92 MiB after the load, warm GROUP BY unchanged).
+MEMORY: dict[str, Any] = {"allocator_background_threads": True}
+
 _SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "boolean": "BOOLEAN", "datetime": "TIMESTAMP"}
 # The alias SmartNoise gives the reservoir's row number (max_ids > 1, row_privacy false).
 _ROW_NUMBER = "row_num"
@@ -112,7 +116,7 @@ def connect(
     The table's schema comes from the metadata (so an empty frame gives the same schema as
     the private one: :func:`binds` checks against it).
     """
-    connection = duckdb.connect(":memory:", config=dict(HARDENING))
+    connection = duckdb.connect(":memory:", config={**HARDENING, **MEMORY})
     columns = metadata["columns"]
     ddl = ", ".join(f"{_quote(name)} {sql_type(spec)}" for name, spec in columns.items())
     connection.execute(f"CREATE TABLE df ({ddl})")
@@ -195,7 +199,7 @@ def connect_parquet(
     import os
     import tempfile
 
-    config = dict(HARDENING)
+    config = {**HARDENING, **MEMORY}
     config.pop("enable_external_access")
     connection = duckdb.connect(":memory:", config=config)
     columns = metadata["columns"]
