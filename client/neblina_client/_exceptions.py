@@ -156,6 +156,7 @@ class DatasetUnavailableError(ServerError):
 _BY_CODE: dict[str, type[NeblinaError]] = {
     "invalid_request": InvalidRequestError,
     "invalid_query": InvalidRequestError,
+    "unsupported_synthesizer": InvalidRequestError,
     "unauthorized": AuthenticationError,
     "forbidden": PermissionDeniedError,
     "no_grant": PermissionDeniedError,

@@ -36,6 +36,7 @@ API_DOC = Path(__file__).resolve().parents[3] / "docs" / "api.md"
 EXPECTED: dict[str, tuple[int, type[NeblinaError]]] = {
     "invalid_request": (400, InvalidRequestError),
     "invalid_query": (400, InvalidRequestError),
+    "unsupported_synthesizer": (400, InvalidRequestError),
     "unauthorized": (401, AuthenticationError),
     "forbidden": (403, PermissionDeniedError),
     "no_grant": (403, PermissionDeniedError),
