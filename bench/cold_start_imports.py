@@ -40,6 +40,10 @@ PATHS: dict[str, tuple[str, str | None]] = {
     "OpenDP worker: first query (opendp)": ("worker", "opendp"),
     "Polars worker: first query (opendp_polars)": ("worker", "opendp_polars"),
     "DiffPrivLib worker: first fit (diffprivlib; its fit module too)": ("worker", "diffprivlib"),
+    "Synth worker: first synthesis (smartnoise_synth; snsynth, mbi, jax)": (
+        "worker",
+        "smartnoise_synth",
+    ),
 }
 WATCH = [
     "pandas",
@@ -51,6 +55,9 @@ WATCH = [
     "polars",
     "sklearn",
     "diffprivlib",
+    "jax",
+    "mbi",
+    "snsynth",
     "chalicelib.engines.smartnoise_engine",
     "chalicelib.engines.opendp_engine",
     "chalicelib.engines.polars_engine",
@@ -81,6 +88,8 @@ if kind == "worker":
     worker.engines.get(engine)
     if engine == "diffprivlib":  # the engine imports its fit (sklearn) at the first fit
         import chalicelib.engines.diffprivlib_fit
+    if engine == "smartnoise_synth":  # the fit imports snsynth, mbi and jax at the first fit
+        import chalicelib.engines.synth_fit, mbi, snsynth.mst.mst, snsynth.aim.aim, snsynth.mwem
 t3 = time.perf_counter()
 print(json.dumps({{
     "handler": t1 - t0, "service": t2 - t1, "engine": t3 - t2, "total": t3 - t0,
