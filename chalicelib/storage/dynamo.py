@@ -181,6 +181,12 @@ def _purge_at(expires_at: datetime) -> int:
     return int(expires_at.timestamp()) + 30 * 24 * 3600
 
 
+def _update(model: type[Model], key: str, actions: list[Action], condition: Condition) -> None:
+    """One conditional UpdateItem that asks for nothing back (``Model.update`` asks for the
+    whole new item, which DynamoDB then sends: a finished record with its result)."""
+    model._get_connection().update_item(key, actions=actions, condition=condition)
+
+
 def _is_condition_failure(error: Exception) -> bool:
     cause = getattr(error, "cause_response_code", None)
     return cause == "ConditionalCheckFailedException"
@@ -732,10 +738,7 @@ class DynamoStore(StoreBase):
         if error is not None:
             actions.append(Q.error.set(error))
         try:
-            Q(query_id).update(
-                actions=actions,
-                condition=Q.state == QueryState.RUNNING.value,
-            )
+            _update(Q, query_id, actions, Q.state == QueryState.RUNNING.value)
         except UpdateError as exc:
             raise InternalError() from exc
 
@@ -914,9 +917,11 @@ class DynamoStore(StoreBase):
         try:
             # UpdateItem creates the counter on the window's first request; the condition
             # and the increment are one step, so concurrent requests never exceed the limit.
-            R(f"{user_id}#{start}").update(
-                actions=[R.hits.add(count), R.purge_at.set(start + window_seconds + 86400)],
-                condition=R.hits.does_not_exist() | (R.hits <= limit - count),
+            _update(
+                R,
+                f"{user_id}#{start}",
+                [R.hits.add(count), R.purge_at.set(start + window_seconds + 86400)],
+                R.hits.does_not_exist() | (R.hits <= limit - count),
             )
         except UpdateError as exc:
             if _is_condition_failure(exc):
