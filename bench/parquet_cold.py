@@ -143,7 +143,7 @@ def run_child(
     first_line = process.stdout.readline()
     to_answer = time.perf_counter() - start
     assert json.loads(first_line)["answered"], first_line
-    result = json.loads(process.stdout.readline())
+    result = json.loads(process.stdout.readline())  # the child prints nothing else
     process.wait(timeout=600)
     return {**result, "process_start_to_answer_s": to_answer}
 

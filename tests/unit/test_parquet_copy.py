@@ -128,6 +128,10 @@ def test_duckdb_on_a_copy_can_read_no_file_nor_undo_its_hardening(
     with pytest.raises(duckdb.Error, match="locked"):
         connection.execute("SET enable_external_access = true")
     assert duckdb_sql.run(connection, "SELECT COUNT(*) FROM people")[1] == (5,)
+    # a load over 2 s would otherwise draw a progress bar on the worker's stdout
+    shown = "SELECT current_setting('enable_progress_bar')"
+    assert connection.execute(shown).fetchone() == (False,)
+    assert duckdb_sql.connect(_csv_frame(), META, []).execute(shown).fetchone() == (False,)
 
 
 # --- the loader ----------------------------------------------------------------------------
