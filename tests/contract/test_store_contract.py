@@ -252,6 +252,21 @@ def test_reserve_refuses_over_budget_no_grant_and_taken_ids(backend: Any) -> Non
     assert_balanced(backend, user, dataset)
 
 
+def test_reserve_checks_the_grant_itself_so_a_grant_removed_after_use_is_refused(
+    backend: Any,
+) -> None:
+    """The service does not read the grant before a warm query (docs/architecture.md, "Round
+    trips"): the reserve's own condition refuses a grant removed since, debiting nothing."""
+    user, dataset = granted(backend, "5")
+    backend.reserve(record(user, dataset, cost(1)))
+    backend.delete_grant(user, dataset)
+    late = record(user, dataset, cost(1))
+    with pytest.raises(NoGrant):
+        backend.reserve(late)
+    assert backend.get_query(late.query_id) is None
+    assert backend.get_grant(user, dataset) is None
+
+
 def test_a_retried_reserve_is_recognised_by_the_store_and_debited_once(backend: Any) -> None:
     """The same write sent twice (a lost response, an SDK retry) is the store's own: the
     second succeeds without a second debit, even with no budget left for one; another
