@@ -13,6 +13,10 @@ sequential requests after 5 warm-ups, three ways:
   its authorizer, one worker process per engine family, the single-threaded moto emulator),
   with the deployment's defaults: authorizer TTL 60 s, cached lookups 5 s.
 
+With ``--against REF`` it instead compares this tree with the commit REF (``git archive``
+into a temporary directory): two local stacks side by side, the same cases sent to each in
+turn, so both see the same machine load; wall p50 and CPU per request of each.
+
 With --write the table replaces the "Warm path" section of BENCHMARKS.md.
 """
 
@@ -42,18 +46,40 @@ TARGETS = {"SQL COUNT": 30, "SQL GROUP BY sex + AVG": 30, "OpenDP mean": 20, "bu
 MARKER = "## Warm path (bench/warm.py)"
 
 
-def timed(fn: Callable[[], Any], runs: int, warmup: int = 5) -> tuple[float, float]:
-    for _ in range(warmup):
+Timing = tuple[float, float, float]  # p50, p95 (wall ms), CPU ms per request
+
+
+def timed(fn: Callable[[], Any], runs: int, cpu: Callable[[], float] = time.process_time) -> Timing:
+    """Wall p50 and p95 of ``runs`` calls after 5 warm-ups, and the CPU seconds ``cpu``
+    counts per call (in ms): on a shared machine the wall time is mostly waiting for a
+    core, the CPU time is not."""
+    for _ in range(5):
         fn()
     values = []
+    before = cpu()
     for _ in range(runs):
         start = time.perf_counter()
         fn()
         values.append((time.perf_counter() - start) * 1000)
+    spent = (cpu() - before) * 1000 / runs
     values.sort()
     mid = len(values) // 2
     p50 = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-    return p50, values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+    return p50, values[min(len(values) - 1, round(0.95 * (len(values) - 1)))], spent
+
+
+def process_cpu(pids: list[int]) -> Callable[[], float]:
+    """CPU seconds (user + system) used so far by this process and ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def total() -> float:
+        used = time.process_time()
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used += (int(fields[11]) + int(fields[12])) / tick
+        return used
+
+    return total
 
 
 def mean_pipeline(columns: list[str]) -> Any:
@@ -83,7 +109,7 @@ def bodies(columns: list[str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def in_process(runs: int) -> dict[tuple[str, str], tuple[float, float]]:
+def in_process(runs: int) -> dict[tuple[str, str], Timing]:
     import yaml
 
     from chalicelib import metadata
@@ -98,7 +124,7 @@ def in_process(runs: int) -> dict[tuple[str, str], tuple[float, float]]:
     meta = metadata.validate(yaml.safe_load((ROOT / "localstack/data/penguin.yaml").read_text()))
     dataset = Dataset("PENGUIN", str(ROOT / "localstack/data/penguins.csv"), meta, utcnow())
     cases = bodies(list(meta["columns"]))
-    out: dict[tuple[str, str], tuple[float, float]] = {}
+    out: dict[tuple[str, str], Timing] = {}
     loaded = DatasetLoader(settings).load(dataset)
     engines = Engines(settings)
     for label, body in cases.items():
@@ -120,15 +146,13 @@ def in_process(runs: int) -> dict[tuple[str, str], tuple[float, float]]:
     return out
 
 
-def over_http(runs: int) -> dict[tuple[str, str], tuple[float, float]]:
-    from stack import LocalStack
-
+def researcher(stack: Any) -> str:
+    """A user with a large grant on PENGUIN in ``stack``'s tables; their token."""
     from neblina_admin import operations as admin
-    from neblina_client import Client
 
-    out: dict[tuple[str, str], tuple[float, float]] = {}
-    with LocalStack(synthetic_rows=1000, quiet=True) as stack:
-        os.environ.update(stack.env())
+    saved = dict(os.environ)
+    os.environ.update(stack.env())
+    try:
         from chalicelib.config import get_settings
         from chalicelib.storage import get_store, reset_store
 
@@ -138,19 +162,101 @@ def over_http(runs: int) -> dict[tuple[str, str], tuple[float, float]]:
         user = f"bench-{uuid.uuid4().hex[:6]}"
         admin.add_user(store, user)
         admin.grant(store, user, "PENGUIN", epsilon="1000000", delta="0.5")
-        token = admin.add_token(store, user).secret
+        return admin.add_token(store, user).secret
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def http_cases(client: Any) -> dict[str, Callable[[], Any]]:
+    pipeline = mean_pipeline([str(name) for name in client.metadata()["columns"]])
+    return {
+        "SQL COUNT": lambda: client.sql.query(COUNT, EPSILON, DELTA),
+        "SQL GROUP BY sex + AVG": lambda: client.sql.query(GROUP, EPSILON, DELTA),
+        "OpenDP mean": lambda: client.opendp.query(pipeline),
+        "budget read": client.budget,
+    }
+
+
+def over_http(runs: int) -> dict[tuple[str, str], Timing]:
+    from stack import LocalStack
+
+    from neblina_client import Client
+
+    out: dict[tuple[str, str], Timing] = {}
+    with LocalStack(synthetic_rows=1000, quiet=True) as stack:
+        token = researcher(stack)
+        cpu = process_cpu([process.pid for process in stack.processes.values()])
         with Client(url=stack.api_url, token=token, dataset="PENGUIN") as client:
-            columns = [str(name) for name in client.metadata()["columns"]]
-            pipeline = mean_pipeline(columns)
-            cases: dict[str, Callable[[], Any]] = {
-                "SQL COUNT": lambda: client.sql.query(COUNT, EPSILON, DELTA),
-                "SQL GROUP BY sex + AVG": lambda: client.sql.query(GROUP, EPSILON, DELTA),
-                "OpenDP mean": lambda: client.opendp.query(pipeline),
-                "budget read": client.budget,
-            }
-            for label, fn in cases.items():
-                out[("HTTP", label)] = timed(fn, runs)
+            for label, fn in http_cases(client).items():
+                out[("HTTP", label)] = timed(fn, runs, cpu)
     return out
+
+
+def against(ref: str, runs: int) -> str:
+    """This tree and ``ref`` side by side (see the module docstring)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    from neblina_client import Client
+
+    def stack_module(root: Path, name: str) -> Any:
+        spec = importlib.util.spec_from_file_location(name, root / "localstack" / "stack.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        trees = {ref: Path(tmp), "this tree": ROOT}
+        stacks = {
+            label: stack_module(root, f"stack_{i}").LocalStack(synthetic_rows=1000, quiet=True)
+            for i, (label, root) in enumerate(trees.items())
+        }
+        try:
+            for stack in stacks.values():
+                stack.start()
+            clients = {
+                label: Client(url=stack.api_url, token=researcher(stack), dataset="PENGUIN")
+                for label, stack in stacks.items()
+            }
+            cpus = {
+                label: process_cpu([p.pid for p in stack.processes.values()])
+                for label, stack in stacks.items()
+            }
+            cases = {label: http_cases(client) for label, client in clients.items()}
+            lines = [
+                f"| PENGUIN, warm, HTTP | {ref}: p50 (p95); CPU | this tree: p50 (p95); CPU |",
+                "|---|---:|---:|",
+            ]
+            for case in TARGETS:
+                walls: dict[str, list[float]] = {label: [] for label in clients}
+                spent = dict.fromkeys(clients, 0.0)
+                for n in range(runs + 5):
+                    for label in clients:  # in turn: both see the same load
+                        before, start = cpus[label](), time.perf_counter()
+                        cases[label][case]()
+                        if n >= 5:
+                            walls[label].append((time.perf_counter() - start) * 1000)
+                            spent[label] += (cpus[label]() - before) * 1000
+                cells = []
+                for label, values in walls.items():
+                    values.sort()
+                    p95 = values[round(0.95 * (len(values) - 1))]
+                    cells.append(
+                        f"{values[len(values) // 2]:.1f} ({p95:.1f}); {spent[label] / runs:.1f}"
+                    )
+                lines.append(f"| {case} | {' | '.join(cells)} |")
+            for client in clients.values():
+                client.close()
+        finally:
+            for stack in stacks.values():
+                stack.stop()
+    return "\n".join(lines) + "\n"
 
 
 def machine() -> str:
@@ -166,12 +272,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {python}, {platform.system()}"
 
 
-def render(results: dict[tuple[str, str], tuple[float, float]], runs: int, load: str) -> str:
+def render(results: dict[tuple[str, str], Timing], runs: int, load: str) -> str:
     lines = [
         MARKER,
         "",
         f"Machine: {machine()}. {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average {load}.",
-        f"{runs} sequential requests per row after 5 warm-ups; milliseconds, p50 (p95).",
+        f"{runs} sequential requests per row after 5 warm-ups; milliseconds: wall p50 (p95),",
+        "then the CPU time per request (for HTTP: client, API server, workers and emulator",
+        "together), which the machine's load inflates far less than the wall time.",
         "",
         "| PENGUIN, warm | engine in-process | service in-process (memory store) "
         "| HTTP, local stack | target (HTTP p50) |",
@@ -181,7 +289,9 @@ def render(results: dict[tuple[str, str], tuple[float, float]], runs: int, load:
         cells = []
         for path in ("engine", "service", "HTTP"):
             value = results.get((path, label))
-            cells.append("-" if value is None else f"{value[0]:.1f} ({value[1]:.1f})")
+            cells.append(
+                "-" if value is None else f"{value[0]:.1f} ({value[1]:.1f}); CPU {value[2]:.1f}"
+            )
         lines.append(f"| {label} | {' | '.join(cells)} | ≤ {target} |")
     return "\n".join(lines) + "\n"
 
@@ -205,8 +315,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--http-only", action="store_true")
+    parser.add_argument("--against", metavar="REF", help="compare with this git commit")
     args = parser.parse_args()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    if args.against:
+        text = against(args.against, args.runs)
+        load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"{machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load {load} -> {load_after}")
+        print(text)
+        return 0
     results = {} if args.http_only else in_process(args.runs)
     results.update(over_http(args.runs))
     text = render(results, args.runs, load)
