@@ -264,6 +264,7 @@ def _aim(
         )  # fmt: skip
 
     model = fit()
+    progress(min(0.95, 0.05 + 0.9 * rho_used / rho))
     terminate = False
     while not terminate:
         if rho - rho_used < 2 * (0.5 / sigma**2 + 1.0 / 8 * epsilon**2):

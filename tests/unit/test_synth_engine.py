@@ -454,3 +454,12 @@ def test_a_string_column_without_categories_is_refused_not_learned_from_the_data
     with pytest.raises(NeblinaError) as caught:
         ENGINE.cost(dataset, ENGINE.parse(body()))
     assert caught.value.code == "invalid_query" and "categories" in caught.value.message
+
+
+@pytest.mark.parametrize("synth", ["mwem", "aim"])
+def test_a_fit_reports_its_progress_rising_to_one(synth: str) -> None:
+    fractions: list[float] = []
+    request = ENGINE.parse(body(synth, epsilon=1.0)).check(META)
+    synth_fit.synthesize(FRAME, META, request, fractions.append)
+    assert len(fractions) >= 3 and fractions[-1] == 1.0
+    assert all(0 <= f <= 1 for f in fractions) and fractions == sorted(fractions)
