@@ -21,9 +21,12 @@ binds to the loopback only (``SPARK_LOCAL_IP``, driver host and bind address).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -158,12 +161,20 @@ class SparkLoader:
     A source in S3 is read by Spark itself on EMR (``NEBLINA_SPARK_DIRECT_S3=1``); in the
     local stack and the tests the worker first copies the object to a temporary file (the
     local Spark has no S3 connector), an S3 read as the in-function loader's.
+
+    One temporary file per source and ETag. Spark reads it lazily (when a query runs), so a
+    file is deleted only once nothing uses it: when the source's ETag changes, the old copy
+    goes as soon as the last :class:`SparkLoaded` over it is gone; :meth:`close` (also run
+    at the process's exit) deletes every copy left.
     """
 
     def __init__(self, s3: Any | None = None) -> None:
         self._s3 = s3
-        self._files: dict[str, str] = {}
+        self._files: dict[str, tuple[str, str]] = {}  # source -> (ETag, its copy)
+        self._users: dict[str, int] = {}  # copy -> live SparkLoaded over it
+        self._stale: set[str] = set()  # copies of an older ETag, deleted when unused
         self._lock = threading.Lock()
+        atexit.register(_close_loader, weakref.ref(self))
 
     def _path(self, dataset: Dataset) -> tuple[str, str]:
         """Where Spark reads the source, and the source's version (as the loader's)."""
@@ -178,17 +189,58 @@ class SparkLoader:
             version = f"{head.get('ETag', '')}:{head.get('VersionId', '')}"
             if os.environ.get("NEBLINA_SPARK_DIRECT_S3") == "1":
                 return dataset.source, version
-            tag = f"{dataset.source}:{head.get('ETag', '')}"
+            etag = str(head.get("ETag", ""))
             with self._lock:
-                if tag not in self._files or not os.path.exists(self._files[tag]):
+                known = self._files.get(dataset.source)
+                if known is None or known[0] != etag or not os.path.exists(known[1]):
                     handle, path = tempfile.mkstemp(prefix="neblina-spark-", suffix=".parquet")
                     os.close(handle)
-                    self._s3().download_file(bucket, key, path)
-                    self._files[tag] = path
-                return self._files[tag], version
+                    try:
+                        self._s3().download_file(bucket, key, path)
+                    except BaseException:
+                        _remove(path)
+                        raise
+                    if known is not None and known[1] != path:
+                        self._retire(known[1])
+                    self._files[dataset.source] = known = (etag, path)
+                self._users[known[1]] = self._users.get(known[1], 0) + 1
+                return known[1], version
         path = parsed.path if parsed.scheme == "file" else dataset.source
         stat = os.stat(path)
         return path, f"{stat.st_mtime_ns}:{stat.st_size}"
+
+    def _retire(self, path: str) -> None:
+        """A copy of an older ETag: deleted now if unused, else when its last user goes."""
+        if self._users.get(path, 0) == 0:
+            self._users.pop(path, None)
+            _remove(path)
+        else:
+            self._stale.add(path)
+
+    def _release(self, path: str) -> None:
+        """One user of a copy is gone (a :class:`SparkLoaded` was collected)."""
+        with self._lock:
+            if path not in self._users:
+                return
+            self._users[path] -= 1
+            if self._users[path] <= 0 and path in self._stale:
+                self._stale.discard(path)
+                del self._users[path]
+                _remove(path)
+
+    def temporary_files(self) -> set[str]:
+        """The copies this loader holds on disk (current and not yet deleted)."""
+        with self._lock:
+            return {path for _, path in self._files.values()} | set(self._stale)
+
+    def close(self) -> None:
+        """Delete every copy (the process is ending: nothing reads them any more)."""
+        with self._lock:
+            for path in {path for _, path in self._files.values()} | self._stale:
+                _remove(path)
+            self._files.clear()
+            self._users.clear()
+            self._stale.clear()
 
     def load(self, dataset: Dataset) -> SparkLoaded:
         """The dataset as temp views of a new session (refund-safe: no row read yet)."""
@@ -196,17 +248,35 @@ class SparkLoader:
 
         if source_format(dataset.source, dataset.source_format) != "parquet":
             raise DatasetUnavailable("a Spark-backed dataset must be Parquet")
+        path = ""
         try:
             path, version = self._path(dataset)
             session = spark_session().newSession()
             frame = coerce_columns(session.read.parquet(path), dataset.metadata)
         except DatasetUnavailable:
+            if path:
+                self._release(path)
             raise
         except Exception as exc:
+            if path:
+                self._release(path)
             raise DatasetUnavailable("dataset source unavailable") from exc
         for view in _table_names(dataset.name):
             frame.createOrReplaceTempView(view)
-        return SparkLoaded(dataset.name, dataset.metadata, session, frame, version)
+        loaded = SparkLoaded(dataset.name, dataset.metadata, session, frame, version)
+        weakref.finalize(loaded, self._release, path)
+        return loaded
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _close_loader(reference: weakref.ref[SparkLoader]) -> None:
+    loader = reference()
+    if loader is not None:
+        loader.close()
 
 
 class SparkRowsReader(SqlReader):  # type: ignore[misc]

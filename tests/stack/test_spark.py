@@ -310,3 +310,74 @@ def test_a_spark_load_carries_the_source_version_the_function_loader_sees(
     dataset = spark_store.get_dataset("BIG")
     assert dataset is not None
     assert SparkLoader().load(dataset).version == DatasetLoader(from_environ()).version(dataset)
+
+
+# --- the local copies of S3 sources -----------------------------------------------------
+class VersionedS3:
+    """An S3 stand-in serving one local Parquet file whose ETag the test changes."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.etag = '"v1"'
+
+    def __call__(self) -> VersionedS3:
+        return self
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, str]:
+        return {"ETag": self.etag}
+
+    def download_file(self, bucket: str, key: str, path: str) -> None:
+        shutil.copyfile(self.source, path)
+
+
+def test_the_local_copy_of_an_older_etag_is_deleted_once_no_query_reads_it(
+    spark_store: MemoryStore, session: Any
+) -> None:
+    import gc
+
+    big = spark_store.get_dataset("BIG")
+    assert big is not None
+    s3 = VersionedS3(Path(big.source))
+    dataset = Dataset("BIG", "s3://bucket/big.parquet", big.metadata, utcnow(), "", "parquet")
+    loader = SparkLoader(s3)
+    first = loader.load(dataset)
+    (old,) = loader.temporary_files()
+    assert loader.load(dataset).version == first.version  # same ETag: the same copy
+    assert loader.temporary_files() == {old}
+    s3.etag = '"v2"'
+    second = loader.load(dataset)
+    new = (loader.temporary_files() - {old}).pop()
+    assert os.path.exists(old), "deleted while a loaded dataset still reads it"
+    assert first.frame.count() == second.frame.count() > 0
+    del first
+    gc.collect()
+    assert not os.path.exists(old) and loader.temporary_files() == {new}
+    loader.close()
+    assert not os.path.exists(new) and loader.temporary_files() == set()
+    del second
+
+
+def test_the_local_copies_are_deleted_when_the_process_exits(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    source = tmp_path / "rows.parquet"
+    frame(3, rows=10).to_parquet(source, engine="fastparquet", index=False)
+    program = f"""
+import shutil, sys
+from chalicelib.engines.spark_sql import SparkLoader
+from chalicelib.models import Dataset, utcnow
+class S3:
+    def __call__(self): return self
+    def head_object(self, Bucket, Key): return {{"ETag": '"e"'}}
+    def download_file(self, bucket, key, path): shutil.copyfile({str(source)!r}, path)
+loader = SparkLoader(S3())
+path, _ = loader._path(Dataset("T", "s3://b/k.parquet", {{}}, utcnow(), "", "parquet"))
+print(path)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    path = done.stdout.strip().splitlines()[-1]
+    assert path.endswith(".parquet") and "neblina-spark-" in path
+    assert not os.path.exists(path)
