@@ -25,7 +25,9 @@ def build_service(settings: Settings) -> Service:
 
     ``NEBLINA_WORKERS`` (:func:`chalicelib.hop.workers_config`) names each worker's
     Lambda function; unset or ``inprocess``, one in-process worker runs every engine (and
-    then this process imports the engines and pandas when a query needs them).
+    then this process imports the engines and pandas when a query needs them). With
+    ``NEBLINA_SPARK=emr`` the ``spark`` family's jobs are handed to EMR Serverless
+    (:mod:`chalicelib.emr`).
     """
     import os
 
@@ -40,7 +42,14 @@ def build_service(settings: Settings) -> Service:
     results = ResultOverflow(settings, s3=s3)
     config = workers_config(os.environ.get("NEBLINA_WORKERS"))
     if config is not None:
-        return Service(store, settings, results=results, workers=LambdaWorkers(config, settings))
+        from chalicelib.emr import EmrConfig, EmrServerlessWorkers
+        from chalicelib.hop import Workers
+
+        workers: Workers = LambdaWorkers(config, settings)
+        emr = EmrConfig.from_environ(os.environ)
+        if emr is not None:  # NEBLINA_SPARK=emr: Spark jobs are EMR Serverless job runs
+            workers = EmrServerlessWorkers(workers, emr, s3=s3)
+        return Service(store, settings, results=results, workers=workers)
     from chalicelib.datasets import DatasetLoader
     from chalicelib.engines import Engines
 

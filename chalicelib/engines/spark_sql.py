@@ -53,6 +53,11 @@ _SESSION: list[Any] = []
 _SESSION_LOCK = threading.Lock()
 
 
+def _on_emr() -> bool:
+    """In an EMR Serverless job run (chalicelib/spark_job.py): Spark reads ``s3://`` itself."""
+    return os.environ.get("NEBLINA_SPARK") == "emr"
+
+
 def is_spark_dataset(dataset: Dataset) -> bool:
     """Whether the dataset's queries run on Spark (its metadata says ``executor: spark``)."""
     return dataset.metadata.get(EXECUTOR_KEY) == SPARK
@@ -60,22 +65,29 @@ def is_spark_dataset(dataset: Dataset) -> bool:
 
 def spark_session() -> Any:
     """The process's Spark session (local mode unless ``NEBLINA_SPARK_MASTER`` says other),
-    built on first use (about 5 s) and then kept. Binds to 127.0.0.1 only."""
+    built on first use (about 5 s) and then kept. Binds to 127.0.0.1 only.
+
+    In an EMR Serverless job run (``NEBLINA_SPARK=emr``, chalicelib/spark_job.py) the
+    master and the addresses are EMR's, as spark-submit set them: only the SQL settings
+    are Neblina's."""
     with _SESSION_LOCK:
         if not _SESSION:
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             from pyspark.sql import SparkSession
 
-            builder = (
-                SparkSession.builder.appName("neblina-spark-job")
-                .master(os.environ.get("NEBLINA_SPARK_MASTER", "local[2]"))
-                .config("spark.driver.host", "127.0.0.1")
-                .config("spark.driver.bindAddress", "127.0.0.1")
-                .config("spark.ui.enabled", "false")
-                .config("spark.sql.ansi.enabled", "false")  # totality: NULL, never an error
-                .config("spark.sql.shuffle.partitions", "4")
-                .config("spark.sql.session.timeZone", "UTC")
-            )
+            builder = SparkSession.builder.appName("neblina-spark-job")
+            if os.environ.get("NEBLINA_SPARK") != "emr":
+                os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+                builder = (
+                    builder.master(os.environ.get("NEBLINA_SPARK_MASTER", "local[2]"))
+                    .config("spark.driver.host", "127.0.0.1")
+                    .config("spark.driver.bindAddress", "127.0.0.1")
+                    .config("spark.ui.enabled", "false")
+                    .config("spark.sql.shuffle.partitions", "4")
+                )
+            builder = builder.config(
+                "spark.sql.ansi.enabled",
+                "false",  # totality: NULL, never an error
+            ).config("spark.sql.session.timeZone", "UTC")
             _SESSION.append(builder.getOrCreate())
         return _SESSION[0]
 
@@ -158,7 +170,8 @@ class SparkLoaded:
 class SparkLoader:
     """Opens a Spark-backed dataset's Parquet (the footer only: no row is read here).
 
-    A source in S3 is read by Spark itself on EMR (``NEBLINA_SPARK_DIRECT_S3=1``); in the
+    A source in S3 is read by Spark itself on EMR (``NEBLINA_SPARK=emr``, or
+    ``NEBLINA_SPARK_DIRECT_S3=1``); in the
     local stack and the tests the worker first copies the object to a temporary file (the
     local Spark has no S3 connector), an S3 read as the in-function loader's.
 
@@ -187,7 +200,7 @@ class SparkLoader:
             bucket, key = split_s3_uri(dataset.source)
             head = self._s3().head_object(Bucket=bucket, Key=key)
             version = f"{head.get('ETag', '')}:{head.get('VersionId', '')}"
-            if os.environ.get("NEBLINA_SPARK_DIRECT_S3") == "1":
+            if os.environ.get("NEBLINA_SPARK_DIRECT_S3") == "1" or _on_emr():
                 return dataset.source, version
             etag = str(head.get("ETag", ""))
             with self._lock:
