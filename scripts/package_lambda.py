@@ -243,6 +243,46 @@ FUNCTIONS: tuple[Package, ...] = (
     ),
 )
 
+# The Spark job's code (docs/spark.md): not a Lambda. EMR Serverless runs
+# scripts/spark_job_main.py (copied to build/lambda/spark-job-main.py) with this zip of
+# chalicelib on --py-files; the job's third-party libraries come from the application's
+# image (infra/README.md, "EMR Serverless"). Source only: EMR's Python compiles it.
+SPARK_JOB = Package(
+    "spark-job",
+    requirements=(),
+    chalicelib=(
+        "chalicelib/spark_job.py",
+        "chalicelib/worker.py",
+        "chalicelib/engines/spark_sql.py",
+    ),
+    handler="chalicelib.spark_job.main",
+    exclude=(
+        *FRONT_ONLY,
+        *(m for m in other_engines("sql") if not m.endswith("/spark_sql.py")),
+    ),
+)
+SPARK_JOB_ENTRY = ROOT / "scripts" / "spark_job_main.py"
+
+
+def build_spark_job(out: Path) -> dict[str, Any]:
+    """``spark-job.zip`` (chalicelib as the job reaches it) and ``spark-job-main.py``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / SPARK_JOB.name
+    shutil.rmtree(stage, ignore_errors=True)
+    for name in source_files(SPARK_JOB):
+        target = stage / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, target)
+    write_zip(stage, out / f"{SPARK_JOB.name}.zip")
+    entry = out / "spark-job-main.py"
+    shutil.copyfile(SPARK_JOB_ENTRY, entry)
+    return {
+        **zip_summary(out / f"{SPARK_JOB.name}.zip"),
+        "entry_point": str(entry.relative_to(ROOT)) if entry.is_relative_to(ROOT) else str(entry),
+        "entry_point_sha256": hashlib.sha256(entry.read_bytes()).hexdigest(),
+    }
+
+
 # Bump when the slimming rules change, so cached dependency trees are rebuilt.
 SLIM_RULES_VERSION = "4"
 # Build inputs and type stubs, never read at run time.
@@ -615,7 +655,7 @@ def zip_summary(path: Path) -> dict[str, int | str]:
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
     return {
-        "zip": str(path.relative_to(ROOT)),
+        "zip": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
         "zipped_bytes": path.stat().st_size,
         "unzipped_bytes": sum(info.file_size for info in infos),
         "files": len(infos),
@@ -658,6 +698,7 @@ def build(out: Path) -> dict[str, Any]:
             "handler": package.handler,
             "requirements": list(package.requirements),
         }
+    manifest["spark_job"] = build_spark_job(out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -706,8 +747,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--if-stale", action="store_true", help="do nothing when the last build is up to date"
     )
+    parser.add_argument(
+        "--spark-job",
+        action="store_true",
+        help="build only the Spark job's zip and entry point (no dependencies, seconds)",
+    )
     args = parser.parse_args(argv)
     out = args.out.resolve()
+    if args.spark_job:
+        summary = build_spark_job(out)
+        log(f"spark-job: {summary['zip']} ({summary['files']} files), {summary['entry_point']}")
+        return 0
     if sys.version_info[:2] != (3, 12):
         log(f"needs Python 3.12 (this is {sys.version.split()[0]}): run it with .venv/bin/python")
         return 2

@@ -381,3 +381,82 @@ print(path)
     path = done.stdout.strip().splitlines()[-1]
     assert path.endswith(".parquet") and "neblina-spark-" in path
     assert not os.path.exists(path)
+
+
+# --- the EMR Serverless job's entry point, run by spark-submit in local mode -------------
+def test_the_spark_job_entry_point_under_spark_submit_finishes_the_record_exactly_once(
+    stack: Any, make_researcher: Any, store: Any, tmp_path: Path
+) -> None:
+    """What EMR Serverless runs (scripts/spark_job_main.py with the code zip on --py-files),
+    run by pyspark's spark-submit in local mode on 127.0.0.1 against the local stack's
+    DynamoDB and S3, twice (a job run retried by EMR): one release, one debit."""
+    import subprocess
+    import sys
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from package_lambda import build_spark_job
+
+    from chalicelib.aws import s3_client
+    from chalicelib.config import get_settings
+    from chalicelib.emr import job_document
+
+    settings = get_settings()
+    package = build_spark_job(tmp_path / "package")
+    researcher = make_researcher({"SYNTHETIC_SPARK": ("10", "0.001")})
+    events: list[dict[str, Any]] = []
+
+    class Queue(InProcessWorkers):
+        def submit(self, worker: str, payload: dict[str, Any]) -> None:
+            assert worker == "spark"
+            events.append(payload)
+
+    service = Service(store, settings, DatasetLoader(settings, s3=lambda: s3_client(settings)))
+    assert service.local is not None
+    service.workers = Queue(service.local)
+    sql = "SELECT sex, COUNT(*) AS n, AVG(income) AS income FROM df GROUP BY sex"
+    body = {"engine": "smartnoise_sql", "query": sql, "epsilon": 0.5, "delta": "1e-6"}
+    query_id = f"spark-submit-{os.urandom(4).hex()}"
+    before = store.get_grant(researcher.user_id, "SYNTHETIC_SPARK").remaining
+    assert isinstance(
+        service.query(researcher.user_id, "SYNTHETIC_SPARK", {**body, "query_id": query_id}),
+        Accepted,
+    )
+    (payload,) = events
+    env = {k: v for k, v in stack.env().items() if k != "NEBLINA_WORKERS"}
+    document = tmp_path / f"{query_id}.json"
+    document.write_text(json.dumps(job_document(payload, env)))
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    command = [
+        str(spark_submit), "--master", "local[2]",
+        "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+        "--conf", "spark.ui.enabled=false",
+        "--py-files", str(tmp_path / "package" / "spark-job.zip"),
+        package["entry_point"], str(document), query_id,
+    ]  # fmt: skip
+    env.update(
+        SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+    )  # fmt: skip
+    # The second delivery (a retried job run) claims nothing, before any Spark is started:
+    # it runs the same entry point and zip with the plain interpreter (spark-submit would
+    # only add its JVM's start, ~10-20 s on this loaded machine).
+    zipped = str(tmp_path / "package" / "spark-job.zip")
+    retry = [sys.executable, package["entry_point"], str(document), query_id]
+    outputs, seconds = [], []
+    for argv, extra in ((command, {}), (retry, {"PYTHONPATH": zipped})):
+        started = time.perf_counter()
+        done = subprocess.run(
+            argv, env={**env, **extra}, capture_output=True, text=True, timeout=180
+        )
+        seconds.append(round(time.perf_counter() - started, 1))
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(done.stdout)
+    print(f"\nspark-submit runs, seconds: {seconds}")
+    assert f"neblina spark job {query_id}: released" in outputs[0]
+    assert f"neblina spark job {query_id}: not claimed" in outputs[1]
+    record = store.get_query(query_id)
+    assert record is not None and record.state is QueryState.DONE
+    assert sorted(row["sex"] for row in record.result["records"]) == ["female", "male"]
+    after = store.get_grant(researcher.user_id, "SYNTHETIC_SPARK").remaining
+    assert after == before - record.cost  # debited once, at submission; released once
