@@ -61,18 +61,18 @@ class EmrConfig:
         """The configuration when ``NEBLINA_SPARK=emr``, else None (local Spark worker)."""
         if environ.get("NEBLINA_SPARK") != "emr":
             return None
-        needed = {
-            "application_id": "NEBLINA_EMR_APPLICATION_ID",
-            "execution_role_arn": "NEBLINA_EMR_JOB_ROLE_ARN",
-            "entry_point": "NEBLINA_EMR_ENTRY_POINT",
-            "py_files": "NEBLINA_EMR_PY_FILES",
-            "bucket": "NEBLINA_BUCKET",
+        needed = {  # read one by one (tests/deploy/test_infra_terraform.py scans for them)
+            "application_id": environ.get("NEBLINA_EMR_APPLICATION_ID", ""),
+            "execution_role_arn": environ.get("NEBLINA_EMR_JOB_ROLE_ARN", ""),
+            "entry_point": environ.get("NEBLINA_EMR_ENTRY_POINT", ""),
+            "py_files": environ.get("NEBLINA_EMR_PY_FILES", ""),
+            "bucket": environ.get("NEBLINA_BUCKET", ""),
         }
-        missing = [name for name in needed.values() if not environ.get(name)]
+        missing = [field for field, value in needed.items() if not value]
         if missing:
-            raise ValueError(f"NEBLINA_SPARK=emr needs {', '.join(missing)}")
+            raise ValueError(f"NEBLINA_SPARK=emr needs its settings: {', '.join(missing)} unset")
         return cls(
-            **{field: environ[name] for field, name in needed.items()},
+            **needed,
             region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
             timeout_minutes=int(environ.get("NEBLINA_EMR_TIMEOUT_MINUTES") or 60),
             spark_parameters=environ.get("NEBLINA_EMR_SPARK_PARAMETERS", ""),
@@ -109,7 +109,6 @@ def start_job_run_request(config: EmrConfig, query_id: str, document_uri: str) -
             }
         },
         "executionTimeoutMinutes": config.timeout_minutes,
-        "tags": {"application": "neblina", "query_id": query_id},
     }
 
 

@@ -61,7 +61,8 @@ resource "aws_lambda_function" "api" {
   reserved_concurrent_executions = var.api_reserved_concurrency == null ? -1 : var.api_reserved_concurrency
 
   environment {
-    variables = merge(local.environment, { NEBLINA_WORKERS = local.workers_config })
+    # local.spark_emr_environment: the EMR Serverless hand-off's settings (emr.tf), if on
+    variables = merge(local.environment, local.spark_emr_environment, { NEBLINA_WORKERS = local.workers_config })
   }
 
   tracing_config {

@@ -43,8 +43,9 @@ NOT_ON_LAMBDA = {
     "AWS_ACCESS_KEY_ID": "neblina-admin only (checked, never set; the runtime's role signs)",
     "NEBLINA_STATE_DIR": "neblina-admin and the local stack only (where local.env is)",
     # chalicelib/engines/spark_sql.py runs in the Spark process (docs/spark.md), not in a Lambda
-    "NEBLINA_SPARK_MASTER": "the Spark worker process only (EMR Serverless is not in this module)",
-    "NEBLINA_SPARK_DIRECT_S3": "the Spark worker process only (EMR Serverless is not in this module)",
+    "NEBLINA_SPARK_MASTER": "the local Spark worker process only (EMR sets its own master)",
+    "NEBLINA_SPARK_DIRECT_S3": "the local Spark worker process only (NEBLINA_SPARK=emr implies it)",
+    "NEBLINA_EMR_SPARK_PARAMETERS": "optional extra spark-submit parameters an operator may add",
 }
 
 
@@ -254,7 +255,21 @@ def test_env_scan_finds_direct_and_helper_reads() -> None:
 
 
 # Set on one kind of function only (on top of local.environment, which every function gets).
-FRONT_ONLY_VARIABLES = {"NEBLINA_WORKERS": "the front invokes the workers by these names"}
+FRONT_ONLY_VARIABLES = {
+    "NEBLINA_WORKERS": "the front invokes the workers by these names",
+    # the EMR Serverless hand-off (infra/terraform/emr.tf local.spark_emr_environment)
+    **dict.fromkeys(
+        [
+            "NEBLINA_SPARK",
+            "NEBLINA_EMR_APPLICATION_ID",
+            "NEBLINA_EMR_JOB_ROLE_ARN",
+            "NEBLINA_EMR_ENTRY_POINT",
+            "NEBLINA_EMR_PY_FILES",
+            "NEBLINA_EMR_TIMEOUT_MINUTES",
+        ],
+        "the front hands Spark jobs to EMR Serverless (chalicelib/emr.py)",
+    ),
+}
 WORKER_ONLY_VARIABLES = {"NEBLINA_WORKER": "each worker's family (chalicelib.worker)"}
 
 
@@ -275,7 +290,12 @@ def test_every_variable_the_code_reads_is_set_on_the_functions(tf: dict) -> None
         return str(block["variables"]).replace(" ", "")
 
     assert variables("authorizer") == "${local.environment}"
-    assert variables("api") == "${merge(local.environment,{NEBLINA_WORKERS=local.workers_config})}"
+    assert variables("api") == (
+        "${merge(local.environment,local.spark_emr_environment,"
+        "{NEBLINA_WORKERS=local.workers_config})}"
+    )
+    emr_names = set(re.findall(r"(NEBLINA_\w+)\s*=", tf["locals"]["spark_emr_environment"]))
+    assert emr_names == set(FRONT_ONLY_VARIABLES) - {"NEBLINA_WORKERS"}
     assert variables("worker") == "${merge(local.environment,{NEBLINA_WORKER=each.key})}"
 
 
@@ -415,7 +435,9 @@ def statements(tf: dict, policy: str) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("policy", ["api", "authorizer", "worker"])
+@pytest.mark.parametrize(
+    "policy", ["api", "authorizer", "worker", "spark_job", "api_spark_handoff"]
+)
 def test_policies_name_their_resources(tf: dict, policy: str) -> None:
     for statement in statements(tf, policy):
         assert all("*" not in action for action in statement["actions"]), statement
@@ -565,3 +587,75 @@ def test_terraform_validate(initialised_example: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Spark-backed datasets on EMR Serverless (emr.tf, docs/spark.md) ----------------------
+def test_the_spark_job_role_reads_only_the_spark_prefixes_and_writes_only_what_a_job_writes(
+    tf: dict,
+) -> None:
+    job = statements(tf, "spark_job")
+    by_sid = {s["sid"]: s for s in job}
+    assert all("*" not in a for s in job for a in s["actions"])
+    assert all(r != "*" for s in job for r in s["resources"])
+    # the rows: only under the Spark datasets' prefixes (never the whole datasets bucket)
+    reads = by_sid["ReadSparkDatasets"]
+    assert reads["actions"] == ["s3:GetObject"]
+    (rows,) = reads["resources"]
+    assert "local.spark_prefixes" in rows and rows.endswith('${p.prefix}*"]}')
+    listing = by_sid["ListSparkDatasets"]
+    assert (
+        listing["actions"] == ["s3:ListBucket"] and listing["condition"][0]["test"] == "StringLike"
+    )
+    # writes: its own documents (delete), large results under archive/, the record
+    writes = {
+        r
+        for s in job
+        for r in s["resources"]
+        if set(s["actions"]) & {"s3:PutObject", "s3:DeleteObject"}
+    }
+    assert writes == {
+        '${aws_s3_bucket.neblina["datasets"].arn}/spark-jobs/*',
+        '${aws_s3_bucket.neblina["datasets"].arn}/archive/*',
+    }
+    assert by_sid["ReadJobCode"]["resources"] == [
+        '${aws_s3_bucket.neblina["artifacts"].arn}/spark/*'
+    ]
+    # the same DynamoDB rights as a worker: claim, progress, finish, refund; never a debit
+    assert table_actions(tf, "spark_job") == table_actions(tf, "worker")
+    assume = tf["data"]["aws_iam_policy_document"]["spark_job_assume"]["statement"][0]
+    assert assume["principals"][0]["identifiers"] == ["emr-serverless.amazonaws.com"]
+
+
+def test_the_front_may_only_stage_documents_start_runs_and_pass_the_job_role(tf: dict) -> None:
+    handoff = statements(tf, "api_spark_handoff")
+    assert {a for s in handoff for a in s["actions"]} == {
+        "s3:PutObject",
+        "emr-serverless:StartJobRun",
+        "iam:PassRole",
+    }
+    by_action = {s["actions"][0]: s for s in handoff}
+    assert by_action["s3:PutObject"]["resources"] == [
+        '${aws_s3_bucket.neblina["datasets"].arn}/spark-jobs/*'
+    ]
+    assert by_action["emr-serverless:StartJobRun"]["resources"] == [
+        '${aws_emrserverless_application.spark["on"].arn}'
+    ]
+    passing = by_action["iam:PassRole"]
+    assert passing["resources"] == ['${aws_iam_role.spark_job["on"].arn}']
+    assert passing["condition"][0]["values"] == ["emr-serverless.amazonaws.com"]
+
+
+def test_the_emr_application_starts_and_stops_itself_and_is_bounded(tf: dict) -> None:
+    (application,) = tf["resource"]["aws_emrserverless_application"].values()
+    assert application["type"] == "spark"
+    assert application["auto_start_configuration"][0]["enabled"] is True
+    assert application["auto_stop_configuration"][0]["enabled"] is True
+    assert "initial_capacity" not in application  # nothing billed while no job runs
+    assert set(application["maximum_capacity"][0]) == {"cpu", "memory", "disk"}
+    # the package script's outputs are what Terraform uploads
+    script = (ROOT / "scripts" / "package_lambda.py").read_text()
+    assert '"spark-job-main.py"' in script and 'Package(\n    "spark-job"' in script
+    for name in ("spark_job_package", "spark_entry_point"):
+        uploaded = tf["resource"]["aws_s3_object"][name]
+        assert uploaded["bucket"] == '${aws_s3_bucket.neblina["artifacts"].id}'
+        assert uploaded["key"].startswith("spark/")
