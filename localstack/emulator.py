@@ -242,6 +242,20 @@ def install_aws_managed_policies() -> None:
     iam_models.load_iam_aws_managed_policies = lambda: True  # type: ignore[attr-defined]
 
 
+def create_emr_serverless_applications_as_aws_does() -> None:
+    """A new EMR Serverless application is ``CREATED``, as on AWS (docs/spark.md).
+
+    moto 5.2.5 creates every application in state ``STARTED``; AWS creates it ``CREATED``
+    (it starts with its first job when auto-start is on), and the AWS provider's create
+    waits for ``CREATED``, so `terraform apply` of infra/terraform/emr.tf failed with
+    "unexpected state 'STARTED', wanted target 'CREATED'". moto reads the state from a
+    module constant when it builds an application: that constant is AWS's here.
+    """
+    import moto.emrserverless.models as emr_models
+
+    emr_models.APPLICATION_STATUS = "CREATED"  # type: ignore[attr-defined]
+
+
 def _acls_disabled(bucket: Any) -> bool:
     """Object Ownership "bucket owner enforced": ACLs are off and grant nothing. It is
     AWS's default for new buckets since April 2023 (moto records no rule for them)."""
@@ -354,6 +368,7 @@ def build_server(host: str, port: int) -> BaseWSGIServer:
     skip_drain_wait()
     list_moto_modules_once()
     install_aws_managed_policies()
+    create_emr_serverless_applications_as_aws_does()
     accept_policy_based_log_delivery()
     honour_bucket_policy_conditions()
     from moto.moto_server.werkzeug_app import (

@@ -53,6 +53,16 @@ variable "workers" {
   default = null
 }
 
+variable "spark_emr" {
+  description = "The module's EMR Serverless for Spark-backed datasets (null: off); the emulator stores the application and a job run, never runs one."
+  type = object({
+    job_package      = string
+    entry_point      = string
+    dataset_prefixes = optional(list(string))
+  })
+  default = null
+}
+
 provider "aws" {
   region                      = "us-east-1"
   access_key                  = "test"
@@ -63,15 +73,16 @@ provider "aws" {
   s3_use_path_style           = true
 
   endpoints {
-    apigateway = var.endpoint
-    dynamodb   = var.endpoint
-    iam        = var.endpoint
-    kms        = var.endpoint
-    lambda     = var.endpoint
-    logs       = var.endpoint
-    s3         = var.endpoint
-    sqs        = var.endpoint
-    sts        = var.endpoint
+    apigateway    = var.endpoint
+    dynamodb      = var.endpoint
+    emrserverless = var.endpoint
+    iam           = var.endpoint
+    kms           = var.endpoint
+    lambda        = var.endpoint
+    logs          = var.endpoint
+    s3            = var.endpoint
+    sqs           = var.endpoint
+    sts           = var.endpoint
   }
 }
 
@@ -84,6 +95,7 @@ module "neblina" {
   worker_packages     = var.worker_packages
   workers             = var.workers
   deletion_protection = false
+  spark_emr           = var.spark_emr
 }
 
 output "table_prefix" {
@@ -124,4 +136,9 @@ output "api_url" {
 output "kms_key_arn" {
   description = "The key the buckets and tables are encrypted with."
   value       = module.neblina.kms_key_arn
+}
+
+output "spark_emr" {
+  description = "The EMR Serverless application, job role and code locations (null when off)."
+  value       = module.neblina.spark_emr
 }

@@ -22,7 +22,7 @@ variable "spark_emr" {
     dataset_prefixes     = optional(list(string))
     release_label        = optional(string, "emr-7.5.0")
     image_uri            = optional(string)
-    architecture         = optional(string, "X86_64")
+    architecture         = optional(string) # null: AWS's default, X86_64
     max_vcpu             = optional(number, 32)
     max_memory_gb        = optional(number, 128)
     max_disk_gb          = optional(number, 1000)
@@ -77,7 +77,7 @@ resource "aws_emrserverless_application" "spark" {
 
   name          = "${var.name}-spark"
   release_label = each.value.release_label
-  type          = "spark"
+  type          = "SPARK" # AWS takes either case; the emulator only this one
   architecture  = each.value.architecture
   tags          = local.tags
 

@@ -647,7 +647,7 @@ def test_the_front_may_only_stage_documents_start_runs_and_pass_the_job_role(tf:
 
 def test_the_emr_application_starts_and_stops_itself_and_is_bounded(tf: dict) -> None:
     (application,) = tf["resource"]["aws_emrserverless_application"].values()
-    assert application["type"] == "spark"
+    assert application["type"] == "SPARK"
     assert application["auto_start_configuration"][0]["enabled"] is True
     assert application["auto_stop_configuration"][0]["enabled"] is True
     assert "initial_capacity" not in application  # nothing billed while no job runs

@@ -13,6 +13,17 @@ function (its ``NEBLINA_WORKERS`` gains each worker process's endpoint), answeri
 queries from the client through the workers; then ``terraform destroy``, after which
 nothing of the deployment is left.
 
+EMR Serverless (infra/terraform/emr.tf, docs/spark.md) is on, with the real Spark job
+artefacts (``scripts/package_lambda.py --spark-job``): the emulator (moto 5.2.5) creates the
+application (auto-start/stop, maximum capacity), the job role and its policy, the front's
+hand-off policy, and stores the uploaded code; a query on the Spark-backed dataset is
+debited, its job document staged in S3 (KMS) and StartJobRun called on the application
+with the job role, entry point, arguments and code the module configured. What the
+emulator cannot do: run the job (moto records the run and never starts Spark, so the
+record stays queued; the job itself runs under spark-submit in tests/stack/test_spark.py),
+check IAM (moto does not enforce policies: their content is checked here and in
+test_infra_terraform.py), nor pull an image (image_configuration is off here).
+
 Skipped only when terraform or the provider mirror (``/opt/tf-plugins`` or
 ``NEBLINA_TF_PLUGIN_DIR``) is missing. Deselect it with ``-m "not slow_infra"``.
 """
@@ -34,6 +45,7 @@ from typing import Any
 
 import boto3
 import httpx
+import numpy as np
 import pytest
 from test_infra_terraform import MODULE, PLUGIN_DIR_ARG, PROVIDER_MIRROR, terraform_binary
 
@@ -91,7 +103,9 @@ def stand_in_package(path: Path, text: str) -> Path:
 def deployed(endpoint: str) -> dict[str, set[str]]:
     """What exists on the emulator, by kind."""
     roles = aws("iam", endpoint).list_roles()["Roles"]
+    applications = aws("emr-serverless", endpoint).list_applications()["applications"]
     return {
+        "emr_applications": {a["name"] for a in applications if a["state"] != "TERMINATED"},
         "tables": set(aws("dynamodb", endpoint).list_tables()["TableNames"]),
         "buckets": {b["Name"] for b in aws("s3", endpoint).list_buckets().get("Buckets", [])},
         "functions": {
@@ -106,6 +120,81 @@ def deployed(endpoint: str) -> dict[str, set[str]]:
             if NAME in g["logGroupName"]
         },
     }
+
+
+HANDOFF = ("NEBLINA_SPARK", "NEBLINA_EMR_")
+
+
+def check_emr_serverless(endpoint: str, spark: dict[str, str], built: Path) -> None:
+    """The application, the job role's policy and the code, as the emulator holds them."""
+    emr = aws("emr-serverless", endpoint)
+    application = emr.get_application(applicationId=spark["application_id"])["application"]
+    assert application["name"] == f"{NAME}-spark" and application["type"] == "SPARK"
+    assert application["state"] == "CREATED"  # nothing runs (nor is billed) before a job
+    assert application["autoStartConfiguration"] == {"enabled": True}
+    assert application["autoStopConfiguration"] == {"enabled": True, "idleTimeoutMinutes": 15}
+    assert application["maximumCapacity"] == {
+        "cpu": "32 vCPU", "memory": "128 GB", "disk": "1000 GB"
+    }  # fmt: skip
+    assert "initialCapacity" not in application or not application["initialCapacity"]
+    iam = aws("iam", endpoint)
+    role = f"{NAME}-spark-job"
+    trust = iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    document = iam.get_role_policy(RoleName=role, PolicyName=role)["PolicyDocument"]
+    statements = {s["Sid"]: s for s in document["Statement"]}
+    datasets = f"arn:aws:s3:::{NAME}-datasets-123456789012"
+    assert statements["ReadSparkDatasets"]["Resource"] == f"{datasets}/SYNTHETIC/*"
+    assert statements["ListSparkDatasets"]["Condition"] == {
+        "StringLike": {"s3:prefix": "SYNTHETIC/*"}
+    }
+    written = {
+        resource
+        for s in document["Statement"]
+        if {"s3:PutObject", "s3:DeleteObject"} & set(np.atleast_1d(s["Action"]))
+        for resource in np.atleast_1d(s["Resource"])
+    }
+    assert written == {f"{datasets}/spark-jobs/*", f"{datasets}/archive/*"}
+    handoff = iam.get_role_policy(RoleName=f"{NAME}-api", PolicyName=f"{NAME}-api-spark-handoff")
+    actions = {
+        action
+        for s in handoff["PolicyDocument"]["Statement"]
+        for action in np.atleast_1d(s["Action"])
+    }
+    assert actions == {"s3:PutObject", "emr-serverless:StartJobRun", "iam:PassRole"}
+    s3 = aws("s3", endpoint)
+    for uri, local in (
+        (spark["py_files"], built / "spark-job.zip"),
+        (spark["entry_point"], built / "spark-job-main.py"),
+    ):
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        assert bucket.startswith(f"{NAME}-artifacts-") and key.startswith("spark/")
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == local.read_bytes()
+
+
+def check_spark_handoff(
+    endpoint: str, outputs: dict[str, Any], response: httpx.Response, query: dict[str, Any]
+) -> None:
+    """A Spark query: 202, debited, its document staged, one job run started as configured."""
+    assert response.status_code == 202, response.text
+    query_id = query["query_id"]
+    spark = outputs["spark_emr"]
+    emr = aws("emr-serverless", endpoint)
+    (run,) = emr.list_job_runs(applicationId=spark["application_id"])["jobRuns"]
+    job = emr.get_job_run(applicationId=spark["application_id"], jobRunId=run["id"])["jobRun"]
+    assert job["executionRole"] == spark["job_role_arn"] and job["name"] == f"neblina-{query_id}"
+    document = f"s3://{outputs['datasets_bucket']}/spark-jobs/{query_id}.json"
+    submit = job["jobDriver"]["sparkSubmit"]
+    assert submit["entryPoint"] == spark["entry_point"]
+    assert submit["entryPointArguments"] == [document, query_id]
+    assert submit["sparkSubmitParameters"].startswith(f"--py-files {spark['py_files']} ")
+    staged = aws("s3", endpoint).get_object(
+        Bucket=outputs["datasets_bucket"], Key=f"spark-jobs/{query_id}.json"
+    )
+    assert staged["ServerSideEncryption"] == "aws:kms"
+    payload = json.loads(staged["Body"].read())["payload"]
+    assert payload["record"]["query_id"] == query_id and payload["mode"] == "job"
+    assert payload["dataset"]["name"] == "SYNTHETIC_SPARK"
 
 
 def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path: Path) -> None:
@@ -153,7 +242,16 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
                 for family, uri in images.items()
             },
         }
+        from package_lambda import build_spark_job
+
+        spark_job = build_spark_job(tmp_path / "spark")
+        spark_emr = {
+            "job_package": str(tmp_path / "spark" / "spark-job.zip"),
+            "entry_point": spark_job["entry_point"],
+            "dataset_prefixes": [f"s3://{NAME}-datasets-123456789012/SYNTHETIC/"],
+        }
         variables = [
+            f"-var=spark_emr={json.dumps(spark_emr)}",
             f"-var=endpoint={endpoint}",
             f"-var=name={NAME}",
             f"-var=api_package={stand_in_package(tmp_path / 'api.zip', 'api')}",
@@ -192,8 +290,10 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
             f"{NAME}-api",
             f"{NAME}-authorizer",
             f"{NAME}-apigateway-logs",
+            f"{NAME}-spark-job",
             *(f"{NAME}-worker-{family}" for family in families()),
         }
+        assert before_seed["emr_applications"] == {f"{NAME}-spark"}
         assert before_seed["apis"] == {NAME}
         assert len(before_seed["log_groups"]) == 3 + len(workers)
         assert before_seed["queues"] == {outputs["worker_dead_letter_queue_url"]}
@@ -210,7 +310,18 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
         lambda_env = environment(outputs["function_names"]["api"])
         authorizer_env = environment(outputs["function_names"]["authorizer"])
         front_workers = json.loads(lambda_env.pop("NEBLINA_WORKERS"))
+        emr_env = {k: lambda_env.pop(k) for k in list(lambda_env) if k.startswith(HANDOFF)}
         assert authorizer_env == lambda_env
+        spark = outputs["spark_emr"]
+        assert emr_env == {
+            "NEBLINA_SPARK": "emr",
+            "NEBLINA_EMR_APPLICATION_ID": spark["application_id"],
+            "NEBLINA_EMR_JOB_ROLE_ARN": spark["job_role_arn"],
+            "NEBLINA_EMR_ENTRY_POINT": spark["entry_point"],
+            "NEBLINA_EMR_PY_FILES": spark["py_files"],
+            "NEBLINA_EMR_TIMEOUT_MINUTES": "45",
+        }
+        check_emr_serverless(endpoint, spark, tmp_path / "spark")
         assert front_workers == {family: {"function": name} for family, name in workers.items()}
         assert lambda_env["NEBLINA_TABLE_PREFIX"] == outputs["table_prefix"] == f"{NAME}-"
         assert lambda_env["NEBLINA_BUCKET"] == outputs["datasets_bucket"]
@@ -287,6 +398,24 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
                 headers={"Authorization": f"Bearer {stack.token}"},
                 timeout=120,
             )
+            # A query on the Spark-backed dataset: debited, then handed to EMR Serverless.
+            spark_query = {
+                "engine": "smartnoise_sql",
+                "query": "SELECT COUNT(*) AS n FROM df",
+                "epsilon": 0.5,
+                "delta": "1e-6",
+                "query_id": f"emr-{uuid.uuid4().hex}",
+            }
+            with Client(url=stack.api_url, token=stack.token, dataset="SYNTHETIC_SPARK") as sc:
+                spark_before = sc.budget().remaining
+            spark_response = httpx.post(
+                f"{stack.api_url}/v1/datasets/SYNTHETIC_SPARK/queries",
+                json=spark_query,
+                headers={"Authorization": f"Bearer {stack.token}"},
+                timeout=120,
+            )
+            with Client(url=stack.api_url, token=stack.token, dataset="SYNTHETIC_SPARK") as sc:
+                spark_after = sc.budget().remaining
             after = c.budget()
             archived = c.result(answer.query_id)
         lap("workers + API start + queries", started)
@@ -306,6 +435,9 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
         assert after.remaining.delta == before.remaining.delta - spent.delta
         assert after.remaining.epsilon == before.remaining.epsilon - spent.epsilon - polars_cost
         assert archived.state == "done" and archived.result.equals(answer.result)
+        spark_cost = Decimal(spark_response.json()["cost"]["epsilon"])
+        assert spark_cost > 0 and spark_after.epsilon == spark_before.epsilon - spark_cost
+        check_spark_handoff(endpoint, outputs, spark_response, spark_query)
         for name in ["api", *(f"worker-{family}" for family in workers)]:
             process = stack.processes.pop(name)
             _stop_process(process.pid)
