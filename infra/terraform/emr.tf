@@ -15,7 +15,7 @@
 # Serverless"): EMR's own image has an older Python.
 
 variable "spark_emr" {
-  description = "EMR Serverless for Spark-backed datasets (docs/spark.md); null: off. job_package and entry_point are build/lambda/spark-job.zip and build/lambda/spark-job-main.py (`scripts/package_lambda.py --spark-job`); dataset_prefixes are the s3://bucket/prefix/ locations the Spark datasets live under (the job role reads only those; default: the datasets bucket's spark/ prefix); image_uri an ECR image with the job's Python libraries."
+  description = "EMR Serverless for Spark-backed datasets (docs/spark.md); null: off. job_package and entry_point are build/lambda/spark-job.zip and build/lambda/spark-job-main.py (`scripts/package_lambda.py --spark-job`); dataset_prefixes are the s3://bucket/prefix/ locations the Spark datasets live under (the job role reads only those; default: the datasets bucket's spark/ prefix); image_uri an ECR image with the job's Python libraries; spark_submit_parameters more spark-submit parameters for every job run (worker sizes)."
   type = object({
     job_package          = string
     entry_point          = string
@@ -28,6 +28,9 @@ variable "spark_emr" {
     max_disk_gb          = optional(number, 1000)
     idle_timeout_minutes = optional(number, 15)
     job_timeout_minutes  = optional(number, 45)
+    # more spark-submit parameters for every job run, e.g. smaller workers for small tables:
+    # "--conf spark.executor.cores=2 --conf spark.executor.memory=6g"
+    spark_submit_parameters = optional(string, "")
   })
   default = null
 }
@@ -42,12 +45,13 @@ locals {
   ]
   # The front's settings for the hand-off (chalicelib/emr.py EmrConfig); none when off.
   spark_emr_environment = var.spark_emr == null ? {} : {
-    NEBLINA_SPARK               = "emr"
-    NEBLINA_EMR_APPLICATION_ID  = aws_emrserverless_application.spark["on"].id
-    NEBLINA_EMR_JOB_ROLE_ARN    = aws_iam_role.spark_job["on"].arn
-    NEBLINA_EMR_ENTRY_POINT     = "s3://${aws_s3_object.spark_entry_point["on"].bucket}/${aws_s3_object.spark_entry_point["on"].key}"
-    NEBLINA_EMR_PY_FILES        = "s3://${aws_s3_object.spark_job_package["on"].bucket}/${aws_s3_object.spark_job_package["on"].key}"
-    NEBLINA_EMR_TIMEOUT_MINUTES = tostring(var.spark_emr.job_timeout_minutes)
+    NEBLINA_SPARK                = "emr"
+    NEBLINA_EMR_APPLICATION_ID   = aws_emrserverless_application.spark["on"].id
+    NEBLINA_EMR_JOB_ROLE_ARN     = aws_iam_role.spark_job["on"].arn
+    NEBLINA_EMR_ENTRY_POINT      = "s3://${aws_s3_object.spark_entry_point["on"].bucket}/${aws_s3_object.spark_entry_point["on"].key}"
+    NEBLINA_EMR_PY_FILES         = "s3://${aws_s3_object.spark_job_package["on"].bucket}/${aws_s3_object.spark_job_package["on"].key}"
+    NEBLINA_EMR_TIMEOUT_MINUTES  = tostring(var.spark_emr.job_timeout_minutes)
+    NEBLINA_EMR_SPARK_PARAMETERS = var.spark_emr.spark_submit_parameters
   }
 }
 

@@ -45,7 +45,6 @@ NOT_ON_LAMBDA = {
     # chalicelib/engines/spark_sql.py runs in the Spark process (docs/spark.md), not in a Lambda
     "NEBLINA_SPARK_MASTER": "the local Spark worker process only (EMR sets its own master)",
     "NEBLINA_SPARK_DIRECT_S3": "the local Spark worker process only (NEBLINA_SPARK=emr implies it)",
-    "NEBLINA_EMR_SPARK_PARAMETERS": "optional extra spark-submit parameters an operator may add",
 }
 
 
@@ -266,6 +265,7 @@ FRONT_ONLY_VARIABLES = {
             "NEBLINA_EMR_ENTRY_POINT",
             "NEBLINA_EMR_PY_FILES",
             "NEBLINA_EMR_TIMEOUT_MINUTES",
+            "NEBLINA_EMR_SPARK_PARAMETERS",
         ],
         "the front hands Spark jobs to EMR Serverless (chalicelib/emr.py)",
     ),

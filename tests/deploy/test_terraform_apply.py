@@ -320,6 +320,7 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
             "NEBLINA_EMR_ENTRY_POINT": spark["entry_point"],
             "NEBLINA_EMR_PY_FILES": spark["py_files"],
             "NEBLINA_EMR_TIMEOUT_MINUTES": "45",
+            "NEBLINA_EMR_SPARK_PARAMETERS": "",
         }
         check_emr_serverless(endpoint, spark, tmp_path / "spark")
         assert front_workers == {family: {"function": name} for family, name in workers.items()}
