@@ -129,7 +129,7 @@ def check_emr_serverless(endpoint: str, spark: dict[str, str], built: Path) -> N
     """The application, the job role's policy and the code, as the emulator holds them."""
     emr = aws("emr-serverless", endpoint)
     application = emr.get_application(applicationId=spark["application_id"])["application"]
-    assert application["name"] == f"{NAME}-spark" and application["type"] == "SPARK"
+    assert application["name"] == f"{NAME}-spark" and application["type"].upper() == "SPARK"
     assert application["state"] == "CREATED"  # nothing runs (nor is billed) before a job
     assert application["autoStartConfiguration"] == {"enabled": True}
     assert application["autoStopConfiguration"] == {"enabled": True, "idleTimeoutMinutes": 15}
