@@ -93,7 +93,11 @@ def job_document(payload: Mapping[str, Any], environ: Mapping[str, str]) -> dict
 
 def start_job_run_request(config: EmrConfig, query_id: str, document_uri: str) -> dict[str, Any]:
     """The StartJobRun request of one job (tests/unit/test_emr.py checks its shape)."""
-    parameters = f"--py-files {config.py_files} --conf spark.sql.ansi.enabled=false"
+    parameters = (
+        f"--py-files {config.py_files} --conf spark.sql.ansi.enabled=false"
+        # the driver's region (its S3 and DynamoDB clients): the front's own
+        f" --conf spark.emr-serverless.driverEnv.AWS_REGION={config.region}"
+    )
     if config.spark_parameters:
         parameters = f"{parameters} {config.spark_parameters}"
     return {

@@ -121,7 +121,8 @@ def test_a_spark_job_is_staged_then_started_as_one_idempotent_emr_serverless_job
                         ],
                         "sparkSubmitParameters": (
                             "--py-files s3://neblina-artifacts/spark/job-cd34.zip "
-                            "--conf spark.sql.ansi.enabled=false"
+                            "--conf spark.sql.ansi.enabled=false "
+                            "--conf spark.emr-serverless.driverEnv.AWS_REGION=eu-central-1"
                         ),
                     }
                 },
