@@ -436,9 +436,9 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
         assert after.remaining.delta == before.remaining.delta - spent.delta
         assert after.remaining.epsilon == before.remaining.epsilon - spent.epsilon - polars_cost
         assert archived.state == "done" and archived.result.equals(answer.result)
+        check_spark_handoff(endpoint, outputs, spark_response, spark_query)
         spark_cost = Decimal(spark_response.json()["cost"]["epsilon"])
         assert spark_cost > 0 and spark_after.epsilon == spark_before.epsilon - spark_cost
-        check_spark_handoff(endpoint, outputs, spark_response, spark_query)
         for name in ["api", *(f"worker-{family}" for family in workers)]:
             process = stack.processes.pop(name)
             _stop_process(process.pid)
