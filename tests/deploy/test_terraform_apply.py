@@ -380,7 +380,10 @@ def test_the_module_applies_to_the_emulator_serves_a_query_and_destroys(tmp_path
             )  # fmt: skip
             front_workers[family]["endpoint"] = url
         stack.api_url = stack._spawn(
-            "api", "apiserver.py", 0, {**env, "NEBLINA_WORKERS": json.dumps(front_workers)}
+            "api",
+            "apiserver.py",
+            0,
+            {**env, **emr_env, "NEBLINA_WORKERS": json.dumps(front_workers)},
         )
         _wait_for_health(stack.api_url, timeout=60)
         with Client(url=stack.api_url, token=stack.token, dataset="PENGUIN", max_retries=0) as c:
