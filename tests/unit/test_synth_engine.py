@@ -299,11 +299,23 @@ def test_the_domain_comes_from_the_metadata_not_the_data(monkeypatch: pytest.Mon
         seen.append(tuple(data.domain.shape))
         return original(data, *args)
 
+    import mbi.estimation
+
+    totals: list[object] = []
+    mirror_descent = mbi.estimation.mirror_descent
+
+    def recording_total(*args: Any, **kwargs: Any) -> Any:
+        totals.append(kwargs.get("known_total"))
+        return mirror_descent(*args, **kwargs)
+
     monkeypatch.setattr(synth_fit, "_mst", recording)
+    monkeypatch.setattr(mbi.estimation, "mirror_descent", recording_total)
     fast = {"iters": 30, "select_iters": 20}
     synthesize(body("mst", synth_params=fast), only_adelie)
     # species 3, island 3, sex 2 + null, flipper 10 bins + null: the same on any data
     assert seen == [(3, 3, 3, 11)]
+    # MST's estimates use the metadata's public row count, never the data's (snsynth's)
+    assert len(only_adelie) < 344 and totals == [344.0, 344.0]
 
 
 def test_datetime_and_boolean_columns_are_synthesized_within_their_metadata() -> None:
