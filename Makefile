@@ -7,6 +7,10 @@ PORT ?= 4566
 # admin package and the client.
 TYPED := app.py chalicelib neblina_admin client/neblina_client
 TIERS := unit contract stack deploy
+# The tiers run on two processes (pytest-xdist): each test module runs whole on one of them, the
+# long ones first (tests/conftest.py). PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= 2
+PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: help venv demo test test-after-check check up down status lint typecheck bench clean \
 	package checkov $(addprefix test-,$(TIERS))
@@ -31,7 +35,7 @@ demo: venv
 
 # Every tier; pytest's exit 5 (it collected nothing) fails the target like any other error.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PARALLEL) tests
 
 check: lint typecheck
 	$(PY) -m pytest -q tests/unit
@@ -39,10 +43,10 @@ check: lint typecheck
 # CI's second step (.ci/run): every tier but the unit tier, which `make check` has just run.
 # `make check` + `make test-after-check` run exactly the tests of `make test`, each once.
 test-after-check: venv
-	$(PY) -m pytest -q tests --ignore=tests/unit
+	$(PY) -m pytest -q $(PARALLEL) tests --ignore=tests/unit
 
 $(addprefix test-,$(TIERS)): test-%: venv
-	$(PY) -m pytest -q tests/$*
+	$(PY) -m pytest -q $(PARALLEL) tests/$*
 
 up: venv
 	$(PY) localstack/stack.py up --emulator-port $(PORT)

@@ -40,12 +40,36 @@ os.environ.setdefault("NEBLINA_AUTHORIZER_TTL_SECONDS", "0")
 os.environ.setdefault("NEBLINA_LOOKUP_CACHE_SECONDS", "0")
 
 
+# `make test` runs the suite on two processes (pytest-xdist: ``-n 2 --dist loadfile
+# --no-loadscope-reorder``). Each module is one unit of work, run whole on one worker (its
+# module-scoped fixtures start once; each worker starts its own session stack when one of its
+# tests first needs it), so tests of two modules may run at the same time: each uses its own
+# users, datasets, tables, ports and temporary folders. The modules start in the order below
+# (then the folders' order), the long ones first, so that the short ones fill in at the end
+# rather than one worker running a long module alone.
+START_ORDER = ("slow_infra", "deploy", "stack", "contract", "unit")
+
+
+def _start_rank(item: pytest.Item) -> int:
+    marks = {mark.name for mark in item.iter_markers()}
+    return next((k for k, name in enumerate(START_ORDER) if name in marks), len(START_ORDER))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with the tier of its folder."""
+    """Mark each test with the tier of its folder; on an xdist worker, order the modules."""
     for item in items:
         parts = item.path.resolve().relative_to(TESTS).parts
         if len(parts) > 1 and parts[0] in TIERS:
             item.add_marker(parts[0])
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    modules = [item.nodeid.split("::")[0] for item in items]
+    rank: dict[str, int] = {}
+    for item, module in zip(items, modules, strict=True):
+        rank[module] = min(rank.get(module, len(START_ORDER)), _start_rank(item))
+    # A stable sort: every worker collects the same order (xdist checks the collections match).
+    order = sorted(range(len(items)), key=lambda k: rank[modules[k]])
+    items[:] = [items[k] for k in order]
 
 
 @dataclass
