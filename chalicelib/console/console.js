@@ -334,6 +334,7 @@ function request() {
 
 function schedulePrice(delay = 300) {
   clearTimeout(state.debounce);
+  state.pricing++; // an answer still on its way prices the old request: it is dropped
   state.priced = null;
   $("run-real").disabled = true;
   $("price").textContent = "…";
