@@ -1122,7 +1122,7 @@ def import_lomas(
     if not apply_it:
         out.print("Nothing written to the store (pass --apply to import).")
         return
-    issued = lomas.apply(store, imported)
+    issued = lomas.apply(store, imported, _settings())
     out.print(
         f"Imported: {len(imported.desired.users)} users, {len(imported.desired.datasets)} "
         f"datasets, {len(imported.desired.grants)} grants, {imported.archive_count()} "

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,10 +49,12 @@ from urllib.parse import urlparse
 
 from chalicelib import metadata as metadata_module
 from chalicelib.auth import IssuedToken
+from chalicelib.config import Settings
 from chalicelib.errors import InvalidRequest
 from chalicelib.models import (
     AMOUNT_QUANTUM,
     AmountOutOfRange,
+    Dataset,
     PrivacyCost,
     QueryRecord,
     QueryState,
@@ -64,6 +67,8 @@ from chalicelib.models import (
 from chalicelib.storage import Store
 from neblina_admin import operations as admin
 from neblina_admin.declarative import Desired, DesiredDataset
+
+log = logging.getLogger(__name__)
 
 COLLECTIONS = ("users", "datasets", "metadata", "queries_archives")
 LIBRARIES = ("smartnoise_sql", "opendp", "diffprivlib", "smartnoise_synth")
@@ -639,10 +644,15 @@ def _amounts(cost: PrivacyCost) -> str:
     return f"epsilon {format_decimal(cost.epsilon)}, delta {format_decimal(cost.delta)}"
 
 
-def apply(store: Store, imported: LomasImport) -> dict[str, IssuedToken]:
+def apply(
+    store: Store, imported: LomasImport, settings: Settings | None = None
+) -> dict[str, IssuedToken]:
     """Write everything (users, datasets, grants with their history), then one token per user.
 
-    Refused (``InvalidRequest``, nothing written) while :func:`plan` lists any problem.
+    Refused (``InvalidRequest``, nothing written) while :func:`plan` lists any problem. With
+    ``settings``, each dataset's CSV source in S3 is converted to its Parquet copy, as
+    ``datasets add`` does (:func:`neblina_admin.operations.columnar_copy`; a failed
+    conversion is logged and the workers read the source).
     """
     _, problems = plan(store, imported)
     if problems:
@@ -651,6 +661,15 @@ def apply(store: Store, imported: LomasImport) -> dict[str, IssuedToken]:
     for user in desired.users.values():
         store.put_user(user, create_only=True)
     for spec in desired.datasets.values():
+        columnar = None
+        if settings is not None:
+            dataset = Dataset(
+                spec.name, spec.source, spec.metadata, utcnow(), source_format=spec.source_format
+            )
+            try:
+                columnar = admin.columnar_copy(settings, dataset)
+            except Exception as exc:  # the workers read the source, as before copies
+                log.warning("dataset %s: no Parquet copy (%s)", spec.name, exc)
         admin.add_dataset(
             store,
             spec.name,
@@ -658,6 +677,7 @@ def apply(store: Store, imported: LomasImport) -> dict[str, IssuedToken]:
             spec.metadata,
             description=spec.description,
             source_format=spec.source_format,
+            columnar=columnar,
         )
     for (uid, name), initial in desired.grants.items():
         admin.open_grant(

@@ -18,7 +18,7 @@ import yaml
 from chalicelib.config import from_environ
 from chalicelib.datasets import DatasetLoader
 from chalicelib.errors import InvalidRequest, QueryIdConflict
-from chalicelib.models import PrivacyCost, QueryState, User, utcnow
+from chalicelib.models import Dataset, PrivacyCost, QueryState, User, utcnow
 from chalicelib.service import Service
 from chalicelib.storage.memory import MemoryStore
 from neblina_admin import declarative, lomas
@@ -348,3 +348,26 @@ def test_unreadable_sources_are_refused_with_their_reason(tmp_path: Path) -> Non
     (tmp_path / "users.json").write_text('{"user_name": "a"')
     with pytest.raises(InvalidRequest, match="is not mongoexport JSON"):
         lomas.read(tmp_path)
+
+
+def test_an_import_converts_each_dataset_to_its_parquet_copy_as_datasets_add_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    converted: list[str] = []
+
+    def columnar_copy(settings: object, dataset: Dataset) -> dict[str, str] | None:
+        converted.append(dataset.name)
+        if dataset.name == "IRIS":
+            raise RuntimeError("the bucket refused the write")  # logged; the source is read
+        return {"uri": dataset.source + ".parquet", "etag": '"e"', "source_version": "v"}
+
+    monkeypatch.setattr(lomas.admin, "columnar_copy", columnar_copy)
+    store = MemoryStore()
+    lomas.apply(store, convert(), settings=object())  # type: ignore[arg-type]
+    assert sorted(converted) == sorted(d.name for d in store.list_datasets())
+    for dataset in store.list_datasets():
+        expected = None if dataset.name == "IRIS" else dataset.source + ".parquet"
+        assert (dataset.columnar or {}).get("uri") == expected
+    untouched = MemoryStore()
+    lomas.apply(untouched, convert())  # no settings (tests, plan only): nothing converted
+    assert all(d.columnar is None for d in untouched.list_datasets())
