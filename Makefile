@@ -12,7 +12,7 @@ TIERS := unit contract stack deploy
 PYTEST_WORKERS ?= 2
 PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-.PHONY: help venv demo test test-after-check check up down status lint typecheck bench clean \
+.PHONY: help venv demo test test-after-check check up down status lint typecheck bench bench-vs-lomas clean \
 	package checkov $(addprefix test-,$(TIERS))
 
 help:
@@ -25,6 +25,7 @@ help:
 	@echo "                a second stack: NEBLINA_STATE_DIR=DIR make up PORT=4600 (docs/local-stack.md)"
 	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict ($(TYPED))"
 	@echo "make bench      latency benchmark, results in BENCHMARKS.md"
+	@echo "make bench-vs-lomas  Lomas 0.4.1 then Neblina, same cases and data (~12 min; bench/vs_lomas.py)"
 	@echo "make package    build the Lambda zips (build/lambda/); make checkov: scan infra/terraform"
 
 venv:
@@ -66,6 +67,9 @@ typecheck: venv
 
 bench: venv
 	$(PY) bench/latency.py
+
+bench-vs-lomas: venv
+	$(PY) bench/vs_lomas.py --n 20 --warmup 2
 
 package: venv
 	$(PY) scripts/package_lambda.py

@@ -97,6 +97,45 @@ def restart_worker(stack: Any, family: str, block: str) -> float:
     return started
 
 
+def register_people(
+    stack: Any, rows: int, name: str, grants: tuple[str, ...], copy: bool = True
+) -> tuple[str, float | None]:
+    """Upload PEOPLE_<rows> (bench/people.py) to the stack's bucket as CSV and register it as
+    ``name`` as ``neblina-admin datasets add`` does (with its Parquet copy unless ``copy`` is
+    false). Returns the token of a new user granted a large budget on ``grants``, and the
+    conversion's milliseconds (None without the copy)."""
+    import people
+    import yaml
+
+    from chalicelib import metadata as metadata_module
+    from chalicelib.models import Dataset, utcnow
+    from neblina_admin import operations as admin
+
+    os.environ.update(stack.env())
+    from chalicelib.config import from_environ, get_settings
+    from chalicelib.storage import get_store, reset_store
+
+    get_settings.cache_clear()
+    reset_store()
+    csv, meta_path = people.ensure(rows)
+    settings = from_environ()
+    store = get_store()
+    admin.upload(settings, settings.bucket, f"{name}/people.csv", csv.read_bytes())
+    source = f"s3://{settings.bucket}/{name}/people.csv"
+    metadata = metadata_module.validate(yaml.safe_load(meta_path.read_text()))
+    columnar, converted = None, None
+    if copy:  # what datasets add does: the Parquet copy, once
+        start = time.perf_counter()
+        columnar = admin.columnar_copy(settings, Dataset(name, source, metadata, utcnow()))
+        converted = (time.perf_counter() - start) * 1000
+    admin.add_dataset(store, name, source, metadata, columnar=columnar)
+    user = f"bench-{uuid.uuid4().hex[:6]}"
+    admin.add_user(store, user)
+    for dataset in grants:
+        admin.grant(store, user, dataset, epsilon="1000000", delta="0.5")
+    return str(admin.add_token(store, user).secret), converted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -106,45 +145,21 @@ def main() -> None:
     args = parser.parse_args()
 
     import opendp.prelude as dp
-    import people
-    import yaml
     from stack import LocalStack
 
-    from chalicelib import metadata as metadata_module
-    from chalicelib.models import Dataset, utcnow
-    from neblina_admin import operations as admin
     from neblina_client import Client
 
     dp.enable_features("contrib")
-    csv, meta_path = people.ensure(args.rows)
     name = f"PEOPLE_{args.rows}"
     rows: list[tuple[str, str, str]] = []
     with LocalStack(synthetic_rows=1000, quiet=True) as stack:
-        os.environ.update(stack.env())
-        from chalicelib.config import from_environ, get_settings
-        from chalicelib.storage import get_store, reset_store
-
-        get_settings.cache_clear()
-        reset_store()
-        settings = from_environ()
-        store = get_store()
-        admin.upload(settings, settings.bucket, f"{name}/people.csv", csv.read_bytes())
-        source = f"s3://{settings.bucket}/{name}/people.csv"
-        metadata = metadata_module.validate(yaml.safe_load(meta_path.read_text()))
-        columnar = None
-        if not args.no_copy:  # what datasets add does: the Parquet copy, once
-            start = time.perf_counter()
-            columnar = admin.columnar_copy(settings, Dataset(name, source, metadata, utcnow()))
-            converted = (time.perf_counter() - start) * 1000
+        token, converted = register_people(
+            stack, args.rows, name, ("PENGUIN", name), copy=not args.no_copy
+        )
+        if converted is not None:
             rows.append(
                 (f"{name}: registration's conversion to Parquet (once)", f"{converted:,.0f}", "")
             )
-        admin.add_dataset(store, name, source, metadata, columnar=columnar)
-        user = f"bench-{uuid.uuid4().hex[:6]}"
-        admin.add_user(store, user)
-        for dataset in ("PENGUIN", name):
-            admin.grant(store, user, dataset, epsilon="1000000", delta="0.5")
-        token = admin.add_token(store, user).secret
 
         with Client(url=stack.api_url, token=token, dataset=name) as client:
             count = "SELECT COUNT(*) AS n FROM df"

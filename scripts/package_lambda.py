@@ -179,7 +179,11 @@ WORKER_HANDLER = "chalicelib.worker.lambda_handler"
 # synth: jaxlib (330 MB installed), jax (32 MB), SciPy (144 MB), networkx, Faker and mbi
 # on top of pandas, numpy, OpenDP and SmartNoise SQL (snsynth imports snsql): BENCHMARKS.md.
 # Its smartnoise-synth goes in with --no-deps (requirements-synth-nodeps.txt).
+# sql: SmartNoise SQL runs its rewritten queries on DuckDB over the dataset's Parquet copy;
+# duckdb installs 69 MB, and the zip with pandas, NumPy, OpenDP and SmartNoise was already
+# 248.5 MB of the 250 (BENCHMARKS.md "DuckDB package size"): a zip could only run SQLite.
 IMAGE_WORKERS = {
+    "sql": "requirements-sql.txt",
     "polars": "requirements-polars.txt",
     "diffprivlib": "requirements-diffprivlib.txt",
     "synth": "requirements-synth.txt",
@@ -223,15 +227,7 @@ FUNCTIONS: tuple[Package, ...] = (
         chalice=True,
         heavy_allowed=False,
     ),
-    Package(
-        "worker-sql",  # engine smartnoise_sql (SmartNoise SQL brings OpenDP and SQLAlchemy)
-        requirements=("smartnoise-sql", "pandas", "numpy", "fastparquet", "pynamodb"),
-        chalicelib=WORKER_ROOTS,
-        handler=WORKER_HANDLER,
-        exclude=(*FRONT_ONLY, *other_engines("sql")),
-        bytecode="imported",
-        probe=("--function", "worker", "--worker", "sql"),
-    ),
+    # worker-sql: an image worker (IMAGE_WORKERS), so that it runs DuckDB.
     Package(
         "worker-opendp",  # engine opendp
         requirements=("opendp", "pandas", "numpy", "fastparquet", "pynamodb"),
@@ -397,6 +393,89 @@ def build_dependencies(out: Path) -> Path:
     )
     stamp.write_text(digest)
     return deps
+
+
+LAMBDA_IMAGE_LIMIT = 10_737_418_240  # 10 GiB, Lambda's limit for a container image
+# What infra/docker/Dockerfile.worker deletes from the requirement files (sed) before its pip
+# install: the front's framework, and what the base image already has.
+IMAGE_SKIPPED = re.compile(r"^(chalice|boto3|botocore)==", re.MULTILINE)
+
+
+def image_requirements(family: str) -> list[Path]:
+    """The requirement files an image worker's build reads: its own and those it includes."""
+    pending, found = [ROOT / IMAGE_WORKERS[family]], []
+    while pending:
+        path = pending.pop()
+        if path in found:
+            continue
+        found.append(path)
+        for line in path.read_text().splitlines():
+            if line.startswith("-r "):
+                pending.append(ROOT / line.removeprefix("-r ").strip())
+    return sorted(found)
+
+
+def build_image_tree(family: str, out: Path) -> Path:
+    """What infra/docker/Dockerfile.worker installs in ``LAMBDA_TASK_ROOT`` for ``family``,
+    built without Docker: ``build/lambda/image-<family>/`` (cached by a digest of the
+    requirement files, the platform and ``chalicelib``).
+
+    The same pip install (the Lambda platform, wheels only, nothing slimmed or stripped) of
+    the same filtered requirement files, then ``chalicelib/``, then bytecode for every
+    module (unchecked hashes, as the Dockerfile compiles it); the base image's Python and
+    boto3 are stood in for by this interpreter and ``build/lambda/runtime/``. Lets the
+    package test check the image's size and run its worker without a Docker engine.
+    """
+    deps = build_dependencies(out)  # the wheelhouse (sdist-only requirements) and runtime/
+    tree = out / f"image-{family}"
+    stamp = tree / ".neblina-image"
+    files = image_requirements(family)
+    document = {
+        "requirements": {p.name: IMAGE_SKIPPED.sub("# ", p.read_text()) for p in files},
+        "platform": PLATFORM,
+        "python": PYTHON_VERSION,
+        "code": sha256_files(sorted((ROOT / "chalicelib").rglob("*.py"))),
+        "bytecode": "unchecked-hash",
+    }
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        log(f"image-{family}: cached ({tree.relative_to(ROOT)})")
+        return tree
+    shutil.rmtree(tree, ignore_errors=True)
+    requirements = out / f"image-{family}-requirements"
+    shutil.rmtree(requirements, ignore_errors=True)
+    requirements.mkdir(parents=True)
+    for name, text in document["requirements"].items():
+        (requirements / name).write_text(text)
+    started = time.perf_counter()
+    log(f"image-{family}: installing {IMAGE_WORKERS[family]} for {PLATFORM} (no slimming)")
+    pip(
+        "install",
+        "--target",
+        str(tree),
+        "--platform",
+        PLATFORM,
+        "--implementation",
+        "cp",
+        "--python-version",
+        PYTHON_VERSION,
+        "--only-binary=:all:",
+        "--no-compile",
+        "--find-links",
+        str(deps.parent / "wheelhouse"),
+        "-r",
+        str(requirements / IMAGE_WORKERS[family]),
+    )
+    shutil.copytree(ROOT / "chalicelib", tree / "chalicelib", ignore=shutil.ignore_patterns(
+        "__pycache__"))  # fmt: skip
+    # the Dockerfile's `python -m compileall -q --invalidation-mode unchecked-hash`
+    compileall.compile_dir(str(tree), quiet=1, workers=1, invalidation_mode=UNCHECKED)
+    log(
+        f"image-{family}: {tree_size(tree) / 1e6:.0f} MB installed "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+    stamp.write_text(digest)
+    return tree
 
 
 def top_name(entry: Path) -> str:
@@ -752,6 +831,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="build only the Spark job's zip and entry point (no dependencies, seconds)",
     )
+    parser.add_argument(
+        "--image-tree",
+        choices=sorted(IMAGE_WORKERS),
+        help="instead: install what the worker's container image holds, without Docker",
+    )
     args = parser.parse_args(argv)
     out = args.out.resolve()
     if args.spark_job:
@@ -761,6 +845,15 @@ def main(argv: list[str] | None = None) -> int:
     if sys.version_info[:2] != (3, 12):
         log(f"needs Python 3.12 (this is {sys.version.split()[0]}): run it with .venv/bin/python")
         return 2
+    if args.image_tree:
+        out.mkdir(parents=True, exist_ok=True)
+        tree = build_image_tree(args.image_tree, out)
+        size = tree_size(tree)
+        log(
+            f"image-{args.image_tree}: {tree.relative_to(ROOT)}  {size / 1e6:.1f} MB installed "
+            f"(Lambda's image limit: {LAMBDA_IMAGE_LIMIT / 2**30:.0f} GiB with the base image)"
+        )
+        return 0
     if args.if_stale and is_fresh(out):
         manifest = json.loads((out / "manifest.json").read_text())
         log("up to date")

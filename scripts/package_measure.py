@@ -4,7 +4,8 @@
 
 Starts the embedded emulator (free port), seeds it (PENGUIN and a SYNTHETIC dataset of
 ``--synthetic-rows`` rows, a demo user with grants and a token), unzips the packages of
-``build/lambda/`` (front, authorizer, workers) and runs each scenario in a fresh isolated
+``build/lambda/`` (front, authorizer, workers; the sql worker from its image's tree,
+``build/lambda/image-sql/``) and runs each scenario in a fresh isolated
 interpreter (``scripts/package_smoke.py``
 against the real DynamoDB code and S3 reads), so every first request is a cold start.
 The figures chose the memory sizes and timeouts in infra/terraform (see infra/README.md).
@@ -23,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "lambda"
+# The sql worker ships as a container image: its tree (scripts/package_lambda.py --image-tree).
+IMAGE_TREES = {"worker-sql": "image-sql"}
 # (package, label, smoke arguments, dataset, query): each worker scenario is price,
 # dummy_query (and dummy_table for the sql worker), then a run on the private rows.
 SCENARIOS = [
@@ -83,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         packages = {}
         for name in sorted({scenario[0] for scenario in SCENARIOS}):
+            if name in IMAGE_TREES:  # an image worker: the tree its image installs
+                packages[name] = BUILD / IMAGE_TREES[name]
+                if not packages[name].is_dir():
+                    raise SystemExit(
+                        f"measure: no {packages[name]}: run scripts/package_lambda.py "
+                        f"--image-tree {name.removeprefix('worker-')}"
+                    )
+                continue
             packages[name] = Path(tmp) / name
             with zipfile.ZipFile(BUILD / f"{name}.zip") as archive:
                 archive.extractall(packages[name])

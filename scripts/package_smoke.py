@@ -18,7 +18,8 @@ Lambda runtime provides), then the standard library. Nothing else.
   with the operations the front sends it (``price``, ``dummy_query``, ``dummy_table`` for
   the dummy worker, and ``run`` in sync mode for a reserved record), for the engine of that
   worker: a COUNT on PENGUIN (SmartNoise SQL) or a Laplace count (an OpenDP pipeline built
-  with the package's own OpenDP).
+  with the package's own OpenDP). For sql, the report says where SmartNoise's rewritten
+  query ran (``sql_executor``: ``duckdb``, or ``sqlite`` when DuckDB is not installed).
 - ``--store stub``: an in-process store answers the few lookups and records the writes
   (no AWS at all; the worker's ``run`` reads ``localstack/data/penguins.csv``);
   ``--store dynamodb``: the real DynamoDB and S3 code against ``AWS_ENDPOINT_URL`` (an
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HEAVY = ("pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet", "yaml")
+HEAVY = ("pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet", "yaml", "duckdb")
 ROOT = Path(__file__).resolve().parent.parent
 # penguin.yaml as JSON, written by scripts/package_lambda.py (no package ships PyYAML for it)
 METADATA = ROOT / "build" / "lambda" / "penguin-metadata.json"
@@ -354,6 +355,11 @@ def worker_calls(args: argparse.Namespace, report: dict[str, Any], start_recordi
         timings.append(round(time.perf_counter() - started, 3))
     report["call_seconds"] = timings
     report["answers"] = answers
+    if engine == "smartnoise_sql":  # where SmartNoise's rewritten SQL ran: duckdb or sqlite
+        from chalicelib.engines import smartnoise_engine
+
+        report["sql_executor"] = smartnoise_engine.DEFAULT_EXECUTOR
+        report["duckdb_used"] = "duckdb" in sys.modules
     report["ok"] = {name: answer.get("ok") for name, answer in answers.items()}
 
 

@@ -20,23 +20,31 @@ variable "authorizer_package" {
 }
 
 variable "worker_packages" {
-  description = "Path of each zipped worker's package built by `make package`, by worker family: { sql = \"build/lambda/worker-sql.zip\", opendp = ... }. Workers deployed from an image (workers[*].image_uri) need none."
+  description = "Path of each zipped worker's package built by `make package`, by worker family: { sql = \"build/lambda/worker-opendp.zip\" }. Workers deployed from an image (workers[*].image_uri) need none."
   type        = map(string)
 }
 
 variable "workers" {
-  description = "The engine workers (families of chalicelib/workers.py), one Lambda function each: memory (MB; 1,769 MB is one vCPU), timeout (s), reserved concurrency (null: unreserved) and image_uri (null: the zip in worker_packages; an ECR image of infra/docker/Dockerfile.worker for a family too large for a zip, e.g. polars). See infra/README.md for the measurements behind the defaults."
+  description = "The engine workers (families of chalicelib/workers.py), one Lambda function each: memory (MB; 1,769 MB is one vCPU), timeout (s), reserved concurrency (null: unreserved) and image_uri (null: the zip in worker_packages; an ECR image of infra/docker/Dockerfile.worker for a family too large for a zip: sql (DuckDB), polars, diffprivlib). See infra/README.md for the measurements behind the defaults."
   type = map(object({
     memory_mb            = number
     timeout_seconds      = number
     reserved_concurrency = optional(number)
     image_uri            = optional(string)
   }))
+  # sql is an image worker (it runs DuckDB, which does not fit a zip): a deployment sets
+  # its image_uri (the validation below; infra/README.md), e.g.
+  # workers = { sql = { memory_mb = 2048, timeout_seconds = 120, image_uri = "<ECR URI>" }, opendp = {...} }
   default = {
     sql    = { memory_mb = 2048, timeout_seconds = 120 }
     opendp = { memory_mb = 2048, timeout_seconds = 120 }
   }
   nullable = false # null (e.g. a root's unset pass-through) means these defaults
+
+  validation {
+    condition     = alltrue([for family, worker in var.workers : worker.image_uri != null if family == "sql"])
+    error_message = "workers.sql.image_uri is required: the SQL worker runs SmartNoise SQL on DuckDB and ships as a container image (infra/docker/Dockerfile.worker with requirements-sql.txt); a zip has no room for DuckDB and would run every query on SQLite."
+  }
 }
 
 variable "worker_max_event_age_seconds" {

@@ -317,9 +317,10 @@ def test_one_worker_function_per_family_with_the_workers_handler(tf: dict) -> No
     sys.path.insert(0, str(ROOT / "scripts"))
     from package_lambda import IMAGE_WORKERS
 
-    # The zipped workers by default; an image worker (too large for a zip) needs its image_uri.
+    # The zipped workers by default, and sql, whose image_uri the deployment must give (the
+    # variable's validation); another image worker (polars, diffprivlib) is added with its image.
     declared = tf["variable"]["workers"]["default"]
-    assert set(declared) == families() - set(IMAGE_WORKERS)
+    assert set(declared) == (families() - set(IMAGE_WORKERS)) | {"sql"}
     for family, settings in declared.items():
         assert settings["memory_mb"] >= 1769, f"{family}: at least one vCPU"
         assert settings["timeout_seconds"] <= 900, family
@@ -527,10 +528,40 @@ def test_versions_and_example_root() -> None:
     listed = re.search(r"for family in (\[[^\]]*\])", workers)
     assert listed and set(json.loads(listed.group(1))) == families() - set(IMAGE_WORKERS)
     assert "${path.root}/../../../../build/lambda/worker-${family}.zip" in workers
+    assert "var.sql_worker_image_uri" in str(call["workers"])  # the SQL worker's image
 
 
 def terraform_binary() -> str | None:
     return shutil.which("terraform")
+
+
+@pytest.mark.skipif(terraform_binary() is None, reason="no terraform binary on PATH")
+@pytest.mark.parametrize(
+    ("workers", "plans"),
+    [
+        (None, False),  # the defaults: sql without its image
+        ('{sql = {memory_mb = 2048, timeout_seconds = 120}, opendp = {memory_mb = 2048, timeout_seconds = 120}}', False),
+        ('{sql = {memory_mb = 2048, timeout_seconds = 120, image_uri = "1.dkr.ecr/w:1"}}', True),
+        ('{opendp = {memory_mb = 2048, timeout_seconds = 120}}', True),  # no SQL worker at all
+    ],
+)  # fmt: skip
+def test_a_sql_worker_without_its_image_fails_the_plan_so_it_never_runs_sqlite(
+    tmp_path: Path, workers: str | None, plans: bool
+) -> None:
+    # The module's workers variable alone (no provider, no init): its validation runs at plan.
+    text = (MODULE / "variables.tf").read_text()
+    block = re.search(r'^variable "workers" \{.*?^\}\n', text, re.DOTALL | re.MULTILINE)
+    assert block
+    (tmp_path / "main.tf").write_text(block.group(0))
+    command = [str(terraform_binary()), "plan", "-input=false", "-no-color"]
+    if workers is not None:
+        command.append(f"-var=workers={workers}")
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert (result.returncode == 0) is plans, result.stdout + result.stderr
+    if not plans:
+        assert "workers.sql.image_uri is required" in result.stderr
 
 
 @pytest.mark.skipif(terraform_binary() is None, reason="no terraform binary on PATH")

@@ -30,7 +30,10 @@ SMOKE = ROOT / "scripts" / "package_smoke.py"
 LIMIT = 262_144_000  # Lambda: 250 MB unzipped
 HEAVY = {"pandas", "numpy", "opendp", "snsql", "sqlalchemy", "fastparquet", "polars", "duckdb"}
 FRONT = ("api", "authorizer")
-WORKERS = ("sql", "opendp")  # chalicelib/workers.py's families, one package each
+WORKERS = ("opendp",)  # chalicelib/workers.py's zipped families, one package each
+# The sql worker is deployed from its container image (IMAGE_WORKERS): it runs DuckDB.
+IMAGE_LIMIT = 10_737_418_240  # Lambda: a 10 GiB image
+BASE_IMAGE_ALLOWANCE = 1_000_000_000  # public.ecr.aws/lambda/python:3.12 is ~0.6 GB
 
 
 def package_names() -> list[str]:
@@ -58,6 +61,26 @@ def manifest() -> dict[str, Any]:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document: dict[str, Any] = json.loads((BUILD / "manifest.json").read_text())
     return document
+
+
+@pytest.fixture(scope="module")
+def sql_image(manifest: dict[str, Any]) -> Path:
+    """What the sql worker's image installs (Dockerfile.worker's pip install), without Docker."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "package_lambda.py"), "--image-tree", "sql"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return BUILD / "image-sql"
+
+
+@pytest.fixture(scope="module")
+def worker_folders(unzipped: dict[str, Path], sql_image: Path) -> dict[str, Path]:
+    """Each worker family's deployed code: its unzipped zip, or its image's installed tree."""
+    return {"sql": sql_image, **{family: unzipped[f"worker-{family}"] for family in WORKERS}}
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +120,32 @@ def test_the_table_builds_the_front_its_authorizer_and_one_zip_per_zipped_worker
     assert set(WORKERS) == zipped
     for requirements in image_workers().values():  # infra/docker/Dockerfile.worker's input
         assert (ROOT / requirements).is_file()
+
+
+def test_every_family_running_duckdb_sql_is_deployed_from_an_image_that_installs_duckdb() -> None:
+    # A zip cannot hold DuckDB beside SmartNoise, OpenDP, pandas and NumPy; a family whose
+    # engine routes SQL to DuckDB must not be a zip, or it silently falls back to SQLite.
+    from package_lambda import ENGINE_MODULES, image_requirements
+
+    pins = (ROOT / "requirements-columnar.txt").read_text()
+    (duckdb_pin,) = re.findall(r"^duckdb==[\w.]+$", pins, re.MULTILINE)
+    families = [f for f, modules in ENGINE_MODULES.items() if "duckdb_sql.py" in modules]
+    assert families == ["sql"]
+    assert "worker-sql" not in package_names()
+    assert "sql" in image_workers()
+    installed = "\n".join(path.read_text() for path in image_requirements("sql"))
+    assert re.search(rf"^{re.escape(duckdb_pin)}$", installed, re.MULTILINE), installed
+
+
+def test_the_sql_workers_image_tree_fits_lambdas_image_limit_and_holds_duckdb(
+    sql_image: Path,
+) -> None:
+    size = sum(p.stat().st_size for p in sql_image.rglob("*") if p.is_file())
+    assert size + BASE_IMAGE_ALLOWANCE < IMAGE_LIMIT, f"{size:,} bytes"
+    assert {"duckdb", "snsql", "opendp", "pandas", "numpy", "chalicelib"} <= tops(sql_image)
+    # chalice is the front's; boto3 comes with the base image (botocore is pynamodb's, pinned)
+    assert not tops(sql_image) & {"boto3", "chalice"}
+    assert (sql_image / "chalicelib" / "engines" / "duckdb_sql.py").is_file()
 
 
 def test_every_engine_module_belongs_to_one_family() -> None:
@@ -210,11 +259,11 @@ def count_of(result: dict[str, Any]) -> int:
     return int(result["value"])
 
 
-@pytest.mark.parametrize("family", WORKERS)
+@pytest.mark.parametrize("family", ("sql", *WORKERS))
 def test_worker_package_prices_and_runs_a_query_from_its_unzipped_folder(
-    unzipped: dict, family: str
+    worker_folders: dict[str, Path], family: str
 ) -> None:
-    report = smoke(unzipped[f"worker-{family}"], "worker", "--worker", family, "--store", "stub")
+    report = smoke(worker_folders[family], "worker", "--worker", family, "--store", "stub")
     answers = report["answers"]
     assert all(report["ok"].values()), answers
     assert Decimal(answers["price"]["cost"]["epsilon"]) == PRICE[family]
@@ -225,6 +274,8 @@ def test_worker_package_prices_and_runs_a_query_from_its_unzipped_folder(
     assert finish["result"] == answers["run"]["result"]
     assert report["modules_from_elsewhere"] == []
     assert report["heavy_after_import"] == [], "importing the handler stays light"
+    if family == "sql":  # the deployed SQL worker runs DuckDB, never the SQLite fallback
+        assert report["sql_executor"] == "duckdb" and report["duckdb_used"], report
 
 
 # --- against the emulator: the real DynamoDB/S3 code, and the IAM policies ----------------
@@ -292,7 +343,7 @@ def needed_operations(calls: list[dict], prefix: str, bucket: str) -> set[tuple[
 
 @pytest.mark.stack
 def test_packages_work_against_the_emulator_within_their_iam_policies(
-    stack: Any, make_researcher: Any, unzipped: dict
+    stack: Any, make_researcher: Any, unzipped: dict, worker_folders: dict[str, Path]
 ) -> None:
     researcher = make_researcher({"PENGUIN": ("10", "0.001")})
     env = emulator_env(stack.emulator_url, stack.table_prefix)
@@ -307,11 +358,11 @@ def test_packages_work_against_the_emulator_within_their_iam_policies(
     # then reads it back for the researcher.
     runs: list[tuple[dict[str, Any], str]] = [(authorizer, "authorizer")]
     archived = None
-    for family in WORKERS:
+    for family in ("sql", *WORKERS):
         worker_env = {**env, "NEBLINA_WORKER": family}
         if family == "sql":
             worker_env["NEBLINA_INLINE_RESULT_BYTES"] = "0"
-        report = smoke(unzipped[f"worker-{family}"], "worker", "--worker", family, *common,
+        report = smoke(worker_folders[family], "worker", "--worker", family, *common,
                        env=worker_env)  # fmt: skip
         assert all(report["ok"].values()), report["answers"]
         operations = {c["operation"] for c in report["aws_calls"]}

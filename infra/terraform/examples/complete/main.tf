@@ -1,6 +1,7 @@
 # Example root: the whole Neblina stack in one region.
 #
 #   make package                       # builds build/lambda/{api,authorizer,worker-*}.zip
+#   docker build ... (infra/docker/Dockerfile.worker): the SQL worker's image, pushed to ECR
 #   cd infra/terraform/examples/complete
 #   cp terraform.tfvars.example terraform.tfvars   # then edit
 #   terraform init && terraform plan && terraform apply
@@ -33,7 +34,13 @@ module "neblina" {
   api_package        = "${path.root}/../../../../build/lambda/api.zip"
   authorizer_package = "${path.root}/../../../../build/lambda/authorizer.zip"
   worker_packages = {
-    for family in ["sql", "opendp"] : family => "${path.root}/../../../../build/lambda/worker-${family}.zip"
+    for family in ["opendp"] : family => "${path.root}/../../../../build/lambda/worker-${family}.zip"
+  }
+  # The SQL worker from its container image (infra/docker/Dockerfile.worker with
+  # requirements-sql.txt): SmartNoise SQL on DuckDB, which does not fit a zip.
+  workers = {
+    sql    = { memory_mb = 2048, timeout_seconds = 120, image_uri = var.sql_worker_image_uri }
+    opendp = { memory_mb = 2048, timeout_seconds = 120 }
   }
   api_image_uri       = var.api_image_uri
   deletion_protection = var.deletion_protection
@@ -56,6 +63,11 @@ variable "api_image_uri" {
   description = "ECR image of the API function (infra/docker/Dockerfile); null deploys the zip."
   type        = string
   default     = null
+}
+
+variable "sql_worker_image_uri" {
+  description = "ECR image of the SQL worker (infra/docker/Dockerfile.worker, REQUIREMENTS=requirements-sql.txt)."
+  type        = string
 }
 
 variable "deletion_protection" {
