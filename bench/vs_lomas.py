@@ -153,6 +153,7 @@ def run_neblina(n: int, warmup: int) -> dict[str, Any]:
         measurement = (
             input_space(columns, column)
             >> dp.t.then_cast_default(TOA=float)
+            >> dp.t.then_impute_constant(0.0)  # OpenDP 0.14: no NaN into clamp (0.10 let it)
             >> dp.t.then_clamp(bounds=(lo, hi))
             >> dp.t.then_resize(size=size, constant=(lo + hi) / 2)
             >> dp.t.then_mean()
@@ -166,8 +167,12 @@ def run_neblina(n: int, warmup: int) -> dict[str, Any]:
         token = register_people(stack, PEOPLE_ROWS, PEOPLE, ("PENGUIN", PEOPLE))
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=600) as http:
-            penguin_columns = list(http.get("/v1/datasets/PENGUIN/metadata").json()["columns"])
-            people_columns = list(http.get(f"/v1/datasets/{PEOPLE}/metadata").json()["columns"])
+            penguin_columns = list(
+                http.get("/v1/datasets/PENGUIN/metadata").json()["metadata"]["columns"]
+            )
+            people_columns = list(
+                http.get(f"/v1/datasets/{PEOPLE}/metadata").json()["metadata"]["columns"]
+            )
 
             def query(dataset: str, body: dict[str, Any]) -> Callable[[], httpx.Response]:
                 def call() -> httpx.Response:
@@ -239,7 +244,7 @@ def render(lomas: dict[str, Any], neblina: dict[str, Any], n: int, warmup: int, 
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
         f"{platform.machine()}, load average {os.getloadavg()[0]:.1f} at the end; "
         f"warm p50 over n = {n} after {warmup} warm-ups, raw HTTP on 127.0.0.1, one at a time; "
-        f"Lomas 0.4.1 `nojitter`; PEOPLE_1M: {same}",
+        f"Lomas 0.4.1 `nojitter` (measured {lomas.get('date_utc', '?')}); PEOPLE_1M: {same}",
         "",
         "| case | Lomas p50 ms | Neblina p50 ms | ratio | target (Neblina) |",
         "|---|---:|---:|---:|---|",
@@ -247,20 +252,25 @@ def render(lomas: dict[str, Any], neblina: dict[str, Any], n: int, warmup: int, 
     for label, key, target in CASES:
         theirs = lomas["cases"].get(key, {}).get("p50_ms")
         ours = neblina["cases"][key]["p50_ms"]
-        ratio = f"{ours / theirs:.2f}" if theirs else "–"
+        ratio = (
+            "–"
+            if not theirs
+            else f"{ours / theirs:.2f}"
+            if ours >= theirs / 10
+            else f"{ours / theirs:.2g}"
+        )
         lines.append(f"| {label} | {number(theirs)} | {number(ours)} | {ratio} | {target} |")
     lines.append(
         f"| first query on the new 1M version (cold) | every query reloads | "
         f"{number(neblina['first_query_1m_ms'])} | – | ≤ 1,500 ms |"
     )
     peak = lomas.get("rss_end", {}).get("peak_rss_mib")
-    worker_peak = max(
-        (peak for label, (_, peak) in neblina["rss_mib"].items() if label != "api"), default=None
-    )
-    lines.append(
-        f"| RSS peak, MiB: Lomas server / Neblina's largest worker | {number(peak)} | "
-        f"{number(worker_peak)} | – | worker ≤ 350 MiB |"
-    )
+    for family in ("sql", "opendp"):  # Lomas: one server process does everything
+        _, worker_peak = neblina["rss_mib"][f"worker-{family}"]
+        lines.append(
+            f"| RSS peak, MiB: Lomas server / Neblina's {family} worker | {number(peak)} | "
+            f"{number(worker_peak)} | – | ≤ 350 MiB |"
+        )
     lines.append("")
     lines.append(
         "Neblina RSS (MiB, now / peak): "
@@ -274,9 +284,19 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "vs_lomas.md")
+    parser.add_argument(
+        "--reuse-lomas",
+        action="store_true",
+        help="skip Lomas: reuse the last run's measure.py JSON (to re-run Neblina's side only)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    lomas = run_lomas(args.n, args.warmup)
+    previous = RUN_DIR / "results-nojitter.json"
+    if args.reuse_lomas and previous.exists():
+        lomas = json.loads(previous.read_text())
+        print(f"lomas: reusing {previous} ({lomas['date_utc']})", file=sys.stderr)
+    else:
+        lomas = run_lomas(args.n, args.warmup)
     same = same_people_table()
     neblina = run_neblina(args.n, args.warmup)
     table = render(lomas, neblina, args.n, args.warmup, same)
