@@ -417,8 +417,8 @@ def image_requirements(family: str) -> list[Path]:
 
 def build_image_tree(family: str, out: Path) -> Path:
     """What infra/docker/Dockerfile.worker installs in ``LAMBDA_TASK_ROOT`` for ``family``,
-    built without Docker: ``build/lambda/image-<family>/`` (cached by a digest of the
-    requirement files, the platform and ``chalicelib``).
+    built without Docker: ``build/lambda/image-<family>/`` (the install cached by a digest
+    of the requirement files and the platform; ``chalicelib`` re-copied when it changed).
 
     The same pip install (the Lambda platform, wheels only, nothing slimmed or stripped) of
     the same filtered requirement files, then ``chalicelib/``, then bytecode for every
@@ -428,53 +428,61 @@ def build_image_tree(family: str, out: Path) -> Path:
     """
     deps = build_dependencies(out)  # the wheelhouse (sdist-only requirements) and runtime/
     tree = out / f"image-{family}"
-    stamp = tree / ".neblina-image"
+    stamp, code_stamp = tree / ".neblina-image", tree / ".neblina-code"
     files = image_requirements(family)
     document = {
         "requirements": {p.name: IMAGE_SKIPPED.sub("# ", p.read_text()) for p in files},
         "platform": PLATFORM,
         "python": PYTHON_VERSION,
-        "code": sha256_files(sorted((ROOT / "chalicelib").rglob("*.py"))),
         "bytecode": "unchecked-hash",
     }
     digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
-        log(f"image-{family}: cached ({tree.relative_to(ROOT)})")
-        return tree
-    shutil.rmtree(tree, ignore_errors=True)
-    requirements = out / f"image-{family}-requirements"
-    shutil.rmtree(requirements, ignore_errors=True)
-    requirements.mkdir(parents=True)
-    for name, text in document["requirements"].items():
-        (requirements / name).write_text(text)
+    code = sha256_files(sorted((ROOT / "chalicelib").rglob("*.py")))
     started = time.perf_counter()
-    log(f"image-{family}: installing {IMAGE_WORKERS[family]} for {PLATFORM} (no slimming)")
-    pip(
-        "install",
-        "--target",
-        str(tree),
-        "--platform",
-        PLATFORM,
-        "--implementation",
-        "cp",
-        "--python-version",
-        PYTHON_VERSION,
-        "--only-binary=:all:",
-        "--no-compile",
-        "--find-links",
-        str(deps.parent / "wheelhouse"),
-        "-r",
-        str(requirements / IMAGE_WORKERS[family]),
-    )
+    if stamp.exists() and stamp.read_text() == digest:
+        if code_stamp.exists() and code_stamp.read_text() == code:
+            log(f"image-{family}: cached ({tree.relative_to(ROOT)})")
+            return tree
+        log(f"image-{family}: dependencies cached, chalicelib changed")
+    else:
+        shutil.rmtree(tree, ignore_errors=True)
+        requirements = out / f"image-{family}-requirements"
+        shutil.rmtree(requirements, ignore_errors=True)
+        requirements.mkdir(parents=True)
+        for name, text in document["requirements"].items():
+            (requirements / name).write_text(text)
+        log(f"image-{family}: installing {IMAGE_WORKERS[family]} for {PLATFORM} (no slimming)")
+        pip(
+            "install",
+            "--target",
+            str(tree),
+            "--platform",
+            PLATFORM,
+            "--implementation",
+            "cp",
+            "--python-version",
+            PYTHON_VERSION,
+            "--only-binary=:all:",
+            "--no-compile",
+            "--find-links",
+            str(deps.parent / "wheelhouse"),
+            "-r",
+            str(requirements / IMAGE_WORKERS[family]),
+        )
+        # the Dockerfile's `python -m compileall -q --invalidation-mode unchecked-hash`
+        compileall.compile_dir(str(tree), quiet=1, workers=1, invalidation_mode=UNCHECKED)
+        stamp.write_text(digest)
+    shutil.rmtree(tree / "chalicelib", ignore_errors=True)
     shutil.copytree(ROOT / "chalicelib", tree / "chalicelib", ignore=shutil.ignore_patterns(
         "__pycache__"))  # fmt: skip
-    # the Dockerfile's `python -m compileall -q --invalidation-mode unchecked-hash`
-    compileall.compile_dir(str(tree), quiet=1, workers=1, invalidation_mode=UNCHECKED)
+    compileall.compile_dir(
+        str(tree / "chalicelib"), quiet=1, workers=1, invalidation_mode=UNCHECKED
+    )
+    code_stamp.write_text(code)
     log(
         f"image-{family}: {tree_size(tree) / 1e6:.0f} MB installed "
         f"({time.perf_counter() - started:.0f} s)"
     )
-    stamp.write_text(digest)
     return tree
 
 
