@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 # The tiers as tests/conftest.py marks them (read, not imported: `import conftest` would
@@ -59,3 +61,62 @@ def test_ci_runs_every_tier_of_make_test_exactly_once_after_the_fast_gate() -> N
     assert sorted(tiers_run_by("test")) == sorted(TIERS), "make test runs every tier"
     ran = [tier for target in targets for tier in tiers_run_by(target)]
     assert sorted(ran) == sorted(TIERS), f"CI runs the tiers {ran}: each exactly once"
+
+
+def test_make_test_runs_whole_modules_on_two_processes() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    parallel = re.search(r"^PARALLEL := (.+)$", makefile, re.MULTILINE)
+    assert parallel is not None
+    assert parallel.group(1) == "-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder"
+    assert re.search(r"^PYTEST_WORKERS \?= 2$", makefile, re.MULTILINE)
+    for target in ("test", "test-after-check", "$(addprefix test-,$(TIERS))"):
+        recipe = re.search(rf"^{re.escape(target)}:[^\n]*\n\t([^\n]*)", makefile, re.MULTILINE)
+        assert recipe is not None and "pytest -q $(PARALLEL) tests" in recipe.group(1), target
+
+
+def test_on_an_xdist_worker_the_long_modules_are_collected_first(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xdist hands out the modules in the order its workers collect them (with
+    --no-loadscope-reorder): the Terraform apply first, then deploy, stack, contract, unit."""
+    pytester.makeconftest((TESTS / "conftest.py").read_text())
+    pytester.makeini(
+        "[pytest]\nmarkers =\n    slow_infra: slow\n    unit\n    contract\n    stack\n    deploy\n"
+    )
+    modules = {
+        "unit/test_a.py": "def test_a1(): pass\ndef test_a2(): pass\n",
+        "contract/test_b.py": "def test_b(): pass\n",
+        "deploy/test_c.py": "def test_c(): pass\n",
+        "stack/test_d.py": "def test_d1(): pass\ndef test_d2(): pass\n",
+        "deploy/test_e.py": "import pytest\npytestmark = pytest.mark.slow_infra\ndef test_e(): pass\n",
+        "unit/test_f.py": "def test_f(): pass\n",
+    }
+    for path, text in modules.items():
+        (pytester.path / path).parent.mkdir(exist_ok=True)
+        (pytester.path / path).write_text(text)
+
+    def collected() -> list[str]:
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q")
+        return [line.split("::")[1] for line in result.outlines if "::" in line]
+
+    assert collected() == [
+        "test_b",
+        "test_c",
+        "test_e",
+        "test_d1",
+        "test_d2",
+        "test_a1",
+        "test_a2",
+        "test_f",
+    ]
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert collected() == [
+        "test_e",
+        "test_c",
+        "test_d1",
+        "test_d2",
+        "test_b",
+        "test_a1",
+        "test_a2",
+        "test_f",
+    ]
