@@ -96,6 +96,12 @@ def test_a_record_and_a_dataset_cross_the_hop_unchanged_through_json() -> None:
         per_query_cap=PrivacyCost(epsilon=1, delta=0),
         hardened=True,
         latency_bucket_ms=250,
+        columnar={  # the Parquet copy reaches the worker (else it reads the CSV)
+            "uri": "s3://b/k.csv.parquet",
+            "etag": '"e"',
+            "source_version": '"s":null',
+            "metadata_digest": "d",
+        },
     )
     wire = json.loads(json.dumps(hop.record_to_wire(record)))
     assert hop.record_from_wire(wire) == record
