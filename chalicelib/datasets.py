@@ -208,8 +208,16 @@ def to_parquet(frame: pd.DataFrame, metadata: dict[str, Any]) -> bytes:
     they load it); missing values stay missing (NULL in Parquet, NaN included).
     """
     buffer = io.BytesIO()
-    typed_frame(frame, metadata).to_parquet(buffer, engine="fastparquet", index=False)
+    typed_frame(frame, metadata).to_parquet(
+        buffer, engine="fastparquet", index=False, row_group_offsets=ROW_GROUP_ROWS
+    )
     return buffer.getvalue()
+
+
+# Rows per Parquet row group: DuckDB reads row groups in parallel (fastparquet's default puts
+# up to 50M rows in one). PEOPLE_10M into DuckDB: 3.0 s in one group, 2.35-2.57 s in ten
+# (same size on disk; load average 5).
+ROW_GROUP_ROWS = 1_000_000
 
 
 def read_parquet(data: bytes, columns: list[str] | None = None) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from chalicelib import datasets as datasets_module
 from chalicelib import metadata as M
 from chalicelib.datasets import (
     DatasetLoader,
@@ -89,6 +90,18 @@ def test_the_copy_holds_the_typed_source_values_unclamped_with_their_nulls() -> 
     assert copy["pid"].isna().tolist() == [False] * 4 + [True, False]  # the orphan row kept
     assert copy.iloc[3, 1:].isna().all()  # the empty row: NULL in every column
     assert str(copy["y"].dtype) == "float32" and str(copy["t"].dtype) == "datetime64[ns]"
+
+
+def test_a_large_copy_is_cut_into_row_groups_duckdb_reads_in_parallel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fastparquet
+
+    monkeypatch.setattr(datasets_module, "ROW_GROUP_ROWS", 2)
+    copy = to_parquet(read_csv(CSV.encode(), META), META)
+    assert len(fastparquet.ParquetFile(io.BytesIO(copy)).row_groups) == 3  # 6 rows
+    from_copy = duckdb_sql.connect_parquet(copy, META, [])
+    assert _rows(from_copy) == _rows(duckdb_sql.connect(_csv_frame(), META, []))
 
 
 def test_duckdb_reading_the_copy_holds_the_rows_the_csv_path_holds() -> None:
