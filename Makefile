@@ -25,7 +25,7 @@ help:
 	@echo "                a second stack: NEBLINA_STATE_DIR=DIR make up PORT=4600 (docs/local-stack.md)"
 	@echo "make lint       ruff check + format check;  make typecheck: mypy --strict ($(TYPED))"
 	@echo "make bench      latency benchmark, results in BENCHMARKS.md"
-	@echo "make bench-vs-lomas  Lomas 0.4.1 then Neblina, same cases and data (~12 min; bench/vs_lomas.py)"
+	@echo "make bench-vs-lomas  Lomas 0.4.1 then Neblina, same cases and data (~6 min idle; bench/vs_lomas.py)"
 	@echo "make package    build the Lambda zips (build/lambda/); make checkov: scan infra/terraform"
 
 venv:

@@ -18,8 +18,8 @@ One after the other, never both at once:
 
 Prints one Markdown table (case, Lomas p50, Neblina p50, ratio, the issue 14 target) and the
 RSS of each process, and writes it to ``--out``. p50/p95 by linear interpolation over n, as
-the anchor's measure.py does. Takes ~12 minutes at n = 20 on an idle 2-core machine (Lomas's
-1M cases are ~5 s per request: 66 of them), ~4 minutes at n = 3.
+the anchor's measure.py does. Takes ~6 minutes at n = 20 on an idle 2-core machine (Lomas's 66
+one-million-row requests are 2-5 s each: ~4.5 minutes); 6.3 minutes at n = 3 on a loaded one.
 """
 
 from __future__ import annotations
