@@ -108,6 +108,26 @@ SCALES: LruCache[tuple[Any, ...], float | str] = LruCache(4096)
 MAX_PUBLIC_KEYS = 20_000
 
 
+# The measurement SmartNoise's ``release`` builds for every noised value (OpenDP's scalar
+# Laplace or Gaussian on floats), built once per scale and thread and reused: the same
+# measurement, so the same noise distribution (an uncensored GROUP BY over 20 x 2 keys with 3
+# aggregates built 120 of them per query, half the outer query's Python time).
+_MEASUREMENTS = threading.local()
+
+
+def _scalar_measurement(kind: str, scale: float) -> Any:
+    cache: dict[tuple[str, float], Any] | None = getattr(_MEASUREMENTS, "cache", None)
+    if cache is None or len(cache) >= 256:
+        cache = _MEASUREMENTS.cache = {}
+    key = (kind, scale)
+    measurement = cache.get(key)
+    if measurement is None:
+        domain, metric = dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)
+        make = dp.m.make_laplace if kind == "laplace" else dp.m.make_gaussian
+        measurement = cache[key] = make(domain, metric, scale)
+    return measurement
+
+
 def _found_scale(mechanism: Any) -> float:
     """The scale SmartNoise's search just set on ``mechanism``."""
     return float(mechanism.scale)
@@ -134,6 +154,12 @@ class MemoLaplace(Laplace):  # type: ignore[misc]
             SCALES.put(key, _found_scale(self))
         else:
             self.scale = cached
+
+    def release(self, vals: Any) -> list[Any]:
+        """SmartNoise's release (a float Laplace per value), its measurement reused."""
+        enable_features("floating-point", "contrib")
+        measurement = _scalar_measurement("laplace", float(self.scale))
+        return [measurement(float(v)) for v in vals]
 
 
 # The bands in which OpenDP's ``binary_search_param`` looks for a float parameter when it is
@@ -260,6 +286,13 @@ class MemoGaussian(Gaussian):  # type: ignore[misc]
         else:
             set_default_int_type(f"i{self.bit_depth}")  # as the original search does
             self.scale = cached
+
+    def release(self, vals: Any) -> list[Any]:
+        """SmartNoise's release (a float Gaussian per value), its measurement reused."""
+        enable_features("contrib")
+        set_default_int_type(f"i{self.bit_depth}")  # as SmartNoise's release does
+        measurement = _scalar_measurement(f"gaussian-i{self.bit_depth}", float(self.scale))
+        return [measurement(float(v)) for v in vals]
 
 
 @dataclass(frozen=True)
