@@ -657,8 +657,17 @@ class RoutingReader(SqlReader):  # type: ignore[misc]
             return self._sqlite
 
     def _execute_ast(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.duckdb is not None and route(self.name, self.columns_metadata, query) == "duckdb":
-            return duckdb_sql.run(self.duckdb, duckdb_sql.dialect(query) or "")
+        if self.duckdb is not None:
+            # Remembered on the subquery: a memoised plan's (SqlPlan) is routed once. The
+            # route is a function of the subquery, the name and the metadata, all in the
+            # plan's key.
+            known = getattr(query, "neblina_route", None)
+            if known is None:
+                where = route(self.name, self.columns_metadata, query)
+                known = (where, duckdb_sql.dialect(query) if where == "duckdb" else None)
+                query.neblina_route = known
+            if known[0] == "duckdb":
+                return duckdb_sql.run(self.duckdb, known[1] or "")
         return self.sqlite()._execute_ast(query, *args, **kwargs)
 
     def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
@@ -749,6 +758,61 @@ def key_dtype(spec: dict[str, Any], values: list[Any]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SqlPlan:
+    """SmartNoise's parse and rewrite of one request, from its text and the metadata only.
+
+    ``parsed`` is the query as :meth:`PrivateReader.parse_query_string` gives it,
+    ``subquery`` the exact aggregates SmartNoise runs (each select symbol carrying its
+    mechanism, its noise scale found), ``query`` the outer query it evaluates on the noisy
+    aggregates. None of it holds a row, a noisy value or a random state: every release calls
+    the mechanism's ``release``, which builds a fresh OpenDP measurement and draws fresh
+    noise; a reservoir's ``RANDOM()`` is in the SQL text, drawn by the database per run.
+    Executing a plan only reads it (the outer HAVING / ORDER BY are deep-copied by
+    SmartNoise before they are rewritten), so concurrent requests share it.
+    """
+
+    text: str
+    parsed: Any
+    subquery: Any
+    query: Any
+
+
+# Plans already built, keyed by the dataset's name, its metadata's digest and the request's
+# canonical form (query text, epsilon, delta, mechanisms): a new metadata version is a new
+# key. A plan is a pure function of its key; the LRU bounds the memory (a plan is a few
+# hundred AST nodes).
+PLANS: LruCache[tuple[str, str, str], SqlPlan] = LruCache(256)
+
+
+def build_plan(name: str, metadata: dict[str, Any], request: SqlRequest) -> SqlPlan:
+    """SmartNoise's parse and rewrite of ``request`` over a reader holding no rows.
+
+    The same steps, in the same order, as ``PrivateReader._execute_ast`` takes before it
+    reads: the options from the parsed query, then the rewrite.
+    """
+    snmeta = metadata_for(name, metadata)
+    reader = PrivateReader(MetadataOnlyReader(snmeta), snmeta, privacy=request.privacy())
+    parsed = reader.parse_query_string(request.query)
+    options = reader._options
+    options.row_privacy = parsed.row_privacy
+    options.censor_dims = parsed.censor_dims
+    options.reservoir_sample = parsed.sample_max_ids
+    options.clamp_counts = parsed.clamp_counts
+    options.use_dpsu = parsed.use_dpsu
+    options.clamp_columns = parsed.clamp_columns
+    reader._refresh_options()
+    subquery, query = reader._rewrite_ast(parsed)
+    return SqlPlan(text=request.query, parsed=parsed, subquery=subquery, query=query)
+
+
+def sql_plan(name: str, metadata: dict[str, Any], request: SqlRequest) -> SqlPlan:
+    """The memoised :func:`build_plan` (:data:`PLANS`)."""
+    canonical = json.dumps(request.canonical(), sort_keys=True, default=str)
+    key = (name, metadata_digest(metadata), canonical)
+    return PLANS.get_or_build(key, lambda: build_plan(name, metadata, request))
+
+
 class DomainKeysReader(PrivateReader):  # type: ignore[misc]
     """SmartNoise's private reader, releasing GROUP BY keys as the declared domain has them.
 
@@ -765,11 +829,30 @@ class DomainKeysReader(PrivateReader):  # type: ignore[misc]
     by the metadata alone.
     """
 
-    def __init__(self, *args: Any, columns: dict[str, Any], complete: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        columns: dict[str, Any],
+        complete: bool,
+        plan: SqlPlan | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.columns = columns  # the validated metadata's, which key_domain reads
         self.complete = complete
         self.raw_keys: dict[int, dict[str, Any]] = {}  # raw column position -> its spec
+        self.plan = plan  # the memoised parse and rewrite of this request (SqlPlan)
+
+    def parse_query_string(self, query_string: str) -> Any:
+        if self.plan is not None and query_string == self.plan.text:
+            return self.plan.parsed
+        return super().parse_query_string(query_string)
+
+    def _rewrite_ast(self, query: Any) -> Any:
+        if self.plan is not None and query is self.plan.parsed:
+            self._options.max_contrib = query.max_ids  # as SmartNoise's own rewrite sets it
+            return self.plan.subquery, self.plan.query
+        return super()._rewrite_ast(query)
 
     def _get_reader(self, query_ast: Any) -> Any:
         inner = super()._get_reader(query_ast)
@@ -822,9 +905,8 @@ class _DomainKeysInnerReader:
         return completed
 
 
-def _output_keys(metadata: Metadata, columns: dict[str, Any], query: str) -> dict[int, Any]:
+def _output_keys(parsed: Any, columns: dict[str, Any]) -> dict[int, Any]:
     """Which columns of the post-processed answer are plain GROUP BY keys, with their spec."""
-    parsed = QueryParser(metadata).query(query)
     if parsed.agg is None:
         return {}
     keys = {}
@@ -1043,28 +1125,33 @@ class SmartnoiseSqlEngine:
         return sql_accuracy(dataset, request, level)
 
     def _reader(self, loaded: LoadedDataset) -> SqlReader:
-        metadata = metadata_for(loaded.name, loaded.metadata)
         if self.executor == "duckdb":
-            return loaded.derived(NAME, lambda ld: RoutingReader(ld, metadata))
+            return loaded.derived(
+                NAME, lambda ld: RoutingReader(ld, metadata_for(ld.name, ld.metadata))
+            )
         return loaded.derived(
             f"{NAME}:sqlite",
-            lambda ld: CachedSqliteReader(ld.frame, metadata, _table_names(ld.name)),
+            lambda ld: CachedSqliteReader(
+                ld.frame, metadata_for(ld.name, ld.metadata), _table_names(ld.name)
+            ),
         )
 
     def execute(self, loaded: LoadedDataset, request: SqlRequest) -> dict[str, Any]:
         source = self._reader(loaded)
         metadata = metadata_for(loaded.name, loaded.metadata)
         columns = loaded.metadata["columns"]
+        plan = sql_plan(loaded.name, loaded.metadata, request)
         reader = DomainKeysReader(
             source,
             metadata,
             privacy=request.privacy(),
             columns=columns,
             complete=not loaded.metadata["censor_dims"],
+            plan=plan,
         )
         if request.postprocess:
             header, *rows = reader.execute(request.query)
-            keys = _output_keys(metadata_for(loaded.name, loaded.metadata), columns, request.query)
+            keys = _output_keys(plan.parsed, columns)
         else:
             # Raw noisy sub-aggregates; materialise the lazy iterator exactly once.
             rows = [list(row) for row in reader.execute(request.query, postprocess=False)]
