@@ -7,6 +7,10 @@
 - Readers: the frame is copied into an in-memory SQLite database once per loaded dataset
   version and reused by every later request (SmartNoise's own ``from_df`` copies it on
   each call). One lock per database serialises use of its single connection.
+- Plans: SmartNoise's parse, check and rewrite of a request is a function of its text, its
+  privacy parameters and the metadata; it is memoised per (dataset, metadata digest,
+  canonical request) (:class:`SqlPlan`, :data:`PLANS`). A repeated query only runs the
+  rewritten SQL and draws fresh noise: no noisy value or random state is kept.
 - Results: no re-runs. A mechanism runs once per request; whatever it releases is the answer.
 - Totality: a query outside the supported SQL (:mod:`chalicelib.engines.sql_policy`,
   docs/sql.md) is refused when it is priced, before any read; every function the allowed SQL
@@ -905,8 +909,13 @@ class _DomainKeysInnerReader:
         return completed
 
 
-def _output_keys(parsed: Any, columns: dict[str, Any]) -> dict[int, Any]:
+def _output_keys(metadata: Metadata, columns: dict[str, Any], query: str) -> dict[int, Any]:
     """Which columns of the post-processed answer are plain GROUP BY keys, with their spec."""
+    return _parsed_output_keys(QueryParser(metadata).query(query), columns)
+
+
+def _parsed_output_keys(parsed: Any, columns: dict[str, Any]) -> dict[int, Any]:
+    """:func:`_output_keys` of an already parsed query."""
     if parsed.agg is None:
         return {}
     keys = {}
@@ -1151,7 +1160,7 @@ class SmartnoiseSqlEngine:
         )
         if request.postprocess:
             header, *rows = reader.execute(request.query)
-            keys = _output_keys(plan.parsed, columns)
+            keys = _parsed_output_keys(plan.parsed, columns)
         else:
             # Raw noisy sub-aggregates; materialise the lazy iterator exactly once.
             rows = [list(row) for row in reader.execute(request.query, postprocess=False)]
