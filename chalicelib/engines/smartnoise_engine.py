@@ -770,8 +770,8 @@ class SqlPlan:
     ``subquery`` the exact aggregates SmartNoise runs (each select symbol carrying its
     mechanism, its noise scale found), ``query`` the outer query it evaluates on the noisy
     aggregates. None of it holds a row, a noisy value or a random state: every release calls
-    the mechanism's ``release``, which builds a fresh OpenDP measurement and draws fresh
-    noise; a reservoir's ``RANDOM()`` is in the SQL text, drawn by the database per run.
+    the mechanism's ``release``, whose OpenDP measurement draws fresh noise on each call;
+    a reservoir's ``RANDOM()`` is in the SQL text, drawn by the database per run.
     Executing a plan only reads it (the outer HAVING / ORDER BY are deep-copied by
     SmartNoise before they are rewritten), so concurrent requests share it.
     """
