@@ -95,6 +95,8 @@ def test_on_an_xdist_worker_the_long_modules_are_collected_first(
         (pytester.path / path).parent.mkdir(exist_ok=True)
         (pytester.path / path).write_text(text)
 
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # `make test` runs on a worker
+
     def collected() -> list[str]:
         result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q")
         return [line.split("::")[1] for line in result.outlines if "::" in line]
