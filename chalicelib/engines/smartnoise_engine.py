@@ -53,8 +53,6 @@ from snsql.sql.private_reader import PrivateReader
 from snsql.sql.reader.base import SqlReader
 from snsql.sql.reader.engine import Engine as SnEngine
 from snsql.sql.reader.pandas import PandasReader
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import StaticPool
 
 from chalicelib import accuracy as acc
 from chalicelib import validation
@@ -526,6 +524,10 @@ class CachedSqliteReader(PandasReader):  # type: ignore[misc]
     """SmartNoise's pandas reader over one SQLite copy of the frame, built once and reused."""
 
     def __init__(self, frame: pd.DataFrame, metadata: Metadata, table_names: list[str]) -> None:
+        # SQLAlchemy only here, for the SQLite path (chalicelib.engines.lazy_imports)
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import StaticPool
+
         SqlReader.__init__(self, SnEngine.PANDAS)
         self.metadata = metadata
         self.table_names = ["df"]
@@ -607,15 +609,16 @@ def _dry_run(dataset: Dataset, request: SqlRequest, executor: str = "duckdb") ->
     DuckDB, by running there only the subset :func:`route` admits after it bound on an
     empty copy).
     """
-    metadata_json = json.dumps(dataset.metadata, sort_keys=True, default=str)
-    empty = _empty_reader(dataset.name, metadata_json)
     metadata = metadata_for(dataset.name, dataset.metadata)
     try:
-        reader = PrivateReader(empty, metadata, privacy=request.privacy())
+        # rewritten as on any pandas-engine reader; the empty SQLite copy (and SQLAlchemy)
+        # only for a query that runs there
+        reader = PrivateReader(MetadataOnlyReader(metadata), metadata, privacy=request.privacy())
         subquery, _ = reader._rewrite(request.query)
         if executor == "duckdb" and route(dataset.name, dataset.metadata, subquery) == "duckdb":
             return
-        empty._execute_ast(subquery)
+        metadata_json = json.dumps(dataset.metadata, sort_keys=True, default=str)
+        _empty_reader(dataset.name, metadata_json)._execute_ast(subquery)
     except Exception as exc:
         message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise InvalidQuery(
