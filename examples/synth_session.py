@@ -4,6 +4,15 @@ Reads NEBLINA_URL and NEBLINA_TOKEN from the environment (or .neblina/local.env,
 ``make up``):
 
     make up && .venv/bin/python examples/synth_session.py; make down
+
+or beside another stack, on a free emulator port (run and checked this way: about 35 s,
+ε 4 of PENGUIN's 10 spent, by the MST job and the conditional MWEM sample)::
+
+    export NEBLINA_STATE_DIR=/tmp/neblina-synth
+    .venv/bin/python localstack/stack.py up --emulator-port 4600
+    set -a; . /tmp/neblina-synth/local.env; set +a
+    .venv/bin/python examples/synth_session.py
+    .venv/bin/python localstack/stack.py down
 """
 
 from __future__ import annotations
