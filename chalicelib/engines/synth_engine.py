@@ -77,6 +77,23 @@ MAX_COLUMNS = 32
 MAX_CONDITION_CHARS = 500
 DEFAULT_BINS = 10  # Lomas's cube-style BinTransformer
 MAX_MWEM_CELLS = 10_000_000  # MWEM keeps the full histogram of each split in memory
+# Work bounds (docs/synth.md, "Work bounds"): a fit that outlives the worker's timeout
+# (Lambda: 900 s) fails after its debit, so what cannot finish with a wide margin is a 400
+# before it, from public inputs alone (request, metadata domain sizes, declared rows).
+# AIM: mirror-descent iterations, (rounds + 2) x iters (one fit per round, one before, one
+# after); measured 13-21 ms each on PENGUIN under load (80 x 300: 308 s; 128 x 46: 109-134 s).
+MAX_AIM_WORK = 20_000  # 260-430 s under load (13-21 ms each): within 900 s
+DEFAULT_AIM_WORK = 4_000  # the default iters spread this over the rounds (about 90 s)
+# MWEM: histogram cell updates, per split cells x iterations x (q_count + mult_weights
+# x (iterations + 1) / 2); snsynth's defaults on PENGUIN's 8 columns (1.2 M cells) are
+# 1.3e10 and took 44 s under load.
+MAX_MWEM_WORK = 6e10  # about 200 s under load
+DEFAULT_MWEM_SPLIT_CELLS = 200_000  # the default split_factor keeps each split under this
+# MST: its two estimations, iters + select_iters (measured 27-41 s for 1,000 on five columns).
+MAX_MST_WORK = 12_000
+# A dummy run is answered within the request (API Gateway: 29 s), so its work is bounded
+# far lower: about 10-20 s under load, plus jax's compilation in a fresh worker.
+DUMMY_WORK = {"aim": 1_000, "mst": 600, "mwem": 3e9}
 # The GAN synthesizers of Lomas 0.4.1 (torch): refused, with the reason (docs/synth.md).
 GANS = ("dpctgan", "patectgan", "pategan", "dpgan")
 LOMAS_ONLY = {
@@ -118,8 +135,7 @@ SYNTHS: dict[str, dict[str, Param]] = {
 # from the row count are derived from the metadata's ``rows`` instead: see ``check``).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "mst": {"bins": DEFAULT_BINS, "iters": 5000, "select_iters": 1000},
-    "aim": {"bins": DEFAULT_BINS, "iters": 1000, "degree": 2, "max_model_size": 80.0,
-            "max_cells": 10_000},
+    "aim": {"bins": DEFAULT_BINS, "degree": 2, "max_model_size": 80.0, "max_cells": 10_000},
     "mwem": {"bins": DEFAULT_BINS, "mult_weights_iterations": 20,
              "max_retries_exp_mechanism": 10},
 }  # fmt: skip
@@ -251,6 +267,7 @@ class SynthBody:
     params: dict[str, Any]
     nb_samples: int
     condition: str | None
+    dummy: bool = False  # a dummy run: answered within the request, so DUMMY_WORK bounds it
 
     def canonical(self) -> dict[str, Any]:
         return {
@@ -286,14 +303,19 @@ class SynthBody:
             params.setdefault("iterations", max(1, math.ceil(math.log10(max(rows, 2)))) * 10)
             params.setdefault("marginal_width", 3 if rows > 10_000 else 2)
             params.setdefault("q_count", 2 * params["iterations"])
-            params.setdefault("split_factor", len(names))
         if self.synth_name == "aim" and "rounds" in params and params["rounds"] < len(names):
             raise InvalidQuery(
                 f"aim: synth_params.rounds must be at least the number of columns "
                 f"({len(names)}): its one-way measurements take one round each"
             )
         codes = [column_code(name, columns[name], int(params["bins"])) for name in names]
+        if self.synth_name == "aim":
+            _bound_aim(params, len(names), self.dummy)
+        if self.synth_name == "mst":
+            _refuse_work("mst", int(params["iters"]) + int(params["select_iters"]), self.dummy,
+                         "iters + select_iters", "iters or select_iters")  # fmt: skip
         if self.synth_name == "mwem":
+            params.setdefault("split_factor", _default_split(codes))
             factor = int(params["split_factor"])
             for start in range(0, len(codes), factor):
                 cells = math.prod(code.size for code in codes[start : start + factor])
@@ -302,6 +324,7 @@ class SynthBody:
                         f"mwem: a split of {factor} columns has {cells:,} cells (at most "
                         f"{MAX_MWEM_CELLS:,}): lower synth_params.split_factor or bins"
                     )
+            _bound_mwem(params, codes, self.dummy)
         if self.condition is not None:
             _check_condition(self.condition, names)
         text = json.dumps(params, sort_keys=True, separators=(",", ":"))
@@ -314,6 +337,60 @@ class SynthBody:
             nb_samples=self.nb_samples,
             condition=self.condition,
         )
+
+
+def _default_split(codes: list[ColumnCode]) -> int:
+    """The most columns per MWEM split keeping each split under DEFAULT_MWEM_SPLIT_CELLS."""
+    factor = len(codes)
+    while factor > 1 and any(
+        math.prod(code.size for code in codes[start : start + factor]) > DEFAULT_MWEM_SPLIT_CELLS
+        for start in range(0, len(codes), factor)
+    ):
+        factor -= 1
+    return factor
+
+
+def _refuse_work(synth: str, work: float, dummy: bool, what: str, lower: str) -> None:
+    """400 when a fit's work (public inputs only) exceeds its bound."""
+    limits = {"aim": MAX_AIM_WORK, "mst": MAX_MST_WORK, "mwem": MAX_MWEM_WORK}
+
+    def text(number: float) -> str:
+        return f"{number:,.0f}" if number < 1e7 else f"{number:.2g}"
+
+    if dummy and work > DUMMY_WORK[synth]:
+        raise InvalidQuery(
+            f"{synth}: {what} = {text(work)}, more than {text(DUMMY_WORK[synth])} for a dummy run "
+            f"(answered within the request, which must finish in seconds): lower "
+            f"synth_params.{lower} for the trial"
+        )
+    if work > limits[synth]:
+        raise InvalidQuery(
+            f"{synth}: {what} = {text(work)}, more than {text(limits[synth])} (a fit that long "
+            f"could outlive the worker): lower synth_params.{lower}"
+        )
+
+
+def _bound_aim(params: dict[str, Any], columns: int, dummy: bool = False) -> None:
+    """Fix AIM's rounds and iters (defaults spread DEFAULT_AIM_WORK); 400 above the bound."""
+    params.setdefault("rounds", 16 * columns)  # snsynth's default
+    rounds = int(params["rounds"])
+    params.setdefault("iters", max(10, min(1000, DEFAULT_AIM_WORK // (rounds + 2))))
+    work = (rounds + 2) * int(params["iters"])
+    _refuse_work("aim", work, dummy, "(rounds + 2) x iters", "rounds or iters")
+
+
+def _bound_mwem(params: dict[str, Any], codes: list[ColumnCode], dummy: bool = False) -> None:
+    """400 when MWEM's histogram updates exceed MAX_MWEM_WORK (public inputs only)."""
+    factor, iterations = int(params["split_factor"]), int(params["iterations"])
+    per_cell = iterations * (
+        int(params["q_count"]) + int(params["mult_weights_iterations"]) * (iterations + 1) / 2
+    )
+    cells = sum(
+        math.prod(code.size for code in codes[start : start + factor])
+        for start in range(0, len(codes), factor)
+    )
+    _refuse_work("mwem", cells * per_cell, dummy, "histogram cell updates",
+                 "iterations, q_count, mult_weights_iterations, split_factor or bins")  # fmt: skip
 
 
 def parse_condition(condition: str) -> Any:
@@ -413,7 +490,8 @@ class SynthEngine:
                 "the smartnoise_synth engine's libraries (smartnoise-synth, mbi, jax) are not "
                 "installed in this deployment"
             )
-        return SynthBody(synth, epsilon, delta, columns, params, int(raw_n), condition)
+        dummy = body.get("dummy") is True  # the service checks the field's type
+        return SynthBody(synth, epsilon, delta, columns, params, int(raw_n), condition, dummy)
 
     def cost(self, dataset: Dataset, request: SynthBody) -> PrivacyCost:
         return request.check(dataset.metadata).price()

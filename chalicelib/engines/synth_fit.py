@@ -243,7 +243,7 @@ def _aim(
     )  # fmt: skip
     iters = int(params["iters"])
     max_model_size = float(params["max_model_size"])
-    rounds = int(params.get("rounds") or 16 * len(data.domain))
+    rounds = int(params["rounds"])  # synth_engine fixes it (default 16 x columns)
     candidates = compile_workload(workload)
     answers = {cl: data.project(cl).datavector() for cl in candidates}
     oneway = [cl for cl in candidates if len(cl) == 1]

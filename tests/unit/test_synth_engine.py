@@ -475,3 +475,75 @@ def test_a_fit_reports_its_progress_rising_to_one(synth: str) -> None:
     synth_fit.synthesize(FRAME, META, request, fractions.append)
     assert len(fractions) >= 3 and fractions[-1] == 1.0
     assert all(0 <= f <= 1 for f in fractions) and fractions == sorted(fractions)
+
+
+# -- work bounds: what cannot finish within the worker's timeout is refused before the debit --
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        body("aim", synth_params={"rounds": 100, "iters": 1000}),  # 102,000 iterations
+        body("aim", select_cols=None, synth_params={"iters": 1000}),  # 130 default rounds
+        body("mwem", select_cols=None, synth_params={"split_factor": 8, "iterations": 100}),
+    ],
+)
+def test_a_fit_too_long_for_the_worker_is_refused_before_any_read_with_nothing_debited(
+    service: Service, store: MemoryStore, request_body: dict[str, Any]
+) -> None:
+    for call in (service.cost, service.query):
+        with pytest.raises(NeblinaError) as caught:
+            call("alice", "PENGUIN", {**request_body, "query_id": "synth-long-1"})
+        assert (caught.value.status_code, caught.value.code) == (400, "invalid_query")
+        assert "outlive the worker" in caught.value.message
+    assert remaining(store) == GRANT and CountingLoader.reads == 0
+    assert store.get_query("synth-long-1") is None
+
+
+def test_the_work_bound_depends_on_public_inputs_only_never_the_rows() -> None:
+    # The same request against the same metadata gets the same answer whatever the rows:
+    # the check never sees a frame (it takes the metadata alone), so empty or doubled
+    # data cannot change it; only the metadata's domain sizes and the request do.
+    from chalicelib.engines import synth_engine
+
+    long_aim = ENGINE.parse(body("aim", synth_params={"rounds": 100, "iters": 1000}))
+    for rows in (1, 344, 10_000_000):
+        with pytest.raises(NeblinaError):
+            long_aim.check({**META, "rows": rows})
+    short_aim = ENGINE.parse(body("aim", synth_params={"rounds": 100, "iters": 190}))
+    for rows in (1, 344, 10_000_000):
+        assert short_aim.check({**META, "rows": rows}).params["iters"] == 190
+    assert synth_engine.MAX_AIM_WORK * 0.021 < 900 / 2  # 21 ms an iteration under load
+
+
+@pytest.mark.parametrize("columns", [COLS, None])
+def test_the_default_aim_and_mwem_fits_are_within_the_work_bounds(
+    columns: list[str] | None,
+) -> None:
+    from chalicelib.engines import synth_engine
+
+    for synth in ("aim", "mwem"):
+        params = ENGINE.parse(body(synth, select_cols=columns, synth_params={})).check(META).params
+        if synth == "aim":
+            work = (params["rounds"] + 2) * params["iters"]
+            assert work <= synth_engine.DEFAULT_AIM_WORK and params["iters"] >= 10
+        else:
+            assert params["split_factor"] >= 4  # PENGUIN's 8 columns in two splits at most
+
+
+@pytest.mark.parametrize(
+    "synth_params", [{"iters": 5000, "select_iters": 1000}, {"iters": 1000, "select_iters": 100}]
+)
+def test_a_dummy_run_too_long_for_the_request_is_refused_while_the_real_fit_is_accepted(
+    service: Service, store: MemoryStore, synth_params: dict[str, int]
+) -> None:
+    # A dummy run is answered within the request (API Gateway: 29 s), so its work is
+    # bounded far below a job's; the same request without dummy is priced (a job).
+    trial = body("mst", synth_params=synth_params, dummy=True, query_id="synth-dummy-long")
+    with pytest.raises(NeblinaError) as caught:
+        service.query("alice", "PENGUIN", trial)
+    assert (caught.value.status_code, caught.value.code) == (400, "invalid_query")
+    assert "dummy run" in caught.value.message
+    assert remaining(store) == GRANT and CountingLoader.reads == 0
+    real = {key: value for key, value in trial.items() if key not in ("dummy", "query_id")}
+    assert service.cost("alice", "PENGUIN", real) is not None
