@@ -643,8 +643,9 @@ def synth_bodies() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-SYNTH_MARGINAL = [  # MST (AIM fits the same codes): every column type, on the null row
+SYNTH_MARGINAL = [  # MST and AIM (cheap parameters): every column type, on the null row
     {"synth_name": "mst", "synth_params": {"iters": 10, "select_iters": 10}},
+    {"synth_name": "aim", "synth_params": {"iters": 10, "rounds": 5}},
 ]
 
 
