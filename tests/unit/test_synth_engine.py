@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +122,19 @@ def test_the_price_is_the_requests_epsilon_and_delta_exactly(
     assert CountingLoader.reads == 0  # priced from the request and the metadata only
 
 
-@pytest.mark.parametrize("synth", ["mst", "aim"])
-def test_mst_and_aim_spend_exactly_the_rho_of_the_charged_epsilon_and_delta(
-    monkeypatch: pytest.MonkeyPatch, synth: str
-) -> None:
-    """The fit's measurements add up to ρ = cdp_rho(ε, δ), whose (ε, δ) is the charge."""
+@dataclass
+class Fit:
+    """One fit shared by several tests (module scope: each MST/AIM fit costs seconds)."""
+
+    epsilon: float
+    delta: float
+    rows: pd.DataFrame
+    ledger: synth_fit.Ledger
+    progress: list[float]
+
+
+def recorded_fit(request_body: dict[str, Any]) -> Fit:
+    """Fit once, recording the ledger of its measurements and its progress reports."""
     ledgers: list[synth_fit.Ledger] = []
 
     class Recording(synth_fit.Ledger):
@@ -132,14 +142,48 @@ def test_mst_and_aim_spend_exactly_the_rho_of_the_charged_epsilon_and_delta(
             super().__init__()
             ledgers.append(self)
 
-    monkeypatch.setattr(synth_fit, "Ledger", Recording)
-    synthesize(body(synth, epsilon=1.0, delta=1e-5))
-    rho = synth_fit.cdp_rho(1.0, 1e-5)
+    fractions: list[float] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synth_fit, "Ledger", Recording)
+        request = ENGINE.parse(request_body).check(META)
+        out = synth_fit.synthesize(FRAME, META, request, fractions.append)
     (ledger,) = ledgers
-    assert len(ledger.entries) >= 3
-    assert math.isclose(ledger.rho, rho, rel_tol=1e-9)
-    spent = synth_fit.rho_to_epsilon(ledger.rho, 1e-5)
-    assert 1.0 * (1 - 1e-6) <= spent <= 1.0 * (1 + 1e-9), spent
+    rows = pd.DataFrame(out["records"], columns=out["columns"])
+    return Fit(request.epsilon, request.delta, rows, ledger, fractions)
+
+
+@pytest.fixture(scope="module")
+def mst_fits() -> list[Fit]:
+    """Two MST fits at ε = 3 (the utility check's), whose ledgers the spend test reads."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [recorded_fit(body("mst", nb_samples=2000)) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def aim_fit() -> Fit:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return recorded_fit(body("aim", epsilon=1.0, delta=1e-5))
+
+
+@pytest.mark.parametrize("synth", ["mst", "aim"])
+def test_mst_and_aim_spend_exactly_the_rho_of_the_charged_epsilon_and_delta(
+    request: pytest.FixtureRequest, synth: str
+) -> None:
+    """The fit's measurements add up to ρ = cdp_rho(ε, δ), whose (ε, δ) is the charge."""
+    fits = request.getfixturevalue("mst_fits") if synth == "mst" else [aim_fit_of(request)]
+    for fit in fits:
+        rho = synth_fit.cdp_rho(fit.epsilon, fit.delta)
+        assert len(fit.ledger.entries) >= 3
+        assert math.isclose(fit.ledger.rho, rho, rel_tol=1e-9)
+        spent = synth_fit.rho_to_epsilon(fit.ledger.rho, fit.delta)
+        assert fit.epsilon * (1 - 1e-6) <= spent <= fit.epsilon * (1 + 1e-9), spent
+
+
+def aim_fit_of(request: pytest.FixtureRequest) -> Fit:
+    fit: Fit = request.getfixturevalue("aim_fit")
+    return fit
 
 
 def test_mwems_accountant_spends_exactly_epsilon() -> None:
@@ -256,13 +300,15 @@ def total_variation(real: pd.DataFrame, synthetic: pd.DataFrame, columns: list[s
     return float(0.5 * p.sub(q, fill_value=0).abs().sum())
 
 
-def test_msts_one_and_two_way_marginals_at_epsilon_3_are_close_to_the_real_ones() -> None:
+def test_msts_one_and_two_way_marginals_at_epsilon_3_are_close_to_the_real_ones(
+    mst_fits: list[Fit],
+) -> None:
     """Documented bounds (docs/synth.md): one-way TV ≤ 0.15, two-way TV ≤ 0.40, two runs."""
     request = ENGINE.parse(body("mst", nb_samples=2000)).check(META)
     codes = request.codes(META)
     real = pd.DataFrame(synth_fit.encode(FRAME, codes))
-    for _ in range(2):
-        synthetic = synthesize(body("mst", nb_samples=2000))
+    for fit in mst_fits:
+        synthetic = fit.rows
         assert len(synthetic) == 2000
         coded = pd.DataFrame(synth_fit.encode(synthetic, codes))
         for column in COLS:
@@ -469,10 +515,15 @@ def test_a_string_column_without_categories_is_refused_not_learned_from_the_data
 
 
 @pytest.mark.parametrize("synth", ["mwem", "aim"])
-def test_a_fit_reports_its_progress_rising_to_one(synth: str) -> None:
-    fractions: list[float] = []
-    request = ENGINE.parse(body(synth, epsilon=1.0)).check(META)
-    synth_fit.synthesize(FRAME, META, request, fractions.append)
+def test_a_fit_reports_its_progress_rising_to_one(
+    request: pytest.FixtureRequest, synth: str
+) -> None:
+    if synth == "aim":
+        fractions = aim_fit_of(request).progress
+    else:
+        fractions = []
+        checked = ENGINE.parse(body(synth, epsilon=1.0)).check(META)
+        synth_fit.synthesize(FRAME, META, checked, fractions.append)
     assert len(fractions) >= 3 and fractions[-1] == 1.0
     assert all(0 <= f <= 1 for f in fractions) and fractions == sorted(fractions)
 
