@@ -39,7 +39,7 @@ test: venv
 	$(PY) -m pytest -q $(PARALLEL) tests
 
 check: lint typecheck
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(PARALLEL) tests/unit
 
 # CI's second step (.ci/run): every tier but the unit tier, which `make check` has just run.
 # `make check` + `make test-after-check` run exactly the tests of `make test`, each once.

@@ -14,14 +14,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.config import Settings
-from chalicelib.engines.lazy_imports import install as _defer_sqlalchemy
+from chalicelib.engines._lazy_imports import install as _defer_sqlalchemy
 from chalicelib.errors import InvalidRequest
 from chalicelib.models import Dataset, PrivacyCost
 
 if TYPE_CHECKING:  # the loader imports pandas: never at cold start
     from chalicelib.datasets import LoadedDataset
 
-_defer_sqlalchemy()  # SmartNoise's SQLAlchemy only for the SQLite path (lazy_imports)
+_defer_sqlalchemy()  # SmartNoise's SQLAlchemy only for the SQLite path (_lazy_imports)
 
 # The fields every engine accepts besides its own: the engine's name, the caller's idempotency
 # key, the dummy-run switches, whether to wait for the answer, the accuracy's confidence

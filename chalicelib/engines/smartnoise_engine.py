@@ -524,7 +524,7 @@ class CachedSqliteReader(PandasReader):  # type: ignore[misc]
     """SmartNoise's pandas reader over one SQLite copy of the frame, built once and reused."""
 
     def __init__(self, frame: pd.DataFrame, metadata: Metadata, table_names: list[str]) -> None:
-        # SQLAlchemy only here, for the SQLite path (chalicelib.engines.lazy_imports)
+        # SQLAlchemy only here, for the SQLite path (chalicelib.engines._lazy_imports)
         from sqlalchemy import create_engine, text
         from sqlalchemy.pool import StaticPool
 
