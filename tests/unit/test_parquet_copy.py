@@ -260,3 +260,18 @@ def test_a_nan_stored_as_a_value_in_a_copy_is_missing_as_on_the_csv_path() -> No
     from_csv = duckdb_sql.connect(nan_free, META, ["people"])
     assert _rows(from_copy) == _rows(from_csv)
     assert from_copy.execute("SELECT COUNT(x) FROM df").fetchone() == (1,)
+
+
+def test_declared_categories_are_stored_dictionary_encoded_and_read_back_as_plain_text() -> None:
+    """DuckDB reads dictionary-encoded text faster (a cold worker's first query, issue 14)."""
+    import fastparquet
+
+    copy = to_parquet(read_csv(CSV.encode(), META), META)
+    stored = fastparquet.ParquetFile(io.BytesIO(copy))
+    assert stored.dtypes["g"] == "category" and stored.dtypes["note"] != "category"
+    frame = read_parquet(copy)
+    assert str(frame["g"].dtype) == "object"
+    assert frame["g"].tolist() == ["a", "zz", "1", None, "b", "b"]  # undeclared zz kept
+    assert _rows(duckdb_sql.connect_parquet(copy, META, [])) == _rows(
+        duckdb_sql.connect(_csv_frame(), META, [])
+    )
