@@ -88,7 +88,6 @@ DEFAULT_AIM_WORK = 4_000  # the default iters spread this over the rounds (about
 # x (iterations + 1) / 2); snsynth's defaults on PENGUIN's 8 columns (1.2 M cells) are
 # 1.3e10 and took 44 s under load.
 MAX_MWEM_WORK = 6e10  # about 200 s under load
-DEFAULT_MWEM_SPLIT_CELLS = 200_000  # the default split_factor keeps each split under this
 # MST: its two estimations, iters + select_iters (measured 27-41 s for 1,000 on five columns).
 MAX_MST_WORK = 12_000
 # A dummy run is answered within the request (API Gateway: 29 s), so its work is bounded
@@ -315,7 +314,7 @@ class SynthBody:
             _refuse_work("mst", int(params["iters"]) + int(params["select_iters"]), self.dummy,
                          "iters + select_iters", "iters or select_iters")  # fmt: skip
         if self.synth_name == "mwem":
-            params.setdefault("split_factor", _default_split(codes))
+            params.setdefault("split_factor", len(names))  # snsynth's: one split
             factor = int(params["split_factor"])
             for start in range(0, len(codes), factor):
                 cells = math.prod(code.size for code in codes[start : start + factor])
@@ -337,17 +336,6 @@ class SynthBody:
             nb_samples=self.nb_samples,
             condition=self.condition,
         )
-
-
-def _default_split(codes: list[ColumnCode]) -> int:
-    """The most columns per MWEM split keeping each split under DEFAULT_MWEM_SPLIT_CELLS."""
-    factor = len(codes)
-    while factor > 1 and any(
-        math.prod(code.size for code in codes[start : start + factor]) > DEFAULT_MWEM_SPLIT_CELLS
-        for start in range(0, len(codes), factor)
-    ):
-        factor -= 1
-    return factor
 
 
 def _refuse_work(synth: str, work: float, dummy: bool, what: str, lower: str) -> None:

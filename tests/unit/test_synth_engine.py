@@ -579,7 +579,7 @@ def test_the_default_aim_and_mwem_fits_are_within_the_work_bounds(
             work = (params["rounds"] + 2) * params["iters"]
             assert work <= synth_engine.DEFAULT_AIM_WORK and params["iters"] >= 10
         else:
-            assert params["split_factor"] >= 4  # PENGUIN's 8 columns in two splits at most
+            assert params["split_factor"] == len(columns or META["columns"])  # snsynth: one split
 
 
 @pytest.mark.parametrize(
