@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "localstack"), str(ROOT / "client"), str(ROOT / "bench")]
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-ANCHOR = ROOT.parent / "shared" / "anchors" / "lomas"
-if not ANCHOR.is_dir():  # a worktree under /work/wt/<name>: the anchor is /work/shared/...
+ANCHOR = Path(os.environ.get("LOMAS_ANCHOR", ROOT.parent / "shared" / "anchors" / "lomas"))
+if not ANCHOR.is_dir() and "LOMAS_ANCHOR" not in os.environ:  # a worktree under /work/wt/<name>: the anchor is /work/shared/...
     ANCHOR = ROOT.parent.parent / "shared" / "anchors" / "lomas"
 LOMAS_VENV = Path(os.environ.get("LOMAS_VENV", Path.home() / ".cache" / "lomas-anchor" / "venv"))
 RUN_DIR = ROOT / "build" / "bench" / "lomas-run"
