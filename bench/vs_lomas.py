@@ -45,7 +45,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "localstack"), str(ROOT / "client"), str(R
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 ANCHOR = Path(os.environ.get("LOMAS_ANCHOR", ROOT.parent / "shared" / "anchors" / "lomas"))
-if not ANCHOR.is_dir() and "LOMAS_ANCHOR" not in os.environ:  # a worktree under /work/wt/<name>: the anchor is /work/shared/...
+# a worktree under /work/wt/<name>: the anchor is /work/shared/...
+if not ANCHOR.is_dir() and "LOMAS_ANCHOR" not in os.environ:
     ANCHOR = ROOT.parent.parent / "shared" / "anchors" / "lomas"
 LOMAS_VENV = Path(os.environ.get("LOMAS_VENV", Path.home() / ".cache" / "lomas-anchor" / "venv"))
 RUN_DIR = ROOT / "build" / "bench" / "lomas-run"
