@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "localstack"), str(ROOT / "client")]
+sys.path[:0] = [str(ROOT), str(ROOT / "localstack"), str(ROOT / "client"), str(ROOT / "bench")]
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 EPSILON, DELTA = 1.0, 1e-5
@@ -45,6 +45,7 @@ GROUP = "SELECT sex, COUNT(*) AS n, AVG(bill_length_mm) AS b FROM df GROUP BY se
 TARGETS = {"SQL COUNT": 30, "SQL GROUP BY sex + AVG": 30, "OpenDP mean": 20, "budget read": 8}
 MARKER = "## Warm path (bench/warm.py)"
 
+from latency import write_section  # noqa: E402  (bench/latency.py: replaces one section)
 
 Timing = tuple[float, float, float]  # p50, p95 (wall ms), CPU ms per request
 
@@ -296,20 +297,6 @@ def render(results: dict[tuple[str, str], Timing], runs: int, load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    current = path.read_text()
-    if MARKER in current:
-        start = current.index(MARKER)
-        rest = current[start + len(MARKER) :]
-        end_rel = rest.find("\n## ")
-        end = len(current) if end_rel < 0 else start + len(MARKER) + end_rel + 1
-        current = current[:start] + text + current[end:]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    path.write_text(current)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
@@ -329,7 +316,7 @@ def main() -> int:
     text = render(results, args.runs, load)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(text, MARKER)
     return 0
 
 
