@@ -32,13 +32,13 @@ from ._exceptions import (
     QueryInProgressError,
     error_for_status,
 )
-from ._jobs import Job
+from ._jobs import Job, JobHandle
 from ._opendp import input_space, pipeline_nodes
 from ._polars import PolarsContext
 from ._retry import Backoff, is_retryable, parse_retry_after
 from ._synth import Synth
 from ._tables import decode_table
-from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, JobStatus, QueryResult
+from ._types import ArchivedQuery, Budget, Cost, DatasetInfo, History, QueryResult
 from ._version import __version__
 
 # What a caller may pass as ε or δ. A float goes out as a JSON number (its shortest repr,
@@ -782,7 +782,7 @@ def _fitted(answer: QueryResult, names: list[str]) -> FittedModel:
     return FittedModel(model=rebuild(release, names), release=release, answer=answer)
 
 
-class FitJob:
+class FitJob(JobHandle):
     """A DiffPrivLib fit submitted with ``wait=False``: it runs on the server whether or not
     anyone waits (its cost was debited at submission).
 
@@ -792,23 +792,8 @@ class FitJob:
     """
 
     def __init__(self, job: Job, names: list[str] | None = None) -> None:
-        self.job = job
+        super().__init__(job)
         self._names = names
-
-    def __repr__(self) -> str:
-        return f"FitJob(query_id={self.query_id!r}, dataset={self.dataset!r})"
-
-    @property
-    def query_id(self) -> str:
-        return self.job.query_id
-
-    @property
-    def dataset(self) -> str:
-        return self.job.dataset
-
-    def status(self) -> JobStatus:
-        """Where the fit stands now (one request)."""
-        return self.job.status()
 
     def wait(self, timeout: float | None = None, progress: bool | None = None) -> FittedModel:
         """Poll until the fit ends; the fitted model, or the error a blocking fit raises."""

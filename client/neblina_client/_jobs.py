@@ -137,3 +137,27 @@ def _answered(answer: QueryResult) -> JobStatus:
         finished_at=None,
         error=None,
     )
+
+
+class JobHandle:
+    """What a detached DiffPrivLib fit and a synthesis have in common around their
+    :class:`Job`: its id, dataset and :meth:`status`; each subclass decodes :meth:`wait`'s
+    answer into its own result."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(query_id={self.query_id!r}, dataset={self.dataset!r})"
+
+    @property
+    def query_id(self) -> str:
+        return self.job.query_id
+
+    @property
+    def dataset(self) -> str:
+        return self.job.dataset
+
+    def status(self) -> JobStatus:
+        """Where the job stands now (one request): phase and fraction done."""
+        return self.job.status()

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import pandas as pd
 
 from ._exceptions import NeblinaError
-from ._types import Cost, JobStatus, QueryResult
+from ._jobs import JobHandle
+from ._types import Cost, QueryResult
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -152,7 +153,7 @@ class Synth:
         return SynthJob(self._client.job(query_id, dataset))
 
 
-class SynthJob:
+class SynthJob(JobHandle):
     """A synthesis running on the server (its cost was debited at submission).
 
     ``status()`` gives the phase and the fraction done (MST's steps, AIM's budget spent,
@@ -160,23 +161,8 @@ class SynthJob:
     :class:`QueryResult` once done (cost, query id)."""
 
     def __init__(self, job: Job) -> None:
-        self.job = job
+        super().__init__(job)
         self.answer: QueryResult | None = None
-
-    def __repr__(self) -> str:
-        return f"SynthJob(query_id={self.query_id!r}, dataset={self.dataset!r})"
-
-    @property
-    def query_id(self) -> str:
-        return self.job.query_id
-
-    @property
-    def dataset(self) -> str:
-        return self.job.dataset
-
-    def status(self) -> JobStatus:
-        """Where the synthesis stands now (one request)."""
-        return self.job.status()
 
     def wait(self, timeout: float | None = None, progress: bool | None = None) -> pd.DataFrame:
         """Poll until the synthesis ends; the synthetic rows, or the error it raised."""
